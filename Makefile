@@ -1,0 +1,62 @@
+# kubestep — every command a developer or CI needs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## Create .venv with kubestep and its development tools
+
+include controlplane/controlplane.mk
+
+.PHONY: test
+test: $(STAMP) controlplane-binaries ## Run every test (unit, control plane, end to end)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: $(STAMP) ## Run the fast tests that need no control plane
+	$(PY) -m pytest -m 'not controlplane' $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(STAMP) ## ruff, mypy and import-linter
+	$(VENV)/bin/ruff check operator controlplane tests examples
+	$(VENV)/bin/ruff format --check operator controlplane tests examples
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+.PHONY: fmt
+fmt: $(STAMP) ## Format and auto-fix the code
+	$(VENV)/bin/ruff format operator controlplane tests examples
+	$(VENV)/bin/ruff check --fix operator controlplane tests examples
+
+.PHONY: crds
+crds: $(STAMP) ## Generate crds/*.yaml (and the chart's copy) from the Pydantic models
+	$(PY) -m kubestep.api.crdgen crds
+
+.PHONY: demo-local
+demo-local: $(STAMP) ## Run the contacts example on this machine, no cluster
+	@rm -rf examples/contacts/.demo
+	cd examples/contacts && ../../$(VENV)/bin/kubestep run workflow.yaml --event event.yaml
+
+.PHONY: demo
+demo: demo-local ## Run the contacts example (today: locally; see README)
+
+.PHONY: bench
+bench: $(STAMP) ## Benchmarks, printing figures
+	$(PY) -m benchmarks
+
+.PHONY: clean
+clean: ## Remove the virtual environment and local run state
+	rm -rf $(VENV) .kubestep examples/contacts/.demo .pytest_cache .mypy_cache .ruff_cache
