@@ -1,0 +1,1 @@
+"""kubestep: durable, step-based background workflows on Kubernetes."""

@@ -1,0 +1,53 @@
+"""Duration strings as users write them in specs and in the SDK: ``"15s"``, ``"1h30m"``, ``"500ms"``, ``"2d"``."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+#: Durations in code (`step.sleep`): days and weeks allowed.
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$"
+#: Durations in resource specs: the units CEL's `duration()` understands, so the API server can compare them.
+SPEC_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+class DurationError(ValueError):
+    """A duration string that does not follow the documented format."""
+
+
+def parse_duration(value: str | float | int | timedelta) -> float:
+    """Return the number of seconds in ``value``.
+
+    Accepts a duration string (``"1h30m"``), a number of seconds or a ``timedelta``.
+    """
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, int | float):
+        if value < 0:
+            raise DurationError(f"duration {value!r} is negative; use 0 or more seconds")
+        return float(value)
+    text = value.strip()
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise DurationError(
+            f"duration {value!r} is not valid; write it as a number and a unit (ms, s, m, h, d, w), "
+            "for example '30s', '1h30m' or '500ms'"
+        )
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds the way people read them: ``1h2m3s``, ``45s``, ``1.5s``, ``250ms``."""
+    if seconds < 1:
+        return f"{round(seconds * 1000)}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s".replace(".0s", "s")
+    whole = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if whole >= size:
+            parts.append(f"{whole // size}{unit}")
+            whole %= size
+    return "".join(parts)

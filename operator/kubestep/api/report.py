@@ -1,0 +1,135 @@
+"""The runner protocol: the state a runner execution receives and the one report it returns.
+
+The runner writes the report to the container's termination message, so it must stay small; see
+`kubestep.runner.report_io` for compression and the log fallback.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field
+
+from kubestep.api.base import Model
+from kubestep.api.run import StepType
+
+#: Marks the log line that carries a report too large for the termination message.
+LOG_REPORT_MARKER = "::kubestep-report::"
+#: Exit codes of `python -m kubestep.runner`.
+EXIT_OK = 0
+"""A report was written: a step result (success or error), a plan, a wait, or the function's end."""
+EXIT_STEP_FAILED = 1
+"""A report was written and it says a step or the function failed (kept distinct for `kubectl get pods`)."""
+EXIT_BAD_INPUT = 2
+"""The runner's own input was unusable (missing or corrupt state file); no report was written."""
+EXIT_REPORT_UNWRITABLE = 3
+"""The report could not be delivered (termination message path not writable)."""
+
+
+class MemoEntry(Model):
+    """A step the run has reached, with its result once it has one."""
+
+    id: str
+    """The step's unique id."""
+    name: str
+    """The step's name."""
+    type: StepType
+    """The step's type."""
+    done: bool = False
+    """True once the step has its final result."""
+    output: Any = None
+    """The step's output, when it succeeded."""
+    error: dict[str, str] | None = None
+    """`{"type", "message"}` when the step failed for good; replay raises `StepError` there."""
+
+
+class RunnerState(Model):
+    """Everything a runner execution needs, mounted read-only into the step pod."""
+
+    run: str
+    """The run's name."""
+    function: str
+    """`module:function` to import."""
+    event: dict[str, Any]
+    """The triggering event payload."""
+    steps: list[MemoEntry] = Field(default_factory=list)
+    """Steps reached so far, in order."""
+    target: str | None = None
+    """Execute this step (a planned parallel step or a retry); unset: execute the next new step."""
+    attempt: int = 1
+    """The attempt number being run (1-based)."""
+    max_output_bytes: int = 65536
+    """Largest JSON output a step may return."""
+
+
+class ReportKind(StrEnum):
+    """What a runner execution found."""
+
+    STARTED = "started"
+    """Interim: a step began executing (kept if the process dies before the final report)."""
+    STEP_SUCCEEDED = "step_succeeded"
+    STEP_FAILED = "step_failed"
+    PLANNED = "planned"
+    SLEEP = "sleep"
+    WAIT_FOR_EVENT = "wait_for_event"
+    INVOKE = "invoke"
+    SEND_EVENT = "send_event"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class StepRef(Model):
+    """A step as the runner met it."""
+
+    id: str
+    """Unique id."""
+    name: str
+    """User's name."""
+    type: StepType = StepType.RUN
+    """Step type."""
+
+
+class ReportError(Model):
+    """An error raised by user code, classified."""
+
+    type: str
+    """Exception class name."""
+    message: str
+    """Exception message (shortened)."""
+    retriable: bool = True
+    """False for `NonRetriableError` and errors kubestep knows retrying cannot fix."""
+    retry_after_seconds: float | None = None
+    """Set by `RetryAfterError`: wait this long before the next attempt."""
+    traceback: str = ""
+    """The last lines of the traceback."""
+
+
+class Report(Model):
+    """The one report a runner execution returns."""
+
+    kind: ReportKind
+    """What happened."""
+    step: StepRef | None = None
+    """The step concerned (all kinds but planned, completed, and failed outside a step)."""
+    output: Any = None
+    """Step output (step_succeeded) or function output (completed)."""
+    error: ReportError | None = None
+    """For step_failed and failed."""
+    planned: list[StepRef] = Field(default_factory=list)
+    """For planned: steps to run at the same time."""
+    until: datetime | None = None
+    """For sleep: when to wake up."""
+    event: str | None = None
+    """For wait_for_event: the awaited event's name."""
+    if_: str | None = Field(default=None, alias="if")
+    """For wait_for_event: the CEL condition."""
+    timeout_seconds: float | None = None
+    """For wait_for_event and invoke: how long to wait."""
+    workflow: str | None = None
+    """For invoke: the workflow to start."""
+    data: dict[str, Any] | None = None
+    """For invoke: the child's event data."""
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    """For send_event: events to publish (`name`, `data`, `user`, `id`)."""

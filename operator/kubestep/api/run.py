@@ -1,0 +1,294 @@
+"""The `WorkflowRun` resource: one execution of a workflow, with its steps and their attempts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import Field
+
+from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
+from kubestep.api.workflow import WorkflowSpec
+
+_PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
+_IMMUTABLE = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable"}]}
+
+
+class RunPhase(StrEnum):
+    """Where a run is in its life."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SLEEPING = "Sleeping"
+    WAITING = "Waiting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """True when nothing more will happen to the run."""
+        return self in (RunPhase.SUCCEEDED, RunPhase.FAILED, RunPhase.CANCELLED)
+
+
+class StepType(StrEnum):
+    """What kind of step a step is."""
+
+    RUN = "run"
+    SLEEP = "sleep"
+    WAIT_FOR_EVENT = "wait_for_event"
+    INVOKE = "invoke"
+    SEND_EVENT = "send_event"
+
+
+class StepPhase(StrEnum):
+    """Where a step is."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RETRYING = "Retrying"
+    SLEEPING = "Sleeping"
+    WAITING = "Waiting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+
+    @property
+    def finished(self) -> bool:
+        """True when the step has its final result (an output or an error)."""
+        return self in (StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.CANCELLED)
+
+
+class AttemptResult(StrEnum):
+    """How one attempt ended. Only `Error`, `RetryAfter` and `Timeout` spend the retry budget."""
+
+    SUCCEEDED = "Succeeded"
+    ERROR = "Error"
+    NON_RETRIABLE = "NonRetriable"
+    RETRY_AFTER = "RetryAfter"
+    TIMEOUT = "Timeout"
+    DISRUPTION = "Disruption"
+    LOST = "Lost"
+    CANCELLED = "Cancelled"
+
+    @property
+    def spends_budget(self) -> bool:
+        """Whether this result counts against `retries.limit`."""
+        return self in (AttemptResult.ERROR, AttemptResult.RETRY_AFTER, AttemptResult.TIMEOUT)
+
+
+class ErrorInfo(Model):
+    """An error as users see it: its type and message."""
+
+    type: str
+    """The exception's class name, or a kubestep reason such as `Timeout` or `OutputTooLarge`."""
+    message: str
+    """What went wrong, in a sentence."""
+    step: str | None = None
+    """The step the error came from, when it came from a step."""
+
+
+class Attempt(Model):
+    """One attempt of a step: one pod (or, locally, one process)."""
+
+    number: int
+    """1 for the first attempt, 2 for the first retry, and so on."""
+    job: str
+    """Name of the Job (or local execution) that ran the attempt."""
+    started_at: datetime | None = None
+    """When the attempt started."""
+    finished_at: datetime | None = None
+    """When it ended."""
+    result: AttemptResult | None = None
+    """How it ended; unset while it runs."""
+    reason: str = ""
+    """Why it ended so, e.g. the exception type, `DeadlineExceeded`, `Evicted`, `PodDeleted`."""
+    exit_code: int | None = None
+    """The container's exit code, when it exited."""
+    message: str = ""
+    """The error message, shortened."""
+    log_tail: str = ""
+    """The last lines the step printed, when it failed."""
+    retry_delay_seconds: float | None = None
+    """The wait before the next attempt, when one follows."""
+
+
+class WaitInfo(Model):
+    """What a waiting step waits for."""
+
+    event: str
+    """Name of the awaited event."""
+    if_: str | None = Field(default=None, alias="if")
+    """CEL condition over `event` (the run's trigger) and `async` (the candidate event)."""
+    timeout_at: datetime
+    """When the wait gives up and the step returns null."""
+
+
+class InvokeInfo(Model):
+    """The child run an invoke step waits on."""
+
+    workflow: str
+    """The invoked workflow."""
+    run: str
+    """Name of the child WorkflowRun."""
+    timeout_at: datetime | None = None
+    """When the invoke gives up with an error."""
+
+
+class StepStatus(Model):
+    """One step of the run, in the order the function reached it."""
+
+    id: str
+    """Unique id: the step's name, with `:N` added for the N-th repeat of a name in a loop."""
+    name: str
+    """The name the code gave the step."""
+    type: StepType = StepType.RUN
+    """`run`, `sleep`, `wait_for_event`, `invoke` or `send_event`."""
+    phase: StepPhase = StepPhase.PENDING
+    """Where the step is."""
+    attempts: list[Attempt] = Field(default_factory=list)
+    """The most recent attempts (the first and the last few are kept when there are many)."""
+    attempt_count: int = 0
+    """Attempts made in all, including those no longer listed."""
+    failures: int = 0
+    """Failed attempts that spent the retry budget."""
+    disruptions: int = 0
+    """Attempts lost to the cluster; they do not spend the retry budget."""
+    output: Any = Field(default=None, json_schema_extra=_PRESERVE)
+    """What the step returned (JSON), once it succeeded."""
+    error: ErrorInfo | None = None
+    """The final error, once the step failed."""
+    started_at: datetime | None = None
+    """When the first attempt started."""
+    finished_at: datetime | None = None
+    """When the step reached its result."""
+    next_attempt_at: datetime | None = None
+    """When the next attempt starts, while the step waits to retry."""
+    wake_at: datetime | None = None
+    """When a sleep step ends."""
+    wait: WaitInfo | None = None
+    """What a wait-for-event step waits for."""
+    invoke: InvokeInfo | None = None
+    """The child run of an invoke step."""
+
+
+class Execution(Model):
+    """A runner execution in flight: a Job in the cluster, a process locally."""
+
+    name: str
+    """The Job's name (deterministic, so creating it twice is harmless)."""
+    step: str | None = None
+    """The step it was started for, or unset when it discovers the next step."""
+    attempt: int = 1
+    """The attempt number it runs."""
+    started_at: datetime
+    """When it was started."""
+
+
+class RunEvent(Model):
+    """The event that started the run, as the function receives it."""
+
+    name: str
+    """The event's name."""
+    data: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
+    """The event's data."""
+    user: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
+    """The event's user."""
+    id: str | None = None
+    """The event's idempotency key."""
+    ts: datetime | None = None
+    """When the event happened."""
+    source: str | None = None
+    """Name of the Event object (or the parent run, for invoked runs)."""
+
+    def as_payload(self) -> dict[str, Any]:
+        """The event as workflow code and CEL expressions see it."""
+        return {
+            "name": self.name,
+            "data": self.data,
+            "user": self.user,
+            "id": self.id or "",
+            "ts": self.ts.isoformat() if self.ts else "",
+        }
+
+
+class WorkflowRef(Model):
+    """Which workflow a run belongs to."""
+
+    name: str
+    """The Workflow's name, in the run's namespace."""
+
+
+class ParentRef(Model):
+    """The run and step that invoked this run."""
+
+    run: str
+    """The parent WorkflowRun."""
+    step: str
+    """The parent's invoke step."""
+
+
+class WorkflowRunSpec(Model):
+    """The frozen inputs of a run. Editing the Workflow never changes a run already started."""
+
+    workflow_ref: WorkflowRef = Field(json_schema_extra=_IMMUTABLE)
+    """The workflow this run executes."""
+    workflow: WorkflowSpec = Field(json_schema_extra=_IMMUTABLE)
+    """A copy of the workflow's spec taken when the run started."""
+    event: RunEvent = Field(json_schema_extra=_IMMUTABLE)
+    """The triggering event."""
+    parent: ParentRef | None = None
+    """Set when another run invoked this one."""
+    cancel: bool = False
+    """Set to true to cancel the run: running step pods are deleted and the run ends Cancelled."""
+
+
+class WorkflowRunStatus(Model):
+    """Progress and results of the run, written by the operator only."""
+
+    phase: RunPhase = RunPhase.PENDING
+    """Pending, Running, Sleeping, Waiting, Succeeded, Failed or Cancelled."""
+    started_at: datetime | None = None
+    """When the run started."""
+    finished_at: datetime | None = None
+    """When the run ended."""
+    steps: list[StepStatus] = Field(default_factory=list)
+    """Steps in the order the function reached them."""
+    active: list[Execution] = Field(default_factory=list)
+    """Executions (Jobs) in flight."""
+    output: Any = Field(default=None, json_schema_extra=_PRESERVE)
+    """What the function returned, once it succeeded."""
+    error: ErrorInfo | None = None
+    """Why the run failed."""
+    progress: str = ""
+    """Succeeded steps out of steps reached so far, e.g. `3/5`."""
+    current_step: str = ""
+    """The step being worked on."""
+    current_attempt: int | None = None
+    """The attempt number of the current step."""
+    discovery_failures: int = 0
+    """Executions that failed before reaching any step (they count against the retry limit)."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """`Succeeded`: Unknown while running, then True or False, so `kubectl wait` works."""
+    observed_generation: int | None = None
+    """The generation of the spec last acted on."""
+
+
+class WorkflowRun(Model):
+    """One execution of a workflow. Short name `ksr`."""
+
+    api_version: Literal["kubestep.dev/v1alpha1"] = API_VERSION
+    """`kubestep.dev/v1alpha1`."""
+    kind: Literal["WorkflowRun"] = "WorkflowRun"
+    """`WorkflowRun`."""
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    """Standard object metadata."""
+    spec: WorkflowRunSpec
+    """What the run executes."""
+    status: WorkflowRunStatus = Field(default_factory=WorkflowRunStatus)
+    """Written by the operator."""
+
+    def step(self, step_id: str) -> StepStatus | None:
+        """The step with this id, if the run reached it."""
+        return next((s for s in self.status.steps if s.id == step_id), None)
