@@ -133,3 +133,48 @@ class Report(Model):
     """For invoke: the child's event data."""
     events: list[dict[str, Any]] = Field(default_factory=list)
     """For send_event: events to publish (`name`, `data`, `user`, `id`)."""
+
+
+#: Kubelet keeps at most this many bytes of a termination message.
+TERMINATION_MESSAGE_LIMIT = 4096
+_ZIP_PREFIX = "z:"
+_IN_LOG = "log"
+
+
+def encode_report(report: Report) -> tuple[str, str | None]:
+    """Encode ``report`` for the termination message: ``(message, log_line)``.
+
+    Small reports are plain JSON; larger ones are compressed; those still too large go to the pod log as
+    one marked line, and the message then says so.
+    """
+    import base64
+    import zlib
+
+    text = report.model_dump_json(by_alias=True, exclude_none=True)
+    if len(text.encode()) <= TERMINATION_MESSAGE_LIMIT:
+        return text, None
+    packed = _ZIP_PREFIX + base64.b64encode(zlib.compress(text.encode(), 9)).decode()
+    if len(packed) <= TERMINATION_MESSAGE_LIMIT:
+        return packed, None
+    return _IN_LOG, LOG_REPORT_MARKER + packed[len(_ZIP_PREFIX) :]
+
+
+def decode_report(message: str | None, log: str | None = None) -> Report | None:
+    """The report in a termination message (reading the log when the message points there), or None."""
+    import base64
+    import zlib
+
+    text = (message or "").strip()
+    if not text:
+        return None
+    if text == _IN_LOG:
+        lines = [line for line in (log or "").splitlines() if line.startswith(LOG_REPORT_MARKER)]
+        if not lines:
+            return None
+        text = _ZIP_PREFIX + lines[-1][len(LOG_REPORT_MARKER) :]
+    try:
+        if text.startswith(_ZIP_PREFIX):
+            text = zlib.decompress(base64.b64decode(text[len(_ZIP_PREFIX) :])).decode()
+        return Report.model_validate_json(text)
+    except ValueError:
+        return None

@@ -1,0 +1,1 @@
+"""The contacts-import example: validate a CSV upload, enrich addresses, insert into the CRM, notify."""

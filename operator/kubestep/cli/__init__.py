@@ -1,0 +1,1 @@
+"""The ``kubestep`` command line."""

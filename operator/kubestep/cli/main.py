@@ -1,0 +1,24 @@
+"""The ``kubestep`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from kubestep.cli.run_cmd import run
+
+app = typer.Typer(
+    name="kubestep",
+    help="Durable, step-based workflows on Kubernetes — and on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.command("run")(run)
+
+
+@app.callback()
+def _root() -> None:
+    """Durable, step-based workflows on Kubernetes — and on this machine."""
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,156 @@
+"""``kubestep run``: a whole run on this machine, with the same engine as the operator."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from kubestep.api.run import RunEvent, RunPhase, WorkflowRun
+from kubestep.local.clock import RealClock
+from kubestep.local.driver import Driver, NoTriggerMatchError
+from kubestep.local.executors import ProcessExecutor
+from kubestep.local.loading import ManifestError, load_event, load_workflows
+from kubestep.local.store import RunNotFoundError, Store
+from kubestep.local.timeline import Timeline
+
+EXIT_RUN_FAILED = 1
+EXIT_USAGE = 2
+
+
+def run(
+    workflow_file: Annotated[
+        Path | None, typer.Argument(help="YAML file with one or more Workflow resources.", show_default=False)
+    ] = None,
+    event: Annotated[
+        Path | None, typer.Option("--event", "-e", help="YAML file with the Event to publish.", show_default=False)
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="Resume the local run of this name (deliver --event to it, if given)."),
+    ] = None,
+    output: Annotated[str, typer.Option("--output", "-o", help="`text` (timeline) or `json` (final record).")] = "text",
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Where local runs are kept.")] = Path(".kubestep"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the steps' own output.")] = False,
+) -> None:
+    """Run a workflow on this machine: every step attempt is a local `python -m kubestep.runner` process.
+
+    Backoff waits and sleeps are real. A run waiting for an event is resumed with
+    `kubestep run --resume RUN --event EVENT.yaml`, from any terminal. Exits 0 only when the run succeeded.
+    """
+    if output not in ("text", "json"):
+        _fail(f"--output must be text or json, not {output!r}")
+    console = Console(stderr=output == "json", highlight=False)
+    store = Store(state_dir.resolve())
+    try:
+        if resume is not None:
+            runs, driver, targets = _resume(resume, event, store, console, quiet)
+            if driver is None:
+                return
+        else:
+            if workflow_file is None or event is None:
+                _fail("give a workflow file and --event, or --resume RUN")
+            assert workflow_file is not None and event is not None
+            driver = _driver(workflow_file, store, console, quiet)
+            ev = load_event(event)
+            run_event = RunEvent(
+                name=ev.spec.name,
+                data=ev.spec.data,
+                user=ev.spec.user,
+                id=ev.spec.id,
+                ts=ev.spec.ts,
+                source=ev.metadata.name or None,
+            )
+            targets = driver.start(run_event)
+            if not targets:
+                _fail(
+                    f"event {ev.spec.name!r} starts none of the workflows in {workflow_file} "
+                    f"({', '.join(driver.workflows)}): no trigger matches it"
+                )
+            for name in targets:
+                store.claim(name)
+                store.save_source(name, {"workflows": str(workflow_file.resolve()), "cwd": os.getcwd()})
+        try:
+            runs = driver.drive(targets)
+        finally:
+            driver.executor.shutdown()  # type: ignore[attr-defined]
+            for name in targets:
+                store.release(name)
+    except (ManifestError, RunNotFoundError, NoTriggerMatchError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted; resume with[/yellow] kubestep run --resume " + " ".join(targets))
+        raise typer.Exit(130) from None
+    _finish(runs, output, console)
+
+
+def _driver(workflow_file: Path, store: Store, console: Console, quiet: bool) -> Driver:
+    workflows = load_workflows(workflow_file)
+    wake = threading.Event()
+    cwd = workflow_file.resolve().parent
+    executor = ProcessExecutor(store.run_dir, cwd, _step_env(workflows), wake)
+    return Driver(workflows, executor, RealClock(), wake, store, Timeline(console, show_logs=not quiet))
+
+
+def _step_env(workflows: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    env = dict(os.environ)
+    for wf in workflows.values():
+        for var in wf.spec.pod_template.env:
+            if "value" in var:
+                env[str(var["name"])] = str(var["value"])
+    return env
+
+
+def _resume(
+    name: str, event: Path | None, store: Store, console: Console, quiet: bool
+) -> tuple[list[WorkflowRun], Driver | None, list[str]]:
+    run = store.load(name)
+    source = store.load_source(name)
+    if event is not None:
+        ev = load_event(event)
+        payload = {**RunEvent(name=ev.spec.name, data=ev.spec.data, user=ev.spec.user, id=ev.spec.id).as_payload()}
+        from datetime import UTC, datetime
+
+        store.deliver(name, payload, datetime.now(UTC), ev.metadata.name)
+        console.print(f"delivered event {ev.spec.name!r} to run {name}")
+    if run.status.phase.finished:
+        return [run], None, [name]
+    owner = store.claim(name)
+    if owner is not None:
+        console.print(f"run {name} is being driven by process {owner}; it will pick the event up")
+        return [run], None, [name]
+    driver = _driver(Path(source["workflows"]), store, console, quiet)
+    driver.adopt(run)
+    return [run], driver, [name]
+
+
+def _finish(runs: list[WorkflowRun], output: str, console: Console) -> None:
+    if output == "json":
+        records = [_record(r) for r in runs]
+        sys.stdout.write(json.dumps(records[0] if len(records) == 1 else records, indent=2) + "\n")
+    else:
+        for r in runs:
+            style = "green" if r.status.phase is RunPhase.SUCCEEDED else "red"
+            console.print(f"[bold {style}]run {r.metadata.name}: {r.status.phase.value}[/] ({r.status.progress} steps)")
+            if r.status.error:
+                console.print(f"[red]{r.status.error.type}: {r.status.error.message}[/red]")
+    if not all(r.status.phase is RunPhase.SUCCEEDED for r in runs):
+        raise typer.Exit(EXIT_RUN_FAILED)
+
+
+def _record(run: WorkflowRun) -> dict:  # type: ignore[type-arg]
+    status = run.status.to_dict()
+    for key in ("active", "conditions", "currentStep", "currentAttempt", "discoveryFailures"):
+        status.pop(key, None)
+    return {"name": run.metadata.name, "workflow": run.spec.workflow_ref.name, **status}
+
+
+def _fail(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(EXIT_USAGE)

@@ -1,0 +1,499 @@
+"""The decision: one level-triggered step from the whole observed state of a run.
+
+``decide`` never mutates its input and never does I/O. Adapters apply the returned status and actions;
+calling it again with the same input yields the same result, which is what makes crashes harmless.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from kubestep.api.base import Condition, set_condition
+from kubestep.api.durations import format_duration, parse_duration
+from kubestep.api.report import MemoEntry, Report, ReportKind, RunnerState, StepRef
+from kubestep.api.run import (
+    Attempt,
+    AttemptResult,
+    ErrorInfo,
+    Execution,
+    InvokeInfo,
+    RunPhase,
+    StepPhase,
+    StepStatus,
+    StepType,
+    WaitInfo,
+    WorkflowRun,
+    WorkflowRunStatus,
+)
+from kubestep.engine import backoff, names
+from kubestep.engine.actions import (
+    Action,
+    Note,
+    PublishEvents,
+    RequeueAt,
+    StartChild,
+    StartExecution,
+    StopExecution,
+)
+from kubestep.engine.cel import CelError, holds
+from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome
+
+#: Attempts kept per step: the first and the most recent ones.
+MAX_ATTEMPTS_KEPT = 10
+_LOG_TAIL_CHARS = 1500
+_MESSAGE_CHARS = 1000
+
+
+@dataclass
+class Decision:
+    """The new status of the run and what to do."""
+
+    status: WorkflowRunStatus
+    actions: list[Action] = field(default_factory=list)
+
+    def of(self, kind: type) -> list:  # type: ignore[type-arg]
+        """The actions of one type."""
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+def decide(run: WorkflowRun, observed: Observed, now: datetime) -> Decision:
+    """Advance ``run`` given what was ``observed`` at ``now``."""
+    return _Decider(run, now).decide(observed)
+
+
+class _Decider:
+    def __init__(self, run: WorkflowRun, now: datetime) -> None:
+        self.run = run
+        self.spec = run.spec.workflow
+        self.now = now
+        self.status = run.status.model_copy(deep=True)
+        self.actions: list[Action] = []
+
+    # ---------------------------------------------------------------------------------------------
+
+    def decide(self, observed: Observed) -> Decision:
+        status = self.status
+        if status.phase.finished:
+            return Decision(status)
+        if status.started_at is None:
+            status.started_at = self.now
+            status.phase = RunPhase.RUNNING
+            self.note("RunStarted", f"run started by event {self.run.spec.event.name!r}")
+        if self.run.spec.cancel:
+            self.end_all(RunPhase.CANCELLED, None, "Cancelled", "the run was cancelled (spec.cancel)")
+            return self.finish()
+        for outcome in observed.outcomes:
+            self.absorb(outcome)
+        if not status.phase.finished:
+            self.wake(observed.events, observed.children)
+        if not status.phase.finished:
+            self.check_run_timeout()
+        if not status.phase.finished:
+            self.schedule()
+        return self.finish()
+
+    def finish(self) -> Decision:
+        self.summarize()
+        return Decision(self.status, self.actions)
+
+    def note(self, reason: str, message: str, warning: bool = False) -> None:
+        self.actions.append(Note(reason, message, warning))
+
+    # Outcomes of executions -----------------------------------------------------------------------
+
+    def absorb(self, outcome: Outcome) -> None:
+        execution = next((e for e in self.status.active if e.name == outcome.name), None)
+        if execution is None:
+            return  # already recorded: outcomes are observed again after a crash, so ignore repeats
+        self.status.active.remove(execution)
+        report = outcome.report
+        final = report is not None and report.kind is not ReportKind.STARTED
+        if final:
+            assert report is not None
+            self.status.discovery_failures = 0
+            self.apply_report(execution, report, outcome)
+            return
+        step_ref = report.step if report is not None else None
+        step = self.ensure_step(step_ref) if step_ref is not None else self.target_step(execution)
+        if step is None:
+            self.discovery_failed(execution, outcome)
+            return
+        result, reason = _failure_class(outcome)
+        message = outcome.message or _describe_exit(outcome)
+        self.attempt_failed(step, execution, outcome, result, reason, message, None)
+
+    def target_step(self, execution: Execution) -> StepStatus | None:
+        return None if execution.step is None else self.run_step(execution.step)
+
+    def run_step(self, step_id: str) -> StepStatus | None:
+        return next((s for s in self.status.steps if s.id == step_id), None)
+
+    def ensure_step(self, ref: StepRef) -> StepStatus:
+        step = self.run_step(ref.id)
+        if step is None:
+            step = StepStatus(id=ref.id, name=ref.name, type=ref.type, started_at=self.now)
+            self.status.steps.append(step)
+        return step
+
+    def apply_report(self, execution: Execution, report: Report, outcome: Outcome) -> None:
+        kind = report.kind
+        if kind is ReportKind.COMPLETED:
+            self.status.output = report.output
+            self.end_all(RunPhase.SUCCEEDED, None, "Succeeded", "the workflow function returned")
+            return
+        if kind is ReportKind.FAILED:
+            assert report.error is not None
+            step_id = report.step.id if report.step else None
+            error = ErrorInfo(type=report.error.type, message=report.error.message, step=step_id)
+            where = f" (from step {step_id!r})" if step_id else ""
+            self.end_all(RunPhase.FAILED, error, report.error.type, f"{report.error.message}{where}")
+            return
+        if kind is ReportKind.PLANNED:
+            for ref in report.planned:
+                self.ensure_step(ref)
+            self.note("StepsPlanned", "parallel steps: " + ", ".join(r.id for r in report.planned))
+            return
+        assert report.step is not None
+        step = self.ensure_step(report.step)
+        if kind is ReportKind.STEP_SUCCEEDED:
+            attempt = self.add_attempt(step, execution, outcome)
+            attempt.result = AttemptResult.SUCCEEDED
+            attempt.reason = "Completed"
+            self.step_done(step, output=report.output)
+        elif kind is ReportKind.STEP_FAILED:
+            assert report.error is not None
+            err = report.error
+            if not err.retriable:
+                result = AttemptResult.NON_RETRIABLE
+            elif err.retry_after_seconds is not None:
+                result = AttemptResult.RETRY_AFTER
+            else:
+                result = AttemptResult.ERROR
+            message = f"{err.type}: {err.message}"
+            tail = outcome.log_tail or err.traceback
+            self.attempt_failed(
+                step, execution, outcome, result, err.type, message, err.retry_after_seconds, tail, err
+            )
+        elif kind is ReportKind.SLEEP:
+            assert report.until is not None
+            step.phase = StepPhase.SLEEPING
+            step.wake_at = report.until
+            self.note("Sleeping", f"step {step.id!r} sleeps until {report.until.isoformat()}")
+        elif kind is ReportKind.WAIT_FOR_EVENT:
+            assert report.event is not None and report.timeout_seconds is not None
+            step.phase = StepPhase.WAITING
+            step.wait = WaitInfo(
+                event=report.event, if_=report.if_, timeout_at=self.now + timedelta(seconds=report.timeout_seconds)
+            )
+            self.note("Waiting", f"step {step.id!r} waits for event {report.event!r}")
+        elif kind is ReportKind.INVOKE:
+            assert report.workflow is not None
+            child = names.child_run_name(self.run.metadata.name, step.id)
+            timeout_at = None
+            if report.timeout_seconds is not None:
+                timeout_at = self.now + timedelta(seconds=report.timeout_seconds)
+            step.phase = StepPhase.WAITING
+            step.invoke = InvokeInfo(workflow=report.workflow, run=child, timeout_at=timeout_at)
+            self.actions.append(StartChild(step.id, child, report.workflow, report.data or {}))
+            self.note("Invoked", f"step {step.id!r} started run {child!r} of workflow {report.workflow!r}")
+        elif kind is ReportKind.SEND_EVENT:
+            ids = [names.sent_event_name(self.run.metadata.name, step.id, i) for i in range(len(report.events))]
+            self.actions.append(PublishEvents(step.id, ids, report.events))
+            self.step_done(step, output=ids)
+
+    def add_attempt(self, step: StepStatus, execution: Execution, outcome: Outcome) -> Attempt:
+        attempt = next((a for a in step.attempts if a.job == execution.name), None)
+        if attempt is None:
+            # A discovery execution's attempt number is the step's, not the execution's retry counter.
+            number = execution.attempt if execution.step is not None else step.attempt_count + 1
+            attempt = Attempt(number=number, job=execution.name, started_at=execution.started_at)
+            step.attempts.append(attempt)
+            step.attempt_count += 1
+        attempt.finished_at = outcome.finished_at or self.now
+        attempt.exit_code = outcome.exit_code
+        return attempt
+
+    def attempt_failed(
+        self,
+        step: StepStatus,
+        execution: Execution,
+        outcome: Outcome,
+        result: AttemptResult,
+        reason: str,
+        message: str,
+        retry_after: float | None,
+        log_tail: str = "",
+        report_error: object = None,
+    ) -> None:
+        attempt = self.add_attempt(step, execution, outcome)
+        attempt.result = result
+        attempt.reason = reason
+        attempt.message = message[:_MESSAGE_CHARS]
+        attempt.log_tail = (log_tail or outcome.log_tail)[-_LOG_TAIL_CHARS:]
+        policy = self.spec.retries
+        if result.spends_budget:
+            step.failures += 1
+        if result in (AttemptResult.DISRUPTION, AttemptResult.LOST):
+            step.disruptions += 1
+        exhausted = (result.spends_budget and step.failures > policy.limit) or (
+            step.disruptions > policy.disruption_limit
+        )
+        if result is AttemptResult.NON_RETRIABLE or exhausted:
+            why = "not retriable" if result is AttemptResult.NON_RETRIABLE else "retries exhausted"
+            error_type = reason if result is not AttemptResult.TIMEOUT else "Timeout"
+            self.step_done(step, error=ErrorInfo(type=error_type, message=message, step=step.id))
+            self.note(
+                "StepFailed",
+                f"step {step.id!r} failed after {step.attempt_count} attempt(s) ({why}): {message}",
+                warning=True,
+            )
+            return
+        if retry_after is not None:
+            wait = retry_after
+        elif result.spends_budget:
+            uid = self.run.metadata.uid or self.run.metadata.name
+            wait = backoff.delay(policy.backoff, step.failures, uid, step.id)
+        else:
+            wait = 0.0
+        attempt.retry_delay_seconds = round(wait, 3)
+        step.phase = StepPhase.RETRYING
+        step.next_attempt_at = self.now + timedelta(seconds=wait)
+        self.note(
+            "StepRetrying",
+            f"step {step.id!r} attempt {attempt.number} {result.value.lower()}: {message}; "
+            f"retrying in {format_duration(wait)}",
+            warning=True,
+        )
+
+    def discovery_failed(self, execution: Execution, outcome: Outcome) -> None:
+        """An execution ended before reaching any step; retry it at once, within a bound."""
+        self.status.discovery_failures += 1
+        policy = self.spec.retries
+        message = outcome.message or _describe_exit(outcome)
+        if outcome.log_tail:
+            message += "\n" + outcome.log_tail[-_LOG_TAIL_CHARS:]
+        if self.status.discovery_failures > policy.limit + policy.disruption_limit:
+            error = ErrorInfo(type=outcome.reason or "RunnerFailed", message=message)
+            self.end_all(RunPhase.FAILED, error, "RunnerFailed", f"the runner failed before reaching a step: {message}")
+            return
+        self.note("RunnerFailed", f"execution {execution.name} ended before reaching a step: {message}", True)
+
+    def step_done(self, step: StepStatus, output: object = None, error: ErrorInfo | None = None) -> None:
+        step.phase = StepPhase.FAILED if error else StepPhase.SUCCEEDED
+        step.output = output if error is None else None
+        step.error = error
+        step.finished_at = self.now
+        step.next_attempt_at = None
+        if error is None:
+            self.note("StepSucceeded", f"step {step.id!r} succeeded")
+
+    # Sleeps, waits and children --------------------------------------------------------------------
+
+    def wake(self, events: list[ArrivedEvent], children: list[ChildResult]) -> None:
+        by_step = {c.step: c for c in children}
+        trigger = self.run.spec.event.as_payload()
+        for step in self.status.steps:
+            if step.phase is StepPhase.SLEEPING and step.wake_at is not None and step.wake_at <= self.now:
+                self.step_done(step)
+            elif step.phase is StepPhase.WAITING and step.wait is not None:
+                self.wake_wait(step, step.wait, events, trigger)
+            elif step.phase is StepPhase.WAITING and step.invoke is not None:
+                self.wake_invoke(step, step.invoke, by_step.get(step.id))
+
+    def wake_wait(self, step: StepStatus, wait: WaitInfo, events: list[ArrivedEvent], trigger: dict) -> None:  # type: ignore[type-arg]
+        began = step.started_at or self.now
+        for event in sorted(events, key=lambda e: e.received_at):
+            if event.payload.get("name") != wait.event or event.received_at < began:
+                continue
+            if wait.if_:
+                try:
+                    if not holds(wait.if_, {"event": trigger, "async": event.payload}):
+                        continue
+                except CelError as exc:
+                    self.step_done(step, error=ErrorInfo(type="ExpressionError", message=str(exc), step=step.id))
+                    return
+            self.step_done(step, output=event.payload)
+            return
+        if wait.timeout_at <= self.now:
+            self.step_done(step, output=None)
+            self.note("WaitTimedOut", f"step {step.id!r} saw no {wait.event!r} event before its timeout")
+
+    def wake_invoke(self, step: StepStatus, invoke: InvokeInfo, child: ChildResult | None) -> None:
+        if child is not None and child.phase is RunPhase.SUCCEEDED:
+            self.step_done(step, output=child.output)
+        elif child is not None and child.phase.finished:
+            error = child.error or ErrorInfo(type=child.phase.value, message=f"run {invoke.run} {child.phase.value}")
+            self.step_done(step, error=ErrorInfo(type=error.type, message=error.message, step=step.id))
+        elif invoke.timeout_at is not None and invoke.timeout_at <= self.now:
+            message = f"run {invoke.run} of workflow {invoke.workflow!r} did not finish in time"
+            self.step_done(step, error=ErrorInfo(type="Timeout", message=message, step=step.id))
+
+    def check_run_timeout(self) -> None:
+        limit = self.spec.timeouts.run
+        started = self.status.started_at
+        if limit is None or started is None:
+            return
+        if self.now >= started + timedelta(seconds=parse_duration(limit)):
+            error = ErrorInfo(type="Timeout", message=f"the run took longer than spec.timeouts.run ({limit})")
+            self.end_all(RunPhase.FAILED, error, "RunTimeout", error.message)
+
+    # Starting executions -----------------------------------------------------------------------------
+
+    def schedule(self) -> None:
+        status = self.status
+        busy = {e.step for e in status.active}
+        for step in status.steps:
+            if step.id in busy or step.type is not StepType.RUN:
+                continue
+            due = step.phase is StepPhase.PENDING or (
+                step.phase is StepPhase.RETRYING and (step.next_attempt_at is None or step.next_attempt_at <= self.now)
+            )
+            if due:
+                self.start(step.id, step.attempt_count + 1, key=step.id)
+                step.phase = StepPhase.RUNNING
+                step.next_attempt_at = None
+        unfinished = [s for s in status.steps if not s.phase.finished]
+        if not status.active and not unfinished:
+            done = sum(1 for s in status.steps if s.phase.finished)
+            self.start(None, status.discovery_failures + 1, key=f"next:{done}")
+        wakeups = [s.next_attempt_at for s in unfinished if s.phase is StepPhase.RETRYING]
+        wakeups += [s.wake_at for s in unfinished if s.phase is StepPhase.SLEEPING]
+        wakeups += [s.wait.timeout_at for s in unfinished if s.phase is StepPhase.WAITING and s.wait]
+        wakeups += [s.invoke.timeout_at for s in unfinished if s.phase is StepPhase.WAITING and s.invoke]
+        if self.spec.timeouts.run and status.started_at:
+            wakeups.append(status.started_at + timedelta(seconds=parse_duration(self.spec.timeouts.run)))
+        upcoming = [w for w in wakeups if w is not None]
+        if upcoming:
+            self.actions.append(RequeueAt(min(upcoming)))
+
+    def start(self, step_id: str | None, attempt: int, key: str) -> None:
+        name = names.execution_name(self.run.metadata.name, key, attempt)
+        self.status.active.append(Execution(name=name, step=step_id, attempt=attempt, started_at=self.now))
+        timeout = self.spec.timeouts.step
+        self.actions.append(
+            StartExecution(
+                name=name,
+                step=step_id,
+                attempt=attempt,
+                state=self.runner_state(step_id, attempt),
+                timeout_seconds=None if timeout is None else parse_duration(timeout),
+            )
+        )
+
+    def runner_state(self, target: str | None, attempt: int) -> RunnerState:
+        memo = [
+            MemoEntry(
+                id=s.id,
+                name=s.name,
+                type=s.type,
+                done=s.phase.finished,
+                output=s.output,
+                error=None if s.error is None else {"type": s.error.type, "message": s.error.message},
+            )
+            for s in self.status.steps
+        ]
+        return RunnerState(
+            run=self.run.metadata.name,
+            function=self.spec.function,
+            event=self.run.spec.event.as_payload(),
+            steps=memo,
+            target=target,
+            attempt=attempt,
+            max_output_bytes=self.spec.limits.step_output_bytes,
+        )
+
+    # Ending -------------------------------------------------------------------------------------------
+
+    def end_all(self, phase: RunPhase, error: ErrorInfo | None, reason: str, message: str) -> None:
+        status = self.status
+        for execution in status.active:
+            self.actions.append(StopExecution(execution.name, reason))
+            step = self.target_step(execution)
+            if step is not None:
+                attempt = Attempt(
+                    number=execution.attempt,
+                    job=execution.name,
+                    started_at=execution.started_at,
+                    finished_at=self.now,
+                    result=AttemptResult.CANCELLED,
+                    reason=reason,
+                )
+                step.attempts.append(attempt)
+                step.attempt_count += 1
+        status.active = []
+        for step in status.steps:
+            if not step.phase.finished:
+                step.phase = StepPhase.CANCELLED
+                step.next_attempt_at = None
+                step.finished_at = self.now
+        status.phase = phase
+        status.error = error
+        status.finished_at = self.now
+        self.note(f"Run{phase.value}", message, warning=phase is not RunPhase.SUCCEEDED)
+
+    def summarize(self) -> None:
+        status = self.status
+        for step in status.steps:
+            if len(step.attempts) > MAX_ATTEMPTS_KEPT:
+                step.attempts = step.attempts[:1] + step.attempts[-(MAX_ATTEMPTS_KEPT - 1) :]
+        succeeded = sum(1 for s in status.steps if s.phase is StepPhase.SUCCEEDED)
+        status.progress = f"{succeeded}/{len(status.steps)}"
+        current = next((s for s in reversed(status.steps) if not s.phase.finished), None)
+        running = [e for e in status.active if e.step is not None]
+        if running:
+            status.current_step = ",".join(str(e.step) for e in running)
+            status.current_attempt = max(e.attempt for e in running)
+        elif current is not None:
+            status.current_step = current.id
+            status.current_attempt = current.attempt_count + (1 if current.phase is StepPhase.RETRYING else 0) or None
+        elif status.active:
+            status.current_step = "(next)"
+            status.current_attempt = status.active[0].attempt
+        else:
+            status.current_step = ""
+            status.current_attempt = None
+        if not status.phase.finished:
+            phases = {s.phase for s in status.steps if not s.phase.finished}
+            if status.active or StepPhase.RETRYING in phases or StepPhase.PENDING in phases:
+                status.phase = RunPhase.RUNNING
+            elif StepPhase.SLEEPING in phases:
+                status.phase = RunPhase.SLEEPING
+            elif StepPhase.WAITING in phases:
+                status.phase = RunPhase.WAITING
+            else:
+                status.phase = RunPhase.RUNNING
+        status.conditions = set_condition(status.conditions, self.succeeded_condition(), self.now)
+
+    def succeeded_condition(self) -> Condition:
+        status = self.status
+        if status.phase is RunPhase.SUCCEEDED:
+            return Condition(type="Succeeded", status="True", reason="Succeeded", message="the run succeeded")
+        if status.phase.finished:
+            error = status.error
+            message = f"{error.type}: {error.message}" if error else status.phase.value
+            return Condition(type="Succeeded", status="False", reason=status.phase.value, message=message)
+        return Condition(
+            type="Succeeded", status="Unknown", reason=status.phase.value, message=f"progress {status.progress}"
+        )
+
+
+def _failure_class(outcome: Outcome) -> tuple[AttemptResult, str]:
+    """The attempt result of an execution that died without its final report."""
+    if outcome.kind is ExitKind.DEADLINE:
+        return AttemptResult.TIMEOUT, outcome.reason or "DeadlineExceeded"
+    if outcome.kind is ExitKind.DISRUPTED:
+        return AttemptResult.DISRUPTION, outcome.reason or "Disrupted"
+    if outcome.kind is ExitKind.LOST:
+        return AttemptResult.LOST, outcome.reason or "Lost"
+    return AttemptResult.ERROR, outcome.reason or "Error"
+
+
+def _describe_exit(outcome: Outcome) -> str:
+    if outcome.kind is ExitKind.EXITED:
+        return f"the step process exited with code {outcome.exit_code} ({outcome.reason or 'Error'})"
+    if outcome.kind is ExitKind.DEADLINE:
+        return "the step ran longer than spec.timeouts.step and was stopped"
+    if outcome.kind is ExitKind.DISRUPTED:
+        return f"the cluster stopped the step ({outcome.reason or 'disrupted'})"
+    return "the step's execution vanished without a trace"

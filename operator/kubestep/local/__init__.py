@@ -1,0 +1,1 @@
+"""``kubestep run``: the same engine on one machine, each step attempt a local process."""

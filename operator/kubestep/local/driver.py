@@ -1,0 +1,232 @@
+"""Drive runs to their end on one machine: the engine decides, this module carries the actions out."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from kubestep.api.base import ObjectMeta
+from kubestep.api.run import ParentRef, RunEvent, RunPhase, WorkflowRef, WorkflowRun, WorkflowRunSpec
+from kubestep.api.workflow import Workflow
+from kubestep.engine import names
+from kubestep.engine.actions import Note, PublishEvents, RequeueAt, StartChild, StartExecution, StopExecution
+from kubestep.engine.decide import decide
+from kubestep.engine.observations import ArrivedEvent, ChildResult, Observed, Outcome
+from kubestep.engine.triggers import match
+from kubestep.local.clock import Clock
+from kubestep.local.executors import Executor
+from kubestep.local.store import Store
+from kubestep.local.timeline import Timeline
+
+#: How often a real-clock driver looks for events dropped in a run's inbox by another process.
+INBOX_POLL_SECONDS = 0.5
+
+
+class NoTriggerMatchError(LookupError):
+    """The event starts none of the given workflows."""
+
+
+@dataclass
+class LocalRuns:
+    """Runs driven by this process, in memory (mirrored to the store when there is one)."""
+
+    runs: dict[str, WorkflowRun] = field(default_factory=dict)
+    published: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Driver:
+    """Runs the engine's decisions for a set of local runs until the ones asked for have finished."""
+
+    def __init__(
+        self,
+        workflows: dict[str, Workflow],
+        executor: Executor,
+        clock: Clock,
+        wake: threading.Event,
+        store: Store | None = None,
+        timeline: Timeline | None = None,
+    ) -> None:
+        self.workflows = workflows
+        self.executor = executor
+        self.clock = clock
+        self.wake = wake
+        self.store = store
+        self.timeline = timeline
+        self.state = LocalRuns()
+        self._requeue: dict[str, datetime] = {}
+        self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
+        self._inbox: dict[str, list[ArrivedEvent]] = defaultdict(list)
+
+    # Starting runs ---------------------------------------------------------------------------------
+
+    def start(self, event: RunEvent, workflow: str | None = None) -> list[str]:
+        """Start a run of every workflow whose trigger matches ``event`` (or of ``workflow`` only)."""
+        started = []
+        errors = []
+        for name, wf in self.workflows.items():
+            if workflow is not None and name != workflow:
+                continue
+            verdict = match(wf.spec, event.as_payload())
+            if verdict.matched:
+                started.append(self.create_run(name, event, names.run_name(name, uuid.uuid4().hex)))
+            elif verdict.error:
+                errors.append(f"{name}: {verdict.error}")
+        if not started and workflow is not None:
+            detail = "; ".join(errors) or f"no trigger of workflow {workflow!r} matches event {event.name!r}"
+            raise NoTriggerMatchError(detail)
+        return started
+
+    def create_run(self, workflow: str, event: RunEvent, name: str, parent: ParentRef | None = None) -> str:
+        """Create a run of ``workflow`` (idempotent by ``name``)."""
+        if name in self.state.runs:
+            return name
+        spec = self.workflows[workflow].spec
+        run = WorkflowRun(
+            metadata=ObjectMeta(name=name, uid=uuid.uuid4().hex),
+            spec=WorkflowRunSpec(
+                workflow_ref=WorkflowRef(name=workflow), workflow=spec, event=event, parent=parent
+            ),
+        )
+        self.adopt(run)
+        return name
+
+    def adopt(self, run: WorkflowRun) -> None:
+        """Drive an existing run (``--resume``)."""
+        self.state.runs[run.metadata.name] = run
+        self._save(run)
+
+    def deliver(self, payload: dict[str, Any], source: str = "") -> None:
+        """An event arrived: offer it to every run, and start the workflows it triggers."""
+        now = self.clock.now()
+        for name in self.state.runs:
+            if self.store is not None:
+                self.store.deliver(name, payload, now, source)
+            else:
+                self._inbox[name].append(ArrivedEvent(payload, now, source))
+        self.start(_run_event(payload, source))
+
+    # The loop ------------------------------------------------------------------------------------------
+
+    def drive(self, targets: list[str]) -> list[WorkflowRun]:
+        """Advance all runs until every run in ``targets`` has finished; return those runs."""
+        while True:
+            for run, outcome in self.executor.finished():
+                self._outcomes[run].append(outcome)
+                if self.timeline is not None:
+                    self.timeline.output(outcome.name, self.executor.log(run, outcome.name))
+            changed = False
+            for name in list(self.state.runs):
+                changed |= self._step(name)
+            if all(self.state.runs[t].status.phase.finished for t in targets):
+                return [self.state.runs[t] for t in targets]
+            if changed:
+                continue
+            self._sleep()
+
+    def _step(self, name: str) -> bool:
+        run = self.state.runs[name]
+        if run.status.phase.finished and not self._outcomes.get(name):
+            return False
+        now = self.clock.now()
+        due = self._requeue.get(name)
+        outcomes = self._outcomes.pop(name, [])
+        events = self.store.inbox(name) if self.store is not None else list(self._inbox[name])
+        children = self._children(run)
+        before = run.status.model_dump_json()
+        decision = decide(run, Observed(outcomes, events, children), now)
+        run = run.model_copy(update={"status": decision.status})
+        self.state.runs[name] = run
+        self._requeue.pop(name, None)
+        changed = bool(outcomes) or (due is not None and due <= now)
+        for action in decision.actions:
+            changed |= self._apply(run, action)
+        if run.status.model_dump_json() != before:
+            self._save(run)
+            changed = changed or run.status.phase.finished
+        return changed
+
+    def _apply(self, run: WorkflowRun, action: object) -> bool:
+        name = run.metadata.name
+        if isinstance(action, StartExecution):
+            self.executor.start(name, action)
+        elif isinstance(action, StopExecution):
+            self.executor.stop(name, action.name)
+        elif isinstance(action, RequeueAt):
+            self._requeue[name] = action.when
+            return False
+        elif isinstance(action, Note):
+            if self.timeline is not None:
+                self.timeline.note(self.clock.now(), name, action)
+            return False
+        elif isinstance(action, StartChild):
+            if action.workflow not in self.workflows:
+                return self._child_missing(run, action)
+            event = RunEvent(name="kubestep/function.invoked", data=action.data, source=name)
+            self.create_run(action.workflow, event, action.name, ParentRef(run=name, step=action.step))
+        elif isinstance(action, PublishEvents):
+            for event_id, event in zip(action.ids, action.events, strict=True):
+                payload = {**event, "id": event.get("id") or event_id}
+                self.state.published.append(payload)
+                self.deliver(payload, source=event_id)
+        return True
+
+    def _child_missing(self, run: WorkflowRun, action: StartChild) -> bool:
+        # An invoke of an unknown workflow fails the step, like a child that failed at once.
+        failed = WorkflowRun(
+            metadata=ObjectMeta(name=action.name),
+            spec=WorkflowRunSpec(
+                workflow_ref=WorkflowRef(name=action.workflow),
+                workflow=run.spec.workflow,
+                event=RunEvent(name="kubestep/function.invoked"),
+                parent=ParentRef(run=run.metadata.name, step=action.step),
+            ),
+        )
+        failed.status.phase = RunPhase.FAILED
+        failed.status.error = _not_found(action.workflow, list(self.workflows))
+        self.state.runs[action.name] = failed
+        return True
+
+    def _children(self, run: WorkflowRun) -> list[ChildResult]:
+        results = []
+        for step in run.status.steps:
+            if step.invoke is None:
+                continue
+            child = self.state.runs.get(step.invoke.run)
+            if child is not None:
+                results.append(ChildResult(step.id, child.status.phase, child.status.output, child.status.error))
+        return results
+
+    def _sleep(self) -> None:
+        now = self.clock.now()
+        deadlines = [when for name, when in self._requeue.items() if not self.state.runs[name].status.phase.finished]
+        seconds = min(((d - now).total_seconds() for d in deadlines), default=INBOX_POLL_SECONDS)
+        if self.store is not None:
+            seconds = min(seconds, INBOX_POLL_SECONDS)
+        self.clock.wait(max(0.0, seconds), self.wake)
+
+    def _save(self, run: WorkflowRun) -> None:
+        if self.store is not None:
+            self.store.save(run)
+
+
+def _run_event(payload: dict[str, Any], source: str) -> RunEvent:
+    return RunEvent(
+        name=payload["name"],
+        data=payload.get("data") or {},
+        user=payload.get("user") or {},
+        id=payload.get("id") or None,
+        source=source or None,
+    )
+
+
+def _not_found(workflow: str, known: list[str]) -> Any:
+    from kubestep.api.run import ErrorInfo
+
+    return ErrorInfo(
+        type="WorkflowNotFound",
+        message=f"no workflow named {workflow!r} is loaded; known: {', '.join(sorted(known)) or 'none'}",
+    )

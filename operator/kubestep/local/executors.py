@@ -1,0 +1,191 @@
+"""Where a runner execution happens locally: a ``python -m kubestep.runner`` process, or in-process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from kubestep.api.report import EXIT_BAD_INPUT, decode_report
+from kubestep.engine.actions import StartExecution
+from kubestep.engine.observations import ExitKind, Outcome
+from kubestep.runner.main import load_function
+from kubestep.sdk.step import Replay
+
+_TAIL_LINES = 20
+
+
+class Executor(Protocol):
+    """Runs executions and reports how they ended."""
+
+    def start(self, run: str, action: StartExecution) -> None:
+        """Start ``action`` for run ``run`` (a second start of the same name is ignored)."""
+
+    def stop(self, run: str, name: str) -> None:
+        """Stop an execution; its outcome is no longer reported."""
+
+    def finished(self) -> list[tuple[str, Outcome]]:
+        """Executions that ended since the last call, as ``(run, outcome)``."""
+
+    def log(self, run: str, name: str) -> str:
+        """What the execution printed."""
+
+
+@dataclass
+class _Process:
+    run: str
+    name: str
+    popen: subprocess.Popen[bytes]
+    report: Path
+    log: Path
+    deadline: float | None
+    timed_out: bool = False
+
+
+class ProcessExecutor:
+    """Each execution is a ``python -m kubestep.runner`` subprocess, as in a step pod."""
+
+    def __init__(
+        self,
+        root: Callable[[str], Path],
+        cwd: Path,
+        env: dict[str, str],
+        wake: threading.Event,
+    ) -> None:
+        self._root = root
+        self._cwd = cwd
+        self._env = env
+        self._wake = wake
+        self._procs: dict[tuple[str, str], _Process] = {}
+        self._done: list[tuple[str, Outcome]] = []
+        self._lock = threading.Lock()
+
+    def start(self, run: str, action: StartExecution) -> None:
+        """Write the execution's state and spawn the runner."""
+        if (run, action.name) in self._procs:
+            return
+        folder = self._root(run) / "executions" / action.name
+        folder.mkdir(parents=True, exist_ok=True)
+        state = folder / "state.json"
+        state.write_text(action.state.model_dump_json(by_alias=True))
+        report = folder / "report"
+        report.write_text("")
+        log = folder / "log"
+        pythonpath = os.pathsep.join(p for p in (str(self._cwd), self._env.get("PYTHONPATH", "")) if p)
+        env = {**self._env, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "kubestep.runner", "--state", str(state), "--report", str(report)],
+                cwd=self._cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = None if action.timeout_seconds is None else time.monotonic() + action.timeout_seconds
+        proc = _Process(run, action.name, popen, report, log, deadline)
+        self._procs[(run, action.name)] = proc
+        threading.Thread(target=self._watch, args=(proc,), daemon=True).start()
+
+    def _watch(self, proc: _Process) -> None:
+        while True:
+            timeout = None if proc.deadline is None else max(0.0, proc.deadline - time.monotonic())
+            try:
+                proc.popen.wait(timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                proc.timed_out = True
+                _kill(proc.popen)
+        outcome = self._outcome(proc)
+        with self._lock:
+            if (proc.run, proc.name) in self._procs:
+                del self._procs[(proc.run, proc.name)]
+                self._done.append((proc.run, outcome))
+        self._wake.set()
+
+    def _outcome(self, proc: _Process) -> Outcome:
+        code = proc.popen.returncode
+        log = proc.log.read_text(errors="replace")
+        report = decode_report(proc.report.read_text(errors="replace"), log)
+        tail = "\n".join(line for line in log.splitlines()[-_TAIL_LINES:])
+        now = datetime.now(UTC)
+        if proc.timed_out:
+            return Outcome(proc.name, ExitKind.DEADLINE, report, code, "DeadlineExceeded", "", tail, now)
+        if code is not None and code < 0:
+            reason = "Killed" if -code == signal.SIGKILL else f"Signal{-code}"
+            return Outcome(proc.name, ExitKind.EXITED, report, 128 - code, reason, "", tail, now)
+        reason = "Completed" if code == 0 else ("BadInput" if code == EXIT_BAD_INPUT else "Error")
+        return Outcome(proc.name, ExitKind.EXITED, report, code, reason, "", tail, now)
+
+    def stop(self, run: str, name: str) -> None:
+        """Kill the process group of the execution."""
+        with self._lock:
+            proc = self._procs.pop((run, name), None)
+        if proc is not None:
+            _kill(proc.popen)
+
+    def finished(self) -> list[tuple[str, Outcome]]:
+        """Executions that ended since the last call."""
+        with self._lock:
+            done, self._done = self._done, []
+        return done
+
+    def log(self, run: str, name: str) -> str:
+        """The execution's combined output."""
+        path = self._root(run) / "executions" / name / "log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def shutdown(self) -> None:
+        """Kill whatever still runs (the driver is exiting)."""
+        for run, name in list(self._procs):
+            self.stop(run, name)
+
+
+def _kill(popen: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class InProcessExecutor:
+    """Runs the replay in this process, synchronously: for ``kubestep.testing``."""
+
+    def __init__(self, functions: dict[str, Any], stubs: dict[str, Any], now: Callable[[], datetime]) -> None:
+        self._functions = functions
+        self._stubs = stubs
+        self._now = now
+        self._done: list[tuple[str, Outcome]] = []
+        self._logs: dict[tuple[str, str], str] = {}
+
+    def start(self, run: str, action: StartExecution) -> None:
+        """Replay the function now; the outcome is reported by ``finished``."""
+        spec = action.state.function
+        workflow = self._functions.get(spec) or load_function(spec)
+        replay = Replay(action.state, now=self._now)
+        replay.stubs = self._stubs
+        report = replay.run(workflow)
+        failed = report.kind.value in ("step_failed", "failed")
+        tail = report.error.traceback if report.error else ""
+        outcome = Outcome(action.name, ExitKind.EXITED, report, 1 if failed else 0, "", "", tail, self._now())
+        self._done.append((run, outcome))
+
+    def stop(self, run: str, name: str) -> None:
+        """Nothing runs in the background here."""
+
+    def finished(self) -> list[tuple[str, Outcome]]:
+        """Outcomes of executions started since the last call."""
+        done, self._done = self._done, []
+        return done
+
+    def log(self, run: str, name: str) -> str:
+        """In-process executions print straight to this process's output."""
+        return ""

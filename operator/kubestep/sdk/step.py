@@ -1,0 +1,367 @@
+"""The step facade workflow code calls, and the replay that drives it.
+
+A run advances by replaying the function from the top: steps already finished return their recorded
+output at once; the first step without a result is executed (a ``run`` step) or reported (a sleep, a wait,
+an invoke, a send, a parallel group), and the function is stopped with an ``Interrupt``.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubestep.api.durations import parse_duration
+from kubestep.api.report import MemoEntry, Report, ReportError, ReportKind, RunnerState, StepRef
+from kubestep.api.run import StepType
+from kubestep.sdk.errors import (
+    Interrupt,
+    NondeterminismError,
+    NonRetriableError,
+    RetryAfterError,
+    StepError,
+    WorkflowDefinitionError,
+)
+from kubestep.sdk.workflow import Context, EventPayload, WorkflowFunction
+
+_TRACEBACK_LINES = 20
+_MESSAGE_CHARS = 2000
+
+
+class _Reported(Interrupt):
+    """Replay has its report; the function must stop."""
+
+    def __init__(self, report: Report) -> None:
+        super().__init__(report.kind.value)
+        self.report = report
+
+
+class _NewStep(Interrupt):
+    """Inside a parallel group: this branch reached a step that has no result yet."""
+
+    def __init__(self, ref: StepRef, pending: bool) -> None:
+        super().__init__(ref.id)
+        self.ref = ref
+        self.pending = pending
+
+
+def to_json(value: Any, what: str, limit: int) -> Any:
+    """Check that ``value`` is JSON within ``limit`` bytes; return its JSON round trip.
+
+    Raises ``NonRetriableError`` naming ``what`` and the offending type or size.
+    """
+    try:
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise NonRetriableError(
+            f"{what} returned a value that is not JSON ({_json_problem(value, exc)}); return dicts, "
+            "lists, strings, numbers, booleans or None — convert other objects before returning them"
+        ) from None
+    size = len(text.encode())
+    if size > limit:
+        raise NonRetriableError(
+            f"{what} returned {size} bytes of JSON; the limit is {limit} bytes (spec.limits.stepOutputBytes). "
+            "Store large data elsewhere (object storage, a database) and return a reference to it"
+        )
+    return json.loads(text)
+
+
+def _json_problem(value: Any, exc: Exception) -> str:
+    bad = _first_non_json(value)
+    if bad is not None:
+        return f"type {type(bad).__module__}.{type(bad).__qualname__}".replace("builtins.", "")
+    return str(exc)
+
+
+def _first_non_json(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | str):
+        return None
+    if isinstance(value, float):
+        return value if value != value or value in (float("inf"), float("-inf")) else None
+    if isinstance(value, list | tuple):
+        return next((b for b in map(_first_non_json, value) if b is not None), None)
+    if isinstance(value, dict):
+        if any(not isinstance(k, str | int | float | bool) and k is not None for k in value):
+            return next(k for k in value if not isinstance(k, str | int | float | bool))
+        return next((b for b in map(_first_non_json, value.values()) if b is not None), None)
+    return value
+
+
+def classify(exc: BaseException, now: datetime) -> ReportError:
+    """Turn an exception raised by a step into the report's error, with its retry class."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tail = "\n".join(tb.rstrip().splitlines()[-_TRACEBACK_LINES:])
+    error = ReportError(type=type(exc).__name__, message=str(exc)[:_MESSAGE_CHARS], traceback=tail)
+    if isinstance(exc, NonRetriableError | WorkflowDefinitionError | NondeterminismError):
+        error.retriable = False
+    elif isinstance(exc, RetryAfterError):
+        error.retry_after_seconds = exc.delay_seconds(now)
+    return error
+
+
+class Step:
+    """The steps of a workflow function: ``step.run``, ``step.sleep``, ``step.wait_for_event`` and friends.
+
+    Each step has a name, unique within the run; a name reached again (in a loop) gets a counter
+    (``name:1``, ``name:2``). Outputs are JSON and are recorded, so finished steps never run again.
+    """
+
+    def __init__(self, replay: Replay) -> None:
+        self._replay = replay
+
+    def run(self, id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` as a durable step named ``id`` and return its (JSON) output.
+
+        A failure is retried on its own with the workflow's backoff; raise ``NonRetriableError`` to stop
+        retrying, or ``RetryAfterError`` to choose the delay. When the step fails for good, ``StepError``
+        is raised here.
+        """
+        return self._replay.reach(id, StepType.RUN, lambda ref: self._replay.execute(ref, fn, args, kwargs))
+
+    def sleep(self, id: str, duration: str | float | timedelta) -> None:
+        """Pause the run for ``duration`` (``"30s"``, ``"2h"``, ``"1d"``, seconds, or a ``timedelta``).
+
+        No pod stays alive while the run sleeps.
+        """
+        seconds = parse_duration(duration)
+        self._replay.reach(
+            id,
+            StepType.SLEEP,
+            lambda ref: self._replay.report(
+                Report(kind=ReportKind.SLEEP, step=ref, until=self._replay.now + timedelta(seconds=seconds))
+            ),
+        )
+
+    def sleep_until(self, id: str, when: datetime | str) -> None:
+        """Pause the run until ``when`` (a timezone-aware ``datetime`` or an RFC 3339 string)."""
+        until = datetime.fromisoformat(when) if isinstance(when, str) else when
+        if until.tzinfo is None:
+            raise WorkflowDefinitionError(
+                f"step {id!r}: sleep_until needs a timezone-aware time, got {until.isoformat()}; "
+                "add a timezone, e.g. datetime(..., tzinfo=UTC)"
+            )
+        self._replay.reach(
+            id, StepType.SLEEP, lambda ref: self._replay.report(Report(kind=ReportKind.SLEEP, step=ref, until=until))
+        )
+
+    def wait_for_event(
+        self, id: str, event: str, *, timeout: str | float | timedelta, if_: str | None = None
+    ) -> EventPayload | None:
+        """Wait until an event named ``event`` arrives, and return it; return ``None`` after ``timeout``.
+
+        ``if_`` is a CEL condition over ``event`` (this run's trigger) and ``async`` (the arriving
+        event), e.g. ``"async.data.upload_id == event.data.upload_id"``. Only events published after the
+        wait began can match.
+        """
+        seconds = parse_duration(timeout)
+        raw = self._replay.reach(
+            id,
+            StepType.WAIT_FOR_EVENT,
+            lambda ref: self._replay.report(
+                Report(kind=ReportKind.WAIT_FOR_EVENT, step=ref, event=event, if_=if_, timeout_seconds=seconds)
+            ),
+        )
+        return None if raw is None else EventPayload.from_dict(raw)
+
+    def send_event(
+        self, id: str, name: str, data: dict[str, Any] | None = None, *, user: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Publish an event as a step (sent once, even when the run is replayed); return the event ids."""
+        payload = {"name": name, "data": data or {}, "user": user or {}}
+        to_json(payload, f"step {id!r} (send_event)", 1 << 20)
+        result = self._replay.reach(
+            id,
+            StepType.SEND_EVENT,
+            lambda ref: self._replay.report(Report(kind=ReportKind.SEND_EVENT, step=ref, events=[payload])),
+        )
+        return list(result or [])
+
+    def invoke(
+        self,
+        id: str,
+        workflow: str | WorkflowFunction,
+        data: dict[str, Any] | None = None,
+        *,
+        timeout: str | float | timedelta | None = None,
+    ) -> Any:
+        """Start another workflow (by Workflow name) as a child run, wait for it and return its output.
+
+        If the child fails, ``StepError`` is raised here.
+        """
+        name = workflow.id if isinstance(workflow, WorkflowFunction) else workflow
+        seconds = None if timeout is None else parse_duration(timeout)
+        return self._replay.reach(
+            id,
+            StepType.INVOKE,
+            lambda ref: self._replay.report(
+                Report(kind=ReportKind.INVOKE, step=ref, workflow=name, data=data or {}, timeout_seconds=seconds)
+            ),
+        )
+
+    def parallel(self, *branches: Callable[[], Any]) -> tuple[Any, ...]:
+        """Run several ``step.run`` calls at the same time, each retried on its own; return their outputs.
+
+        Pass callables: ``step.parallel(lambda: step.run("a", fa), lambda: step.run("b", fb))``.
+        """
+        return self._replay.parallel(branches)
+
+
+class Replay:
+    """One replay of a workflow function against a run's recorded steps."""
+
+    def __init__(self, state: RunnerState, now: Callable[[], datetime] | None = None) -> None:
+        self.state = state
+        self._clock = now or (lambda: datetime.now(UTC))
+        self._position = 0
+        self._names: Counter[str] = Counter()
+        self._in_parallel = False
+        self.on_start: Callable[[Report], None] = lambda report: None
+        """Called with a ``started`` report just before a step executes (the runner persists it)."""
+        self.stubs: dict[str, Any] = {}
+        """Test doubles by step id or name: a value to return, an exception to raise, or a callable."""
+
+    @property
+    def now(self) -> datetime:
+        """The current time."""
+        return self._clock()
+
+    # The replay protocol -------------------------------------------------------------------------
+
+    def reach(self, name: str, kind: StepType, on_new: Callable[[StepRef], Any]) -> Any:
+        """The function reached step ``name``: return its recorded result, or act on the new step."""
+        if not isinstance(name, str) or not name:
+            raise WorkflowDefinitionError(f"step names must be non-empty strings, got {name!r}")
+        count = self._names[name]
+        self._names[name] += 1
+        ref = StepRef(id=name if count == 0 else f"{name}:{count}", name=name, type=kind)
+        memo = self._recorded(ref)
+        if memo is not None and memo.done:
+            if memo.error is not None:
+                raise StepError(ref.id, memo.error.get("type", "Error"), memo.error.get("message", ""))
+            return memo.output
+        executable = kind is StepType.RUN and (self.state.target in (None, ref.id))
+        if self._in_parallel:
+            if kind is not StepType.RUN:
+                raise WorkflowDefinitionError(
+                    f"step {ref.id!r}: only step.run can be used inside step.parallel, not {kind.value}"
+                )
+            if not (executable and memo is not None and self.state.target == ref.id):
+                raise _NewStep(ref, pending=memo is not None)
+        elif memo is not None and not executable:
+            raise NondeterminismError(
+                f"replay reached step {ref.id!r}, which is still in progress, while executing "
+                f"{self.state.target!r}; the function must reach its steps in the same order every time"
+            )
+        elif self.state.target is not None and memo is None:
+            raise NondeterminismError(
+                f"replay reached new step {ref.id!r} before step {self.state.target!r} it was asked to "
+                "execute; the function must reach its steps in the same order every time"
+            )
+        return on_new(ref)
+
+    def _recorded(self, ref: StepRef) -> MemoEntry | None:
+        """The memo of ``ref`` if the run has reached it, checking that the order is the recorded one."""
+        steps = self.state.steps
+        if self._position >= len(steps):
+            self._position += 1
+            return None
+        expected = steps[self._position]
+        if expected.id != ref.id or expected.type is not ref.type:
+            raise NondeterminismError(
+                f"replay reached {ref.type.value} step {ref.id!r} where the run recorded "
+                f"{expected.type.value} step {expected.id!r} (step #{self._position + 1}); the function must "
+                "reach its steps in the same order every time — keep time, randomness and I/O inside steps"
+            )
+        self._position += 1
+        return expected
+
+    def report(self, report: Report) -> Any:
+        """Stop the function with ``report``."""
+        raise _Reported(report)
+
+    def execute(self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Execute a ``run`` step in this process and stop the function with its result."""
+        self.on_start(Report(kind=ReportKind.STARTED, step=ref))
+        try:
+            output = to_json(self._call(ref, fn, args, kwargs), f"step {ref.id!r}", self.state.max_output_bytes)
+        except Exception as exc:
+            raise _Reported(Report(kind=ReportKind.STEP_FAILED, step=ref, error=classify(exc, self.now))) from exc
+        raise _Reported(Report(kind=ReportKind.STEP_SUCCEEDED, step=ref, output=output))
+
+    def _call(self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        key = ref.id if ref.id in self.stubs else ref.name
+        if key not in self.stubs:
+            return fn(*args, **kwargs)
+        stub = self.stubs[key]
+        if isinstance(stub, BaseException):
+            raise stub
+        return stub(*args, **kwargs) if callable(stub) else stub
+
+    def parallel(self, branches: tuple[Callable[[], Any], ...]) -> tuple[Any, ...]:
+        """Replay each branch; report the new ones together as a plan."""
+        if self._in_parallel:
+            raise WorkflowDefinitionError("step.parallel cannot be nested")
+        results: list[Any] = []
+        planned: list[StepRef] = []
+        pending = False
+        self._in_parallel = True
+        try:
+            for branch in branches:
+                try:
+                    results.append(branch())
+                except _NewStep as new:
+                    pending = pending or new.pending
+                    if not new.pending:
+                        planned.append(new.ref)
+                    results.append(None)
+        finally:
+            self._in_parallel = False
+        if planned:
+            self.report(Report(kind=ReportKind.PLANNED, planned=planned))
+        if pending:
+            # Some branches are still being executed by other executions; nothing new to do here.
+            raise NondeterminismError(
+                "a parallel group still has steps in progress but this execution was given none of them"
+            )
+        return tuple(results)
+
+    # Running the whole function -----------------------------------------------------------------------
+
+    def run(self, workflow: WorkflowFunction) -> Report:
+        """Replay ``workflow`` once and return the report."""
+        ctx = Context(
+            event=EventPayload.from_dict(self.state.event), run_id=self.state.run, attempt=self.state.attempt
+        )
+        try:
+            output = workflow(ctx, Step(self))
+        except _Reported as done:
+            return done.report
+        except _NewStep as stray:  # a branch callable was called outside step.parallel
+            return _failed(WorkflowDefinitionError(f"step {stray.ref.id!r} escaped step.parallel"), self.now)
+        except StepError as exc:
+            return Report(
+                kind=ReportKind.FAILED,
+                error=ReportError(type=exc.error_type, message=exc.error_message, retriable=False),
+                step=_ref_of(self.state, exc.step_id),
+            )
+        except Exception as exc:
+            return _failed(exc, self.now)
+        try:
+            value = to_json(output, "the workflow function", self.state.max_output_bytes)
+        except NonRetriableError as exc:
+            return _failed(exc, self.now)
+        return Report(kind=ReportKind.COMPLETED, output=value)
+
+
+def _failed(exc: Exception, now: datetime) -> Report:
+    error = classify(exc, now)
+    error.retriable = False
+    return Report(kind=ReportKind.FAILED, error=error)
+
+
+def _ref_of(state: RunnerState, step_id: str) -> StepRef | None:
+    memo = next((m for m in state.steps if m.id == step_id), None)
+    return None if memo is None else StepRef(id=memo.id, name=memo.name, type=memo.type)
