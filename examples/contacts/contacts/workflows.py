@@ -1,4 +1,4 @@
-"""The workflow: five named steps; a failed step is retried alone, finished steps never run again."""
+"""The workflow: named steps; a failed step is retried alone, finished steps never run again."""
 
 from __future__ import annotations
 
@@ -27,5 +27,12 @@ def process_contacts_csv_upload(ctx: kubestep.Context, step: kubestep.Step) -> d
         owner,
         filename,
         created["total_users_added"],
+    )
+    # Other workflows (billing, analytics) react to the import without this one knowing them.
+    step.send_event(
+        "announce-import-completed",
+        "api/contact_list.imported",
+        {"filename": filename, "total_users_added": created["total_users_added"]},
+        user={"id": owner},
     )
     return {"imported": created["total_users_added"]}

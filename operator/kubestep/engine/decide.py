@@ -140,7 +140,7 @@ class _Decider:
         kind = report.kind
         if kind is ReportKind.COMPLETED:
             self.status.output = report.output
-            self.end_all(RunPhase.SUCCEEDED, None, "Succeeded", "the workflow function returned")
+            self.end_all(RunPhase.SUCCEEDED, None, "Succeeded", "run succeeded")
             return
         if kind is ReportKind.FAILED:
             assert report.error is not None
@@ -160,7 +160,7 @@ class _Decider:
             attempt = self.add_attempt(step, execution, outcome)
             attempt.result = AttemptResult.SUCCEEDED
             attempt.reason = "Completed"
-            self.step_done(step, output=report.output)
+            self.step_done(step, output=report.output, took=_took(attempt))
         elif kind is ReportKind.STEP_FAILED:
             assert report.error is not None
             err = report.error
@@ -170,11 +170,8 @@ class _Decider:
                 result = AttemptResult.RETRY_AFTER
             else:
                 result = AttemptResult.ERROR
-            message = f"{err.type}: {err.message}"
             tail = outcome.log_tail or err.traceback
-            self.attempt_failed(
-                step, execution, outcome, result, err.type, message, err.retry_after_seconds, tail, err
-            )
+            self.attempt_failed(step, execution, outcome, result, err.type, err.message, err.retry_after_seconds, tail)
         elif kind is ReportKind.SLEEP:
             assert report.until is not None
             step.phase = StepPhase.SLEEPING
@@ -224,7 +221,6 @@ class _Decider:
         message: str,
         retry_after: float | None,
         log_tail: str = "",
-        report_error: object = None,
     ) -> None:
         attempt = self.add_attempt(step, execution, outcome)
         attempt.result = result
@@ -245,7 +241,7 @@ class _Decider:
             self.step_done(step, error=ErrorInfo(type=error_type, message=message, step=step.id))
             self.note(
                 "StepFailed",
-                f"step {step.id!r} failed after {step.attempt_count} attempt(s) ({why}): {message}",
+                f"step {step.id!r} failed after {step.attempt_count} attempt(s) ({why}): {reason}: {message}",
                 warning=True,
             )
             return
@@ -261,7 +257,7 @@ class _Decider:
         step.next_attempt_at = self.now + timedelta(seconds=wait)
         self.note(
             "StepRetrying",
-            f"step {step.id!r} attempt {attempt.number} {result.value.lower()}: {message}; "
+            f"step {step.id!r} attempt {attempt.number} failed ({result.value}) {reason}: {message}; "
             f"retrying in {format_duration(wait)}",
             warning=True,
         )
@@ -279,14 +275,17 @@ class _Decider:
             return
         self.note("RunnerFailed", f"execution {execution.name} ended before reaching a step: {message}", True)
 
-    def step_done(self, step: StepStatus, output: object = None, error: ErrorInfo | None = None) -> None:
+    def step_done(
+        self, step: StepStatus, output: object = None, error: ErrorInfo | None = None, took: str = ""
+    ) -> None:
         step.phase = StepPhase.FAILED if error else StepPhase.SUCCEEDED
         step.output = output if error is None else None
         step.error = error
         step.finished_at = self.now
         step.next_attempt_at = None
         if error is None:
-            self.note("StepSucceeded", f"step {step.id!r} succeeded")
+            detail = f"attempt {step.attempt_count}, {took}" if took else step.type.value
+            self.note("StepSucceeded", f"step {step.id!r} succeeded ({detail})")
 
     # Sleeps, waits and children --------------------------------------------------------------------
 
@@ -476,6 +475,12 @@ class _Decider:
         return Condition(
             type="Succeeded", status="Unknown", reason=status.phase.value, message=f"progress {status.progress}"
         )
+
+
+def _took(attempt: Attempt) -> str:
+    if attempt.started_at is None or attempt.finished_at is None:
+        return ""
+    return format_duration(max(0.0, (attempt.finished_at - attempt.started_at).total_seconds()))
 
 
 def _failure_class(outcome: Outcome) -> tuple[AttemptResult, str]:

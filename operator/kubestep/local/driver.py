@@ -60,6 +60,8 @@ class Driver:
         self._requeue: dict[str, datetime] = {}
         self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self._inbox: dict[str, list[ArrivedEvent]] = defaultdict(list)
+        self.standing_events: list[dict[str, Any]] = []
+        """Events offered to every wait as if just published (``kubestep.testing``)."""
 
     # Starting runs ---------------------------------------------------------------------------------
 
@@ -135,6 +137,7 @@ class Driver:
         due = self._requeue.get(name)
         outcomes = self._outcomes.pop(name, [])
         events = self.store.inbox(name) if self.store is not None else list(self._inbox[name])
+        events += [ArrivedEvent(payload, now, "test") for payload in self.standing_events]
         children = self._children(run)
         before = run.status.model_dump_json()
         decision = decide(run, Observed(outcomes, events, children), now)

@@ -33,8 +33,8 @@ class Timeline:
         style = _STYLES.get(note.reason, "red" if note.warning else "")
         stamp = when.astimezone().strftime("%H:%M:%S")
         text = escape(note.message)
-        self.console.print(f"[dim]{stamp}[/dim] [bold]{escape(run)}[/bold] [{style}]{text}[/{style}]" if style
-                           else f"[dim]{stamp}[/dim] [bold]{escape(run)}[/bold] {text}", highlight=False)
+        body = f"[{style}]{text}[/{style}]" if style else text
+        self.console.print(f"[dim]{stamp}[/dim] [bold]{escape(run)}[/bold] {body}", highlight=False, soft_wrap=True)
 
     def output(self, execution: str, log: str) -> None:
         """What an execution printed."""
@@ -42,4 +42,4 @@ class Timeline:
         if not self.show_logs or not lines:
             return
         for line in lines:
-            self.console.print(f"    [dim]│ {escape(line)}[/dim]", highlight=False)
+            self.console.print(f"    [dim]│ {escape(line)}[/dim]", highlight=False, soft_wrap=True)
