@@ -270,8 +270,11 @@ class _Decider:
         if outcome.log_tail:
             message += "\n" + outcome.log_tail[-_LOG_TAIL_CHARS:]
         if self.status.discovery_failures > policy.limit + policy.disruption_limit:
-            error = ErrorInfo(type=outcome.reason or "RunnerFailed", message=message)
-            self.end_all(RunPhase.FAILED, error, "RunnerFailed", f"the runner failed before reaching a step: {message}")
+            error = ErrorInfo(
+                type=outcome.reason or "RunnerFailed",
+                message=f"the runner failed {self.status.discovery_failures} times before reaching a step: {message}",
+            )
+            self.end_all(RunPhase.FAILED, error, "RunnerFailed", error.message)
             return
         self.note("RunnerFailed", f"execution {execution.name} ended before reaching a step: {message}", True)
 

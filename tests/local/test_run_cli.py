@@ -1,0 +1,297 @@
+"""`kubestep run`: whole runs on this machine, each step attempt a real runner process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "contacts"
+KUBESTEP = [sys.executable, "-m", "kubestep.cli.main"]
+
+
+def kubestep(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> Any:
+    return subprocess.run(
+        [*KUBESTEP, *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def as_record(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    assert proc.stdout, f"no JSON record; stderr:\n{proc.stderr}"
+    return dict(json.loads(proc.stdout))
+
+
+def steps_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for s in record["steps"]}
+
+
+@pytest.fixture
+def contacts(tmp_path: Path) -> Path:
+    """A copy of the example, so that its CRM and outbox start empty."""
+    target = tmp_path / "contacts"
+    shutil.copytree(EXAMPLE, target, ignore=shutil.ignore_patterns(".demo", ".kubestep", "__pycache__"))
+    return target
+
+
+def crm_rows(example: Path) -> list[tuple[str, ...]]:
+    db = example / ".demo" / "crm.sqlite3"
+    if not db.exists():
+        return []
+    return list(sqlite3.connect(db).execute("SELECT owner, email FROM contacts ORDER BY email"))
+
+
+def test_the_contacts_example_succeeds_with_five_steps(contacts: Path) -> None:
+    proc = kubestep("run", "workflow.yaml", "--event", "event.yaml", "--output", "json", cwd=contacts)
+    assert proc.returncode == 0, proc.stderr
+    record = as_record(proc)
+    assert record["phase"] == "Succeeded"
+    assert record["output"] == {"imported": 5}
+    assert [s["id"] for s in record["steps"]] == [
+        "validate-upload-contents",
+        "enrich-address-information",
+        "create-contacts-in-crm",
+        "notify-user-of-successful-import",
+        "announce-import-completed",
+    ]
+    assert {s["phase"] for s in record["steps"]} == {"Succeeded"}
+    assert steps_of(record)["create-contacts-in-crm"]["output"] == {"total_users_added": 5}
+    assert len(crm_rows(contacts)) == 5
+    outbox = list((contacts / ".demo" / "outbox").iterdir())
+    assert len(outbox) == 1 and "5 contacts imported" in outbox[0].read_text()
+    # The timeline went to stderr and tells the story.
+    assert "validate-upload-contents' succeeded" in proc.stderr
+
+
+def test_flaky_enrichment_is_retried_alone_with_the_workflows_backoff(contacts: Path) -> None:
+    proc = kubestep(
+        "run", "workflow.yaml", "-e", "event.yaml", "-o", "json", cwd=contacts, env={"CONTACTS_ENRICH_FAILURES": "2"}
+    )
+    assert proc.returncode == 0, proc.stderr
+    steps = steps_of(as_record(proc))
+    enrich = steps["enrich-address-information"]
+    assert enrich["attemptCount"] == 3
+    failed, second, last = enrich["attempts"]
+    for attempt in (failed, second):
+        assert attempt["result"] == "Error"
+        assert attempt["reason"] == "EnrichmentUnavailableError"
+        assert "HTTP 503" in attempt["message"]
+    assert last["result"] == "Succeeded"
+    # The policy in workflow.yaml: 1s initial, factor 2, up to 500ms jitter.
+    policy = yaml.safe_load((contacts / "workflow.yaml").read_text())["spec"]["retries"]["backoff"]
+    assert policy == {"initial": "1s", "factor": 2, "max": "30s", "jitter": "500ms"}
+    assert 1.0 <= failed["retryDelaySeconds"] <= 1.5
+    assert 2.0 <= second["retryDelaySeconds"] <= 2.5
+    # ... and the next attempt really waited that long.
+    for before, after in ((failed, second), (second, last)):
+        gap = (datetime.fromisoformat(after["startedAt"]) - datetime.fromisoformat(before["finishedAt"]))
+        assert gap.total_seconds() >= before["retryDelaySeconds"] - 0.05
+    assert steps["validate-upload-contents"]["attemptCount"] == 1
+    assert steps["create-contacts-in-crm"]["attemptCount"] == 1
+    rows = crm_rows(contacts)
+    assert len(rows) == 5 and len(set(rows)) == 5, "each contact exactly once"
+
+
+def test_an_invalid_upload_notifies_the_user_and_creates_nothing(contacts: Path) -> None:
+    proc = kubestep("run", "workflow.yaml", "-e", "event-invalid.yaml", "-o", "json", cwd=contacts)
+    assert proc.returncode == 0, proc.stderr
+    record = as_record(proc)
+    assert record["phase"] == "Succeeded"
+    assert [s["id"] for s in record["steps"]] == ["validate-upload-contents", "notify-user-of-invalid-contents"]
+    assert "missing column 'city'" in record["output"]["errors"]
+    assert "line 3: invalid email 'not-an-email'" in record["output"]["errors"]
+    assert crm_rows(contacts) == []
+    (mail,) = (contacts / ".demo" / "outbox").iterdir()
+    assert "could not import" in mail.read_text()
+
+
+# Small workflows for the failure cases --------------------------------------------------------------
+
+FLOWS = '''
+import datetime, os, time
+import kubestep
+
+def fail_hard():
+    raise kubestep.NonRetriableError("the file is corrupt")
+
+def flaky_with_delay():
+    marker = os.path.join(os.environ["MARKS"], "called")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise kubestep.RetryAfterError("rate limited", "2s")
+    return "ok"
+
+def returns_a_set():
+    return {1, 2}
+
+def too_slow():
+    print("starting a long computation", flush=True)
+    time.sleep(60)
+
+@kubestep.workflow("nonretriable")
+def nonretriable(ctx, step):
+    step.run("parse", fail_hard)
+
+@kubestep.workflow("retry-after")
+def retry_after(ctx, step):
+    return step.run("call-api", flaky_with_delay)
+
+@kubestep.workflow("not-json")
+def not_json(ctx, step):
+    return step.run("make-set", returns_a_set)
+
+@kubestep.workflow("slow")
+def slow(ctx, step):
+    return step.run("crunch", too_slow)
+
+@kubestep.workflow("approval")
+def approval(ctx, step):
+    got = step.wait_for_event("wait-approval", "app/approved", timeout="1h",
+                              if_="async.data.doc == event.data.doc")
+    return None if got is None else got.data["by"]
+'''
+
+
+def workflow_yaml(name: str, function: str, retries: dict[str, Any] | None = None, **spec: Any) -> str:
+    doc = {
+        "apiVersion": "kubestep.dev/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": name},
+        "spec": {
+            "triggers": [{"event": "app/go"}],
+            "image": "local",
+            "function": f"flows:{function}",
+            "retries": retries or {"limit": 2, "backoff": {"initial": "100ms", "jitter": "0s"}},
+            **spec,
+        },
+    }
+    return yaml.safe_dump(doc)
+
+
+def event_yaml(name: str = "app/go", **data: Any) -> str:
+    return yaml.safe_dump({"apiVersion": "kubestep.dev/v1alpha1", "kind": "Event", "spec": {"name": name, "data": data}})
+
+
+@pytest.fixture
+def flows(tmp_path: Path) -> Path:
+    (tmp_path / "flows.py").write_text(textwrap.dedent(FLOWS))
+    (tmp_path / "go.yaml").write_text(event_yaml(doc="d1"))
+    (tmp_path / "marks").mkdir()
+    return tmp_path
+
+
+def run_flow(flows: Path, name: str, function: str, **spec: Any) -> tuple[int, dict[str, Any], str]:
+    (flows / f"{name}.yaml").write_text(workflow_yaml(name, function, **spec))
+    proc = kubestep(
+        "run", f"{name}.yaml", "-e", "go.yaml", "-o", "json", cwd=flows, env={"MARKS": str(flows / "marks")}
+    )
+    return proc.returncode, as_record(proc), proc.stderr
+
+
+def test_non_retriable_error_fails_the_run_after_one_attempt(flows: Path) -> None:
+    code, record, _ = run_flow(flows, "nonretriable", "nonretriable")
+    assert code == 1
+    assert record["phase"] == "Failed"
+    (step,) = record["steps"]
+    assert step["attemptCount"] == 1 and step["attempts"][0]["result"] == "NonRetriable"
+    assert record["error"] == {"type": "NonRetriableError", "message": "the file is corrupt", "step": "parse"}
+
+
+def test_retry_after_waits_the_delay_the_step_asked_for(flows: Path) -> None:
+    code, record, _ = run_flow(flows, "retry-after", "retry_after")
+    assert code == 0 and record["output"] == "ok"
+    first, second = record["steps"][0]["attempts"]
+    assert first["result"] == "RetryAfter" and first["retryDelaySeconds"] == 2.0
+    gap = datetime.fromisoformat(second["startedAt"]) - datetime.fromisoformat(first["finishedAt"])
+    assert gap.total_seconds() >= 1.95
+
+
+def test_a_non_json_output_fails_naming_the_step_and_the_type(flows: Path) -> None:
+    code, record, _ = run_flow(flows, "not-json", "not_json")
+    assert code == 1 and record["phase"] == "Failed"
+    message = record["error"]["message"]
+    assert "'make-set'" in message and "set" in message and "not JSON" in message
+    assert record["steps"][0]["attemptCount"] == 1
+
+
+def test_a_step_over_its_timeout_is_stopped_and_counted(flows: Path) -> None:
+    started = time.monotonic()
+    code, record, _ = run_flow(
+        flows, "slow", "slow", retries={"limit": 1, "backoff": {"initial": "100ms", "jitter": "0s"}},
+        timeouts={"step": "1s"},
+    )
+    assert time.monotonic() - started < 30
+    assert code == 1
+    attempts = record["steps"][0]["attempts"]
+    assert [a["result"] for a in attempts] == ["Timeout", "Timeout"]
+    assert attempts[0]["reason"] == "DeadlineExceeded"
+    assert "starting a long computation" in attempts[0]["logTail"]
+    assert record["error"]["type"] == "Timeout"
+
+
+def test_a_waiting_run_is_resumed_by_an_event_from_another_command(flows: Path) -> None:
+    (flows / "approval.yaml").write_text(workflow_yaml("approval", "approval"))
+    (flows / "approved.yaml").write_text(event_yaml("app/approved", doc="d1", by="ann"))
+    (flows / "other.yaml").write_text(event_yaml("app/approved", doc="d2", by="bob"))
+    waiting = subprocess.Popen(
+        [*KUBESTEP, "run", "approval.yaml", "-e", "go.yaml", "-o", "json"],
+        cwd=flows,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run_dir = flows / ".kubestep" / "runs"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            runs = list(run_dir.glob("*/run.json")) if run_dir.exists() else []
+            if runs and json.loads(runs[0].read_text())["status"]["phase"] == "Waiting":
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the run never reached Waiting")
+        name = runs[0].parent.name
+        for event in ("other.yaml", "approved.yaml"):
+            proc = kubestep("run", "--resume", name, "--event", event, cwd=flows)
+            assert proc.returncode == 0, proc.stderr
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, err
+    record = json.loads(out)
+    assert record["phase"] == "Succeeded" and record["output"] == "ann"
+
+
+def test_an_event_that_matches_no_trigger_is_an_error(flows: Path) -> None:
+    (flows / "nonretriable.yaml").write_text(workflow_yaml("nonretriable", "nonretriable"))
+    (flows / "other.yaml").write_text(event_yaml("app/other"))
+    proc = kubestep("run", "nonretriable.yaml", "-e", "other.yaml", cwd=flows)
+    assert proc.returncode == 2
+    assert "no trigger matches" in proc.stderr
+
+
+def test_an_invalid_workflow_file_names_the_field(flows: Path) -> None:
+    bad = yaml.safe_load(workflow_yaml("bad", "x"))
+    bad["spec"]["function"] = "no-colon"
+    bad["spec"]["retries"]["backoff"]["factor"] = 0.5
+    (flows / "bad.yaml").write_text(yaml.safe_dump(bad))
+    proc = kubestep("run", "bad.yaml", "-e", "go.yaml", cwd=flows)
+    assert proc.returncode == 2
+    assert "spec.function" in proc.stderr and "'no-colon'" in proc.stderr
+    assert "spec.retries.backoff.factor" in proc.stderr
