@@ -81,7 +81,14 @@ def test_the_contacts_example_succeeds_with_five_steps(contacts: Path) -> None:
 
 def test_flaky_enrichment_is_retried_alone_with_the_workflows_backoff(contacts: Path) -> None:
     proc = kubestep(
-        "run", "workflow.yaml", "-e", "event.yaml", "-o", "json", cwd=contacts, env={"CONTACTS_ENRICH_FAILURES": "2"}
+        "run",
+        "workflow.yaml",
+        "-e",
+        "event.yaml",
+        "-o",
+        "json",
+        cwd=contacts,
+        env={"CONTACTS_ENRICH_FAILURES": "2"},
     )
     assert proc.returncode == 0, proc.stderr
     steps = steps_of(as_record(proc))
@@ -100,7 +107,7 @@ def test_flaky_enrichment_is_retried_alone_with_the_workflows_backoff(contacts: 
     assert 2.0 <= second["retryDelaySeconds"] <= 2.5
     # ... and the next attempt really waited that long.
     for before, after in ((failed, second), (second, last)):
-        gap = (datetime.fromisoformat(after["startedAt"]) - datetime.fromisoformat(before["finishedAt"]))
+        gap = datetime.fromisoformat(after["startedAt"]) - datetime.fromisoformat(before["finishedAt"])
         assert gap.total_seconds() >= before["retryDelaySeconds"] - 0.05
     assert steps["validate-upload-contents"]["attemptCount"] == 1
     assert steps["create-contacts-in-crm"]["attemptCount"] == 1
@@ -113,7 +120,10 @@ def test_an_invalid_upload_notifies_the_user_and_creates_nothing(contacts: Path)
     assert proc.returncode == 0, proc.stderr
     record = as_record(proc)
     assert record["phase"] == "Succeeded"
-    assert [s["id"] for s in record["steps"]] == ["validate-upload-contents", "notify-user-of-invalid-contents"]
+    assert [s["id"] for s in record["steps"]] == [
+        "validate-upload-contents",
+        "notify-user-of-invalid-contents",
+    ]
     assert "missing column 'city'" in record["output"]["errors"]
     assert "line 3: invalid email 'not-an-email'" in record["output"]["errors"]
     assert crm_rows(contacts) == []
@@ -123,7 +133,7 @@ def test_an_invalid_upload_notifies_the_user_and_creates_nothing(contacts: Path)
 
 # Small workflows for the failure cases --------------------------------------------------------------
 
-FLOWS = '''
+FLOWS = """
 import datetime, os, time
 import kubestep
 
@@ -165,7 +175,7 @@ def approval(ctx, step):
     got = step.wait_for_event("wait-approval", "app/approved", timeout="1h",
                               if_="async.data.doc == event.data.doc")
     return None if got is None else got.data["by"]
-'''
+"""
 
 
 def workflow_yaml(name: str, function: str, retries: dict[str, Any] | None = None, **spec: Any) -> str:
@@ -185,7 +195,9 @@ def workflow_yaml(name: str, function: str, retries: dict[str, Any] | None = Non
 
 
 def event_yaml(name: str = "app/go", **data: Any) -> str:
-    return yaml.safe_dump({"apiVersion": "kubestep.dev/v1alpha1", "kind": "Event", "spec": {"name": name, "data": data}})
+    return yaml.safe_dump(
+        {"apiVersion": "kubestep.dev/v1alpha1", "kind": "Event", "spec": {"name": name, "data": data}}
+    )
 
 
 @pytest.fixture
@@ -233,7 +245,10 @@ def test_a_non_json_output_fails_naming_the_step_and_the_type(flows: Path) -> No
 def test_a_step_over_its_timeout_is_stopped_and_counted(flows: Path) -> None:
     started = time.monotonic()
     code, record, _ = run_flow(
-        flows, "slow", "slow", retries={"limit": 1, "backoff": {"initial": "100ms", "jitter": "0s"}},
+        flows,
+        "slow",
+        "slow",
+        retries={"limit": 1, "backoff": {"initial": "100ms", "jitter": "0s"}},
         timeouts={"step": "1s"},
     )
     assert time.monotonic() - started < 30

@@ -40,7 +40,9 @@ from kubestep.engine.names import execution_name
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def make_run(retries: RetryPolicy | None = None, timeouts: Timeouts | None = None, **event: Any) -> WorkflowRun:
+def make_run(
+    retries: RetryPolicy | None = None, timeouts: Timeouts | None = None, **event: Any
+) -> WorkflowRun:
     spec = WorkflowSpec(
         triggers=[Trigger(event="app/go")],
         image="img",
@@ -88,7 +90,9 @@ class Sim:
         """End the single active execution with ``report``, one second later."""
         (active,) = self.status.active
         code = kw.pop("exit_code", 1 if report and report.kind.value.endswith("failed") else 0)
-        out = Outcome(active.name, kind, report, exit_code=code, finished_at=self.now + timedelta(seconds=1), **kw)
+        out = Outcome(
+            active.name, kind, report, exit_code=code, finished_at=self.now + timedelta(seconds=1), **kw
+        )
         return self.step(Observed(outcomes=[out]), at=self.now + timedelta(seconds=1))
 
 
@@ -101,7 +105,9 @@ def ok(step_id: str, output: Any) -> Report:
 
 
 def err(step_id: str, retriable: bool = True, retry_after: float | None = None) -> Report:
-    error = ReportError(type="ConnectionError", message="down", retriable=retriable, retry_after_seconds=retry_after)
+    error = ReportError(
+        type="ConnectionError", message="down", retriable=retriable, retry_after_seconds=retry_after
+    )
     return Report(kind=ReportKind.STEP_FAILED, step=ref(step_id), error=error)
 
 
@@ -153,7 +159,9 @@ def test_a_failed_attempt_waits_the_backoff_then_retries_the_same_step() -> None
     step = sim.run.step("enrich")
     assert step is not None and step.phase is StepPhase.RETRYING
     first = step.attempts[0]
-    assert first.result is AttemptResult.ERROR and first.reason == "ConnectionError" and first.message == "down"
+    assert (
+        first.result is AttemptResult.ERROR and first.reason == "ConnectionError" and first.message == "down"
+    )
     assert first.retry_delay_seconds is not None and 10 <= first.retry_delay_seconds <= 15
     assert sim.started() == []
     (requeue,) = sim.decision.of(RequeueAt)
@@ -357,8 +365,11 @@ def test_sleep_holds_no_execution_and_wakes_on_time() -> None:
 def _waiting(if_: str | None = None) -> Sim:
     sim = Sim(make_run(upload="u1"))
     report = Report(
-        kind=ReportKind.WAIT_FOR_EVENT, step=ref("approval", StepType.WAIT_FOR_EVENT), event="app/approved",
-        if_=if_, timeout_seconds=3600,
+        kind=ReportKind.WAIT_FOR_EVENT,
+        step=ref("approval", StepType.WAIT_FOR_EVENT),
+        event="app/approved",
+        if_=if_,
+        timeout_seconds=3600,
     )
     sim.finish(report)
     return sim
@@ -373,7 +384,9 @@ def test_wait_for_event_is_resumed_by_a_matching_event_only() -> None:
     wrong = ArrivedEvent({"name": "app/rejected", "data": {"upload": "u1"}}, began + timedelta(seconds=1))
     sim.step(Observed(events=[early, other, wrong]), at=began + timedelta(seconds=2))
     assert sim.status.phase is RunPhase.WAITING
-    good = ArrivedEvent({"name": "app/approved", "data": {"upload": "u1", "by": "ann"}}, began + timedelta(seconds=3))
+    good = ArrivedEvent(
+        {"name": "app/approved", "data": {"upload": "u1", "by": "ann"}}, began + timedelta(seconds=3)
+    )
     sim.step(Observed(events=[other, good]), at=began + timedelta(seconds=4))
     step = sim.run.step("approval")
     assert step is not None and step.phase is StepPhase.SUCCEEDED

@@ -47,7 +47,9 @@ def validate_upload(filename: str) -> dict[str, Any]:
     """Read the CSV from object storage; check its columns and every row."""
     path = storage_dir() / filename
     if not path.is_file():
-        raise kubestep.NonRetriableError(f"upload {filename!r} does not exist in object storage ({storage_dir()})")
+        raise kubestep.NonRetriableError(
+            f"upload {filename!r} does not exist in object storage ({storage_dir()})"
+        )
     print(f"reading {filename} ({path.stat().st_size} bytes)")
     reader = csv.DictReader(io.StringIO(path.read_text()))
     columns = reader.fieldnames or []
@@ -96,7 +98,8 @@ def crm() -> sqlite3.Connection:
     """The CRM database."""
     db = sqlite3.connect(data_dir() / "crm.sqlite3")
     db.execute(
-        "CREATE TABLE IF NOT EXISTS contacts (owner TEXT, name TEXT, email TEXT, street TEXT, city TEXT, zip TEXT)"
+        "CREATE TABLE IF NOT EXISTS contacts"
+        " (owner TEXT, name TEXT, email TEXT, street TEXT, city TEXT, zip TEXT)"
     )
     return db
 

@@ -29,14 +29,19 @@ def run(
         Path | None, typer.Argument(help="YAML file with one or more Workflow resources.", show_default=False)
     ] = None,
     event: Annotated[
-        Path | None, typer.Option("--event", "-e", help="YAML file with the Event to publish.", show_default=False)
+        Path | None,
+        typer.Option("--event", "-e", help="YAML file with the Event to publish.", show_default=False),
     ] = None,
     resume: Annotated[
         str | None,
         typer.Option("--resume", help="Resume the local run of this name (deliver --event to it, if given)."),
     ] = None,
-    output: Annotated[str, typer.Option("--output", "-o", help="`text` (timeline) or `json` (final record).")] = "text",
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="Where local runs are kept.")] = Path(".kubestep"),
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="`text` (timeline) or `json` (final record).")
+    ] = "text",
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="Where local runs are kept.")] = Path(
+        ".kubestep"
+    ),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the steps' own output.")] = False,
 ) -> None:
     """Run a workflow on this machine: every step attempt is a local `python -m kubestep.runner` process.
@@ -114,7 +119,9 @@ def _resume(
     source = store.load_source(name)
     if event is not None:
         ev = load_event(event)
-        payload = {**RunEvent(name=ev.spec.name, data=ev.spec.data, user=ev.spec.user, id=ev.spec.id).as_payload()}
+        payload = {
+            **RunEvent(name=ev.spec.name, data=ev.spec.data, user=ev.spec.user, id=ev.spec.id).as_payload()
+        }
         from datetime import UTC, datetime
 
         store.deliver(name, payload, datetime.now(UTC), ev.metadata.name)
@@ -137,7 +144,9 @@ def _finish(runs: list[WorkflowRun], output: str, console: Console) -> None:
     else:
         for r in runs:
             style = "green" if r.status.phase is RunPhase.SUCCEEDED else "red"
-            console.print(f"[bold {style}]run {r.metadata.name}: {r.status.phase.value}[/] ({r.status.progress} steps)")
+            console.print(
+                f"[bold {style}]run {r.metadata.name}: {r.status.phase.value}[/] ({r.status.progress} steps)"
+            )
             if r.status.error:
                 console.print(f"[red]{r.status.error.type}: {r.status.error.message}[/red]")
     if not all(r.status.phase is RunPhase.SUCCEEDED for r in runs):

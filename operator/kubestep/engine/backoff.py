@@ -14,7 +14,10 @@ def jitter_fraction(*key: object) -> float:
 
 
 def delay(policy: Backoff, failures: int, *key: object) -> float:
-    """Seconds to wait after the ``failures``-th failed attempt: ``initial * factor^(n-1)``, capped, + jitter."""
+    """Seconds to wait after the ``failures``-th failed attempt.
+
+    ``initial * factor^(n-1)``, capped at ``max``, plus up to ``jitter``.
+    """
     initial, factor, cap, jitter = policy.delays()
     base = min(cap, initial * factor ** max(0, failures - 1))
     return base + jitter * jitter_fraction(*key, failures)

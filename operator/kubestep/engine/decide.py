@@ -171,7 +171,9 @@ class _Decider:
             else:
                 result = AttemptResult.ERROR
             tail = outcome.log_tail or err.traceback
-            self.attempt_failed(step, execution, outcome, result, err.type, err.message, err.retry_after_seconds, tail)
+            self.attempt_failed(
+                step, execution, outcome, result, err.type, err.message, err.retry_after_seconds, tail
+            )
         elif kind is ReportKind.SLEEP:
             assert report.until is not None
             step.phase = StepPhase.SLEEPING
@@ -181,7 +183,9 @@ class _Decider:
             assert report.event is not None and report.timeout_seconds is not None
             step.phase = StepPhase.WAITING
             step.wait = WaitInfo(
-                event=report.event, if_=report.if_, timeout_at=self.now + timedelta(seconds=report.timeout_seconds)
+                event=report.event,
+                if_=report.if_,
+                timeout_at=self.now + timedelta(seconds=report.timeout_seconds),
             )
             self.note("Waiting", f"step {step.id!r} waits for event {report.event!r}")
         elif kind is ReportKind.INVOKE:
@@ -195,7 +199,9 @@ class _Decider:
             self.actions.append(StartChild(step.id, child, report.workflow, report.data or {}))
             self.note("Invoked", f"step {step.id!r} started run {child!r} of workflow {report.workflow!r}")
         elif kind is ReportKind.SEND_EVENT:
-            ids = [names.sent_event_name(self.run.metadata.name, step.id, i) for i in range(len(report.events))]
+            ids = [
+                names.sent_event_name(self.run.metadata.name, step.id, i) for i in range(len(report.events))
+            ]
             self.actions.append(PublishEvents(step.id, ids, report.events))
             self.step_done(step, output=ids)
 
@@ -272,7 +278,8 @@ class _Decider:
         if self.status.discovery_failures > policy.limit + policy.disruption_limit:
             error = ErrorInfo(
                 type=outcome.reason or "RunnerFailed",
-                message=f"the runner failed {self.status.discovery_failures} times before reaching a step: {message}",
+                message=f"the runner failed {self.status.discovery_failures} times before reaching a step: "
+                + message,
             )
             self.end_all(RunPhase.FAILED, error, "RunnerFailed", error.message)
             return
@@ -313,7 +320,9 @@ class _Decider:
                     if not holds(wait.if_, {"event": trigger, "async": event.payload}):
                         continue
                 except CelError as exc:
-                    self.step_done(step, error=ErrorInfo(type="ExpressionError", message=str(exc), step=step.id))
+                    self.step_done(
+                        step, error=ErrorInfo(type="ExpressionError", message=str(exc), step=step.id)
+                    )
                     return
             self.step_done(step, output=event.payload)
             return
@@ -325,7 +334,9 @@ class _Decider:
         if child is not None and child.phase is RunPhase.SUCCEEDED:
             self.step_done(step, output=child.output)
         elif child is not None and child.phase.finished:
-            error = child.error or ErrorInfo(type=child.phase.value, message=f"run {invoke.run} {child.phase.value}")
+            error = child.error or ErrorInfo(
+                type=child.phase.value, message=f"run {invoke.run} {child.phase.value}"
+            )
             self.step_done(step, error=ErrorInfo(type=error.type, message=error.message, step=step.id))
         elif invoke.timeout_at is not None and invoke.timeout_at <= self.now:
             message = f"run {invoke.run} of workflow {invoke.workflow!r} did not finish in time"
@@ -349,7 +360,8 @@ class _Decider:
             if step.id in busy or step.type is not StepType.RUN:
                 continue
             due = step.phase is StepPhase.PENDING or (
-                step.phase is StepPhase.RETRYING and (step.next_attempt_at is None or step.next_attempt_at <= self.now)
+                step.phase is StepPhase.RETRYING
+                and (step.next_attempt_at is None or step.next_attempt_at <= self.now)
             )
             if due:
                 self.start(step.id, step.attempt_count + 1, key=step.id)
@@ -448,7 +460,9 @@ class _Decider:
             status.current_attempt = max(e.attempt for e in running)
         elif current is not None:
             status.current_step = current.id
-            status.current_attempt = current.attempt_count + (1 if current.phase is StepPhase.RETRYING else 0) or None
+            status.current_attempt = (
+                current.attempt_count + (1 if current.phase is StepPhase.RETRYING else 0) or None
+            )
         elif status.active:
             status.current_step = "(next)"
             status.current_attempt = status.active[0].attempt
@@ -476,7 +490,10 @@ class _Decider:
             message = f"{error.type}: {error.message}" if error else status.phase.value
             return Condition(type="Succeeded", status="False", reason=status.phase.value, message=message)
         return Condition(
-            type="Succeeded", status="Unknown", reason=status.phase.value, message=f"progress {status.progress}"
+            type="Succeeded",
+            status="Unknown",
+            reason=status.phase.value,
+            message=f"progress {status.progress}",
         )
 
 

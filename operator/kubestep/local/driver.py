@@ -171,8 +171,8 @@ class Driver:
             event = RunEvent(name="kubestep/function.invoked", data=action.data, source=name)
             self.create_run(action.workflow, event, action.name, ParentRef(run=name, step=action.step))
         elif isinstance(action, PublishEvents):
-            for event_id, event in zip(action.ids, action.events, strict=True):
-                payload = {**event, "id": event.get("id") or event_id}
+            for event_id, sent in zip(action.ids, action.events, strict=True):
+                payload = {**sent, "id": sent.get("id") or event_id}
                 self.state.published.append(payload)
                 self.deliver(payload, source=event_id)
         return True
@@ -200,12 +200,16 @@ class Driver:
                 continue
             child = self.state.runs.get(step.invoke.run)
             if child is not None:
-                results.append(ChildResult(step.id, child.status.phase, child.status.output, child.status.error))
+                results.append(
+                    ChildResult(step.id, child.status.phase, child.status.output, child.status.error)
+                )
         return results
 
     def _sleep(self) -> None:
         now = self.clock.now()
-        deadlines = [when for name, when in self._requeue.items() if not self.state.runs[name].status.phase.finished]
+        deadlines = [
+            when for name, when in self._requeue.items() if not self.state.runs[name].status.phase.finished
+        ]
         seconds = min(((d - now).total_seconds() for d in deadlines), default=INBOX_POLL_SECONDS)
         if self.store is not None:
             seconds = min(seconds, INBOX_POLL_SECONDS)

@@ -70,7 +70,9 @@ class Store:
         for path in sorted(inbox.glob("*.json")):
             record = json.loads(path.read_text())
             events.append(
-                ArrivedEvent(record["payload"], datetime.fromisoformat(record["receivedAt"]), record["source"])
+                ArrivedEvent(
+                    record["payload"], datetime.fromisoformat(record["receivedAt"]), record["source"]
+                )
             )
         return events
 

@@ -34,7 +34,9 @@ class Timeline:
         stamp = when.astimezone().strftime("%H:%M:%S")
         text = escape(note.message)
         body = f"[{style}]{text}[/{style}]" if style else text
-        self.console.print(f"[dim]{stamp}[/dim] [bold]{escape(run)}[/bold] {body}", highlight=False, soft_wrap=True)
+        self.console.print(
+            f"[dim]{stamp}[/dim] [bold]{escape(run)}[/bold] {body}", highlight=False, soft_wrap=True
+        )
 
     def output(self, execution: str, log: str) -> None:
         """What an execution printed."""

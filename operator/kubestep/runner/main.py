@@ -36,7 +36,9 @@ def load_function(spec: str) -> WorkflowFunction:
     try:
         target = getattr(module, attr)
     except AttributeError:
-        raise ImportError(f"module {module_name!r} has no attribute {attr!r} (spec.function is {spec!r})") from None
+        raise ImportError(
+            f"module {module_name!r} has no attribute {attr!r} (spec.function is {spec!r})"
+        ) from None
     if isinstance(target, WorkflowFunction):
         return target
     if callable(target):
@@ -73,7 +75,9 @@ def run(state: RunnerState, report_path: Path) -> Report:
     def announce(started: Report) -> None:
         assert started.step is not None
         print(
-            f"[kubestep] step {started.step.id!r} attempt {state.attempt} started", file=sys.stderr, flush=True
+            f"[kubestep] step {started.step.id!r} attempt {state.attempt} started",
+            file=sys.stderr,
+            flush=True,
         )
         write_report(started, report_path)
 

@@ -63,7 +63,8 @@ def to_json(value: Any, what: str, limit: int) -> Any:
     size = len(text.encode())
     if size > limit:
         raise NonRetriableError(
-            f"{what} returned {size} bytes of JSON; the limit is {limit} bytes (spec.limits.stepOutputBytes). "
+            f"{what} returned {size} bytes of JSON; the limit is {limit} bytes "
+            "(spec.limits.stepOutputBytes). "
             "Store large data elsewhere (object storage, a database) and return a reference to it"
         )
     return json.loads(text)
@@ -144,7 +145,9 @@ class Step:
                 "add a timezone, e.g. datetime(..., tzinfo=UTC)"
             )
         self._replay.reach(
-            id, StepType.SLEEP, lambda ref: self._replay.report(Report(kind=ReportKind.SLEEP, step=ref, until=until))
+            id,
+            StepType.SLEEP,
+            lambda ref: self._replay.report(Report(kind=ReportKind.SLEEP, step=ref, until=until)),
         )
 
     def wait_for_event(
@@ -161,7 +164,9 @@ class Step:
             id,
             StepType.WAIT_FOR_EVENT,
             lambda ref: self._replay.report(
-                Report(kind=ReportKind.WAIT_FOR_EVENT, step=ref, event=event, if_=if_, timeout_seconds=seconds)
+                Report(
+                    kind=ReportKind.WAIT_FOR_EVENT, step=ref, event=event, if_=if_, timeout_seconds=seconds
+                )
             ),
         )
         return None if raw is None else EventPayload.from_dict(raw)
@@ -197,7 +202,9 @@ class Step:
             id,
             StepType.INVOKE,
             lambda ref: self._replay.report(
-                Report(kind=ReportKind.INVOKE, step=ref, workflow=name, data=data or {}, timeout_seconds=seconds)
+                Report(
+                    kind=ReportKind.INVOKE, step=ref, workflow=name, data=data or {}, timeout_seconds=seconds
+                )
             ),
         )
 
@@ -282,16 +289,24 @@ class Replay:
         """Stop the function with ``report``."""
         raise _Reported(report)
 
-    def execute(self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def execute(
+        self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         """Execute a ``run`` step in this process and stop the function with its result."""
         self.on_start(Report(kind=ReportKind.STARTED, step=ref))
         try:
-            output = to_json(self._call(ref, fn, args, kwargs), f"step {ref.id!r}", self.state.max_output_bytes)
+            output = to_json(
+                self._call(ref, fn, args, kwargs), f"step {ref.id!r}", self.state.max_output_bytes
+            )
         except Exception as exc:
-            raise _Reported(Report(kind=ReportKind.STEP_FAILED, step=ref, error=classify(exc, self.now))) from exc
+            raise _Reported(
+                Report(kind=ReportKind.STEP_FAILED, step=ref, error=classify(exc, self.now))
+            ) from exc
         raise _Reported(Report(kind=ReportKind.STEP_SUCCEEDED, step=ref, output=output))
 
-    def _call(self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def _call(
+        self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         key = ref.id if ref.id in self.stubs else ref.name
         if key not in self.stubs:
             return fn(*args, **kwargs)
