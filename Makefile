@@ -31,8 +31,8 @@ test-unit: $(STAMP) ## Run the fast tests that need no control plane
 
 .PHONY: lint
 lint: $(STAMP) ## ruff, mypy and import-linter
-	$(VENV)/bin/ruff check operator controlplane tests examples
-	$(VENV)/bin/ruff format --check operator controlplane tests examples
+	$(VENV)/bin/ruff check operator controlplane tests examples benchmarks
+	$(VENV)/bin/ruff format --check operator controlplane tests examples benchmarks
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

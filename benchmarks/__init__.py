@@ -1,0 +1,1 @@
+"""Benchmarks of kubestep's hot paths; `make bench` prints their figures."""
