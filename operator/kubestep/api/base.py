@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-GROUP = "kubestep.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+GROUP: Final = "kubestep.dev"
+VERSION: Final = "v1alpha1"
+# Spelled out rather than built from GROUP and VERSION so that type checkers see the literal that the
+# models' `api_version: Literal[...]` fields expect.
+API_VERSION: Final = "kubestep.dev/v1alpha1"
 
 
 class Model(BaseModel):
@@ -76,9 +78,7 @@ class Condition(Model):
     """The generation of the spec this condition was computed from."""
 
 
-def set_condition(
-    conditions: list[Condition], new: Condition, now: datetime
-) -> list[Condition]:
+def set_condition(conditions: list[Condition], new: Condition, now: datetime) -> list[Condition]:
     """Return ``conditions`` with ``new`` in place of its type; the transition time moves only on change."""
     out: list[Condition] = []
     found = False

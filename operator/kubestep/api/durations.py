@@ -1,4 +1,5 @@
-"""Duration strings as users write them in specs and in the SDK: ``"15s"``, ``"1h30m"``, ``"500ms"``, ``"2d"``."""
+"""Duration strings as users write them in specs and in the SDK: ``"15s"``, ``"1h30m"``, ``"500ms"``,
+``"2d"``."""
 
 from __future__ import annotations
 

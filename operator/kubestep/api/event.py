@@ -10,7 +10,7 @@ from pydantic import Field
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, SpecModel
 from kubestep.api.workflow import EVENT_NAME_PATTERN
 
-_PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
+_PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 
 
 class EventSpec(SpecModel):

@@ -11,8 +11,12 @@ from pydantic import Field
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
 from kubestep.api.workflow import WorkflowSpec
 
-_PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
-_IMMUTABLE = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "is immutable"}]}
+_PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+def _immutable(message: str) -> dict[str, Any]:
+    """Schema extra making a field unchangeable after creation; ``message`` names the field and the fix."""
+    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": message}]}
 
 
 class RunPhase(StrEnum):
@@ -232,11 +236,26 @@ class ParentRef(Model):
 class WorkflowRunSpec(Model):
     """The frozen inputs of a run. Editing the Workflow never changes a run already started."""
 
-    workflow_ref: WorkflowRef = Field(json_schema_extra=_IMMUTABLE)
+    workflow_ref: WorkflowRef = Field(
+        json_schema_extra=_immutable(
+            "spec.workflowRef is immutable: a run belongs to the workflow it started from; "
+            "create a new WorkflowRun to run another workflow"
+        )
+    )
     """The workflow this run executes."""
-    workflow: WorkflowSpec = Field(json_schema_extra=_IMMUTABLE)
+    workflow: WorkflowSpec = Field(
+        json_schema_extra=_immutable(
+            "spec.workflow is immutable: it is the snapshot the run executes; "
+            "edit the Workflow instead, which affects runs started afterwards"
+        )
+    )
     """A copy of the workflow's spec taken when the run started."""
-    event: RunEvent = Field(json_schema_extra=_IMMUTABLE)
+    event: RunEvent = Field(
+        json_schema_extra=_immutable(
+            "spec.event is immutable: it is the event that started the run; "
+            "send a new Event to start another run"
+        )
+    )
     """The triggering event."""
     parent: ParentRef | None = None
     """Set when another run invoked this one."""

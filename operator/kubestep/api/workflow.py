@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, SpecModel
 from kubestep.api.durations import SPEC_DURATION_PATTERN, parse_duration
@@ -14,7 +14,32 @@ EVENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*
 #: `module.path:function` as Python imports it.
 FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
-_PRESERVE = {"x-kubernetes-preserve-unknown-fields": True}
+_PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+# Rules the API server checks (CEL in the CRDs that `kubestep.api.crdgen` writes); Pydantic ignores them.
+# The API server rejects a CRD whose rules it estimates too costly: a rule that iterates a list needs the
+# list's `max_length` and the items' strings a `max_length` (triggers: 20 events of at most 253 characters).
+# A rule's message names the field, what is wrong and the fix. No `reason: FieldValueDuplicate`: the API
+# server would then print "Duplicate value" and drop the message.
+
+_UNIQUE_TRIGGER_EVENTS: dict[str, Any] = {
+    "rule": "self.all(t, self.exists_one(u, u.event == t.event))",
+    "message": "triggers lists the same event more than once; an event starts at most one run of a workflow, "
+    "so list each event once and merge the conditions into one `if` (joined with ||)",
+}
+_BACKOFF_ORDER: dict[str, Any] = {
+    "rule": "!has(self.initial) || !has(self.max) || duration(self.initial) <= duration(self.max)",
+    "message": "retries.backoff.initial is longer than retries.backoff.max, which caps every delay; "
+    "lower initial or raise max",
+    "fieldPath": ".initial",
+}
+_TIMEOUT_ORDER: dict[str, Any] = {
+    "rule": "!has(self.step) || !has(self.run) || duration(self.step) <= duration(self.run)",
+    "message": "timeouts.step is longer than timeouts.run, which bounds every step as well; "
+    "shorten timeouts.step or lengthen timeouts.run",
+    "fieldPath": ".step",
+}
 
 
 class Trigger(SpecModel):
@@ -31,6 +56,8 @@ class Backoff(SpecModel):
     """How long to wait before retrying a failed step: `initial * factor^(n-1)`, capped at `max`, plus a
     random jitter of up to `jitter`."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_BACKOFF_ORDER]})
+
     initial: str = Field(default="15s", pattern=SPEC_DURATION_PATTERN)
     """Delay before the first retry, as a duration (`15s`, `1m`, `500ms`)."""
     factor: float = Field(default=2.0, ge=1.0, le=10.0)
@@ -42,7 +69,12 @@ class Backoff(SpecModel):
 
     def delays(self) -> tuple[float, float, float, float]:
         """The policy in seconds: initial, factor, max, jitter."""
-        return parse_duration(self.initial), self.factor, parse_duration(self.max), parse_duration(self.jitter)
+        return (
+            parse_duration(self.initial),
+            self.factor,
+            parse_duration(self.max),
+            parse_duration(self.jitter),
+        )
 
 
 class RetryPolicy(SpecModel):
@@ -59,6 +91,8 @@ class RetryPolicy(SpecModel):
 
 class Timeouts(SpecModel):
     """Time limits. A step attempt over its limit is stopped and counts as a failed attempt."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_TIMEOUT_ORDER]})
 
     step: str | None = Field(default=None, pattern=SPEC_DURATION_PATTERN)
     """Longest time one step attempt may run (its pod's `activeDeadlineSeconds`). Unset: no limit."""
@@ -98,12 +132,15 @@ class PodTemplate(SpecModel):
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
-    triggers: list[Trigger] = Field(min_length=1, max_length=20)
+    triggers: list[Trigger] = Field(
+        min_length=1, max_length=20, json_schema_extra={"x-kubernetes-validations": [_UNIQUE_TRIGGER_EVENTS]}
+    )
     """Events that start a run. Each event starts at most one run of this workflow."""
     image: str = Field(min_length=1)
     """Container image holding the workflow's code, built `FROM` the kubestep runner image."""
     function: str = Field(pattern=FUNCTION_PATTERN)
-    """The workflow function as `module:function`, importable in the image, e.g. `contacts.workflows:process`."""
+    """The workflow function as `module:function`, importable in the image, for example
+    `contacts.workflows:process`."""
     retries: RetryPolicy = Field(default_factory=RetryPolicy)
     """Retry policy of every step."""
     timeouts: Timeouts = Field(default_factory=Timeouts)
