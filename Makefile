@@ -38,12 +38,16 @@ lint: $(STAMP) ## ruff, mypy and import-linter
 
 .PHONY: fmt
 fmt: $(STAMP) ## Format and auto-fix the code
-	$(VENV)/bin/ruff format operator controlplane tests examples
-	$(VENV)/bin/ruff check --fix operator controlplane tests examples
+	$(VENV)/bin/ruff format operator controlplane tests examples benchmarks
+	$(VENV)/bin/ruff check --fix operator controlplane tests examples benchmarks
 
 .PHONY: crds
 crds: $(STAMP) ## Generate crds/*.yaml (and the chart's copy) from the Pydantic models
 	$(PY) -m kubestep.api.crdgen crds
+
+.PHONY: docs
+docs: $(STAMP) ## Regenerate the resource reference in README.md from the models
+	$(PY) -m kubestep.api.reference README.md
 
 .PHONY: demo-local
 demo-local: $(STAMP) ## Run the contacts example on this machine, no cluster
