@@ -263,7 +263,7 @@ class ControlPlane:
         """A new ``kubernetes.client.ApiClient`` authenticated as cluster admin."""
         from kubernetes import config  # the official client is slow to import; only when needed
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))
+        return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
 
     def kubectl(
         self,
@@ -325,7 +325,7 @@ class ControlPlane:
             if not self.run_node:
                 return True
             node = core.read_node(self.node_options.name)
-            conditions = {c.type: c.status for c in (node.status.conditions or [])}
+            conditions = {c.type: c.status for c in ((node.status and node.status.conditions) or [])}
             return conditions.get("Ready") == "True"
 
     def _admin_ssl_context(self) -> ssl.SSLContext:
