@@ -23,6 +23,17 @@ class RetryAfterError(Exception):
 
     def __init__(self, message: str, delay: float | str | timedelta | datetime) -> None:
         super().__init__(message)
+        # Checked here, at the raise site: a bad delay found later would fail the whole run, not the step.
+        if isinstance(delay, datetime) and delay.tzinfo is None:
+            raise WorkflowDefinitionError(
+                f"RetryAfterError needs a timezone-aware datetime, got {delay.isoformat()}; "
+                "add a timezone, e.g. datetime(..., tzinfo=UTC)"
+            )
+        if not isinstance(delay, datetime):
+            try:
+                parse_duration(delay)
+            except ValueError as exc:
+                raise WorkflowDefinitionError(f"RetryAfterError got an unusable delay: {exc}") from None
         self.delay = delay
 
     def delay_seconds(self, now: datetime) -> float:

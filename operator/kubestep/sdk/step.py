@@ -12,7 +12,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from kubestep.api.durations import parse_duration
 from kubestep.api.report import MemoEntry, Report, ReportError, ReportKind, RunnerState, StepRef
@@ -258,12 +258,12 @@ class Replay:
             if not (executable and memo is not None and self.state.target == ref.id):
                 raise _NewStep(ref, pending=memo is not None)
         elif memo is not None and not executable:
-            raise NondeterminismError(
+            self._nondeterministic(
                 f"replay reached step {ref.id!r}, which is still in progress, while executing "
                 f"{self.state.target!r}; the function must reach its steps in the same order every time"
             )
         elif self.state.target is not None and memo is None:
-            raise NondeterminismError(
+            self._nondeterministic(
                 f"replay reached new step {ref.id!r} before step {self.state.target!r} it was asked to "
                 "execute; the function must reach its steps in the same order every time"
             )
@@ -277,7 +277,7 @@ class Replay:
             return None
         expected = steps[self._position]
         if expected.id != ref.id or expected.type is not ref.type:
-            raise NondeterminismError(
+            self._nondeterministic(
                 f"replay reached {ref.type.value} step {ref.id!r} where the run recorded "
                 f"{expected.type.value} step {expected.id!r} (step #{self._position + 1}); the function must "
                 "reach its steps in the same order every time — keep time, randomness and I/O inside steps"
@@ -288,6 +288,10 @@ class Replay:
     def report(self, report: Report) -> Any:
         """Stop the function with ``report``."""
         raise _Reported(report)
+
+    def _nondeterministic(self, message: str) -> NoReturn:
+        """Fail the run; as an interrupt, so that ``except Exception`` in user code cannot hide it."""
+        raise _Reported(_failed(NondeterminismError(message), self.now))
 
     def execute(
         self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -338,7 +342,7 @@ class Replay:
             self.report(Report(kind=ReportKind.PLANNED, planned=planned))
         if pending:
             # Some branches are still being executed by other executions; nothing new to do here.
-            raise NondeterminismError(
+            self._nondeterministic(
                 "a parallel group still has steps in progress but this execution was given none of them"
             )
         return tuple(results)
