@@ -170,6 +170,23 @@ def not_json(ctx, step):
 def slow(ctx, step):
     return step.run("crunch", too_slow)
 
+def count_call(name):
+    with open(os.path.join(os.environ["MARKS"], name), "a") as f:
+        f.write("x")
+
+def slow_once():
+    count_call("slow")
+    print("slow step running", flush=True)
+    time.sleep(3)
+    return "slow-done"
+
+@kubestep.workflow("crash")
+def crash(ctx, step):
+    a = step.run("first", lambda: count_call("first") or "a")
+    b = step.run("slow", slow_once)
+    c = step.run("last", lambda: count_call("last") or "c")
+    return [a, b, c]
+
 @kubestep.workflow("approval")
 def approval(ctx, step):
     got = step.wait_for_event("wait-approval", "app/approved", timeout="1h",
@@ -310,3 +327,29 @@ def test_an_invalid_workflow_file_names_the_field(flows: Path) -> None:
     assert proc.returncode == 2
     assert "spec.function" in proc.stderr and "'no-colon'" in proc.stderr
     assert "spec.retries.backoff.factor" in proc.stderr
+
+
+def test_a_killed_driver_is_resumed_without_running_any_step_twice(flows: Path) -> None:
+    (flows / "crash.yaml").write_text(workflow_yaml("crash", "crash"))
+    env = {**os.environ, "MARKS": str(flows / "marks")}
+    driver = subprocess.Popen(
+        [*KUBESTEP, "run", "crash.yaml", "-e", "go.yaml"],
+        cwd=flows,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not (flows / "marks" / "slow").exists():
+        assert time.monotonic() < deadline, "the slow step never started"
+        time.sleep(0.05)
+    driver.kill()  # SIGKILL: the step process, in its own session, carries on
+    driver.wait()
+    (run,) = (flows / ".kubestep" / "runs").iterdir()
+    proc = kubestep("run", "--resume", run.name, "-o", "json", cwd=flows, env={"MARKS": str(flows / "marks")})
+    assert proc.returncode == 0, proc.stderr
+    record = as_record(proc)
+    assert record["output"] == ["a", "slow-done", "c"]
+    assert {s["id"]: s["attemptCount"] for s in record["steps"]} == {"first": 1, "slow": 1, "last": 1}
+    for name in ("first", "slow", "last"):
+        assert (flows / "marks" / name).read_text() == "x", f"step {name} ran more than once"

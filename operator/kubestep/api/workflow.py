@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, SpecModel
 from kubestep.api.durations import SPEC_DURATION_PATTERN, parse_duration
@@ -67,6 +67,13 @@ class Backoff(SpecModel):
     jitter: str = Field(default="30s", pattern=SPEC_DURATION_PATTERN)
     """Up to this much random time is added to each delay, so that many failing runs do not retry in step."""
 
+    @model_validator(mode="after")
+    def _initial_within_max(self) -> Backoff:
+        # The same rule as the CRD's CEL, for files read without an API server (`kubestep run`).
+        if parse_duration(self.initial) > parse_duration(self.max):
+            raise ValueError(_BACKOFF_ORDER["message"])
+        return self
+
     def delays(self) -> tuple[float, float, float, float]:
         """The policy in seconds: initial, factor, max, jitter."""
         return (
@@ -98,6 +105,12 @@ class Timeouts(SpecModel):
     """Longest time one step attempt may run (its pod's `activeDeadlineSeconds`). Unset: no limit."""
     run: str | None = Field(default=None, pattern=SPEC_DURATION_PATTERN)
     """Longest time a whole run may take, waits included. Unset: no limit."""
+
+    @model_validator(mode="after")
+    def _step_within_run(self) -> Timeouts:
+        if self.step and self.run and parse_duration(self.step) > parse_duration(self.run):
+            raise ValueError(_TIMEOUT_ORDER["message"])
+        return self
 
 
 class Limits(SpecModel):
@@ -149,6 +162,13 @@ class WorkflowSpec(SpecModel):
     """Size limits of step outputs."""
     pod_template: PodTemplate = Field(default_factory=PodTemplate)
     """Overrides applied to every step pod."""
+
+    @model_validator(mode="after")
+    def _unique_trigger_events(self) -> WorkflowSpec:
+        events = [t.event for t in self.triggers]
+        if len(set(events)) != len(events):
+            raise ValueError(_UNIQUE_TRIGGER_EVENTS["message"])
+        return self
 
 
 class WorkflowStatus(Model):

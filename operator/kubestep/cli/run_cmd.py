@@ -133,7 +133,7 @@ def _resume(
         console.print(f"run {name} is being driven by process {owner}; it will pick the event up")
         return [run], None, [name]
     driver = _driver(Path(source["workflows"]), store, console, quiet)
-    driver.adopt(run)
+    driver.adopt(run, recover=True)
     return [run], driver, [name]
 
 

@@ -96,10 +96,12 @@ class Driver:
         self.adopt(run)
         return name
 
-    def adopt(self, run: WorkflowRun) -> None:
-        """Drive an existing run (``--resume``)."""
+    def adopt(self, run: WorkflowRun, recover: bool = False) -> None:
+        """Drive an existing run; with ``recover``, follow the executions a previous driver left running."""
         self.state.runs[run.metadata.name] = run
         self._save(run)
+        if recover and run.status.active:
+            self.executor.recover(run.metadata.name, [e.name for e in run.status.active])
 
     def deliver(self, payload: dict[str, Any], source: str = "") -> None:
         """An event arrived: offer it to every run, and start the workflows it triggers."""

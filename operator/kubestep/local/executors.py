@@ -33,6 +33,9 @@ class Executor(Protocol):
     def stop(self, run: str, name: str) -> None:
         """Stop an execution; its outcome is no longer reported."""
 
+    def recover(self, run: str, names: list[str]) -> None:
+        """Executions a previous driver started: report how they ended (once they have)."""
+
     def finished(self) -> list[tuple[str, Outcome]]:
         """Executions that ended since the last call, as ``(run, outcome)``."""
 
@@ -44,11 +47,12 @@ class Executor(Protocol):
 class _Process:
     run: str
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | None
     report: Path
     log: Path
     deadline: float | None
     timed_out: bool = False
+    pid: int | None = None
 
 
 class ProcessExecutor:
@@ -91,13 +95,28 @@ class ProcessExecutor:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        (folder / "pid").write_text(str(popen.pid))
         deadline = None if action.timeout_seconds is None else time.monotonic() + action.timeout_seconds
-        proc = _Process(run, action.name, popen, report, log, deadline)
+        proc = _Process(run, action.name, popen, report, log, deadline, pid=popen.pid)
         self._procs[(run, action.name)] = proc
         threading.Thread(target=self._watch, args=(proc,), daemon=True).start()
 
+    def recover(self, run: str, names: list[str]) -> None:
+        """Follow executions started by a driver that is gone: wait for them if alive, then report."""
+        for name in names:
+            folder = self._root(run) / "executions" / name
+            pid_file = folder / "pid"
+            pid = int(pid_file.read_text()) if pid_file.exists() else None
+            proc = _Process(run, name, None, folder / "report", folder / "log", None, pid=pid)
+            self._procs[(run, name)] = proc
+            threading.Thread(target=self._watch, args=(proc,), daemon=True).start()
+
     def _watch(self, proc: _Process) -> None:
-        while True:
+        if proc.popen is None:
+            # Not our child: poll until the process is gone.
+            while proc.pid is not None and _alive(proc.pid):
+                time.sleep(0.2)
+        while proc.popen is not None:
             timeout = None if proc.deadline is None else max(0.0, proc.deadline - time.monotonic())
             try:
                 proc.popen.wait(timeout=timeout)
@@ -113,11 +132,17 @@ class ProcessExecutor:
         self._wake.set()
 
     def _outcome(self, proc: _Process) -> Outcome:
-        code = proc.popen.returncode
-        log = proc.log.read_text(errors="replace")
-        report = decode_report(proc.report.read_text(errors="replace"), log)
+        log = proc.log.read_text(errors="replace") if proc.log.exists() else ""
+        message = proc.report.read_text(errors="replace") if proc.report.exists() else ""
+        report = decode_report(message, log)
         tail = "\n".join(line for line in log.splitlines()[-_TAIL_LINES:])
         now = datetime.now(UTC)
+        if proc.popen is None:
+            # Started by a driver that is gone: only its files tell how it ended.
+            if report is None or report.kind.value == "started":
+                return Outcome(proc.name, ExitKind.LOST, report, None, "DriverGone", "", tail, now)
+            return Outcome(proc.name, ExitKind.EXITED, report, None, "", "", tail, now)
+        code = proc.popen.returncode
         if proc.timed_out:
             return Outcome(proc.name, ExitKind.DEADLINE, report, code, "DeadlineExceeded", "", tail, now)
         if code is not None and code < 0:
@@ -130,7 +155,7 @@ class ProcessExecutor:
         """Kill the process group of the execution."""
         with self._lock:
             proc = self._procs.pop((run, name), None)
-        if proc is not None:
+        if proc is not None and proc.popen is not None:
             _kill(proc.popen)
 
     def finished(self) -> list[tuple[str, Outcome]]:
@@ -148,6 +173,19 @@ class ProcessExecutor:
         """Kill whatever still runs (the driver is exiting)."""
         for run, name in list(self._procs):
             self.stop(run, name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers signal 0; its state in /proc tells it has exited.
+    with contextlib.suppress(OSError):
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[-1][:4]
+    return True
 
 
 def _kill(popen: subprocess.Popen[bytes]) -> None:
@@ -179,6 +217,13 @@ class InProcessExecutor:
 
     def stop(self, run: str, name: str) -> None:
         """Nothing runs in the background here."""
+
+    def recover(self, run: str, names: list[str]) -> None:
+        """In-process executions cannot outlive their driver: they are lost."""
+        for name in names:
+            self._done.append(
+                (run, Outcome(name, ExitKind.LOST, None, None, "DriverGone", "", "", self._now()))
+            )
 
     def finished(self) -> list[tuple[str, Outcome]]:
         """Outcomes of executions started since the last call."""

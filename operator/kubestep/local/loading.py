@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from kubestep.api.event import Event
 from kubestep.api.workflow import Workflow
+from kubestep.engine.cel import check
 
 
 class ManifestError(ValueError):
@@ -51,6 +52,12 @@ def load_workflows(path: Path) -> dict[str, Workflow]:
             raise _explain(path, "Workflow", exc) from None
         if not wf.metadata.name:
             raise ManifestError(f"{path}: a Workflow has no metadata.name; give it one")
+        for index, trigger in enumerate(wf.spec.triggers):
+            problem = trigger.if_ and check(trigger.if_)
+            if problem:
+                raise ManifestError(
+                    f"{path}: workflow {wf.metadata.name}: spec.triggers[{index}].if: {problem}"
+                )
         workflows[wf.metadata.name] = wf
     if not workflows:
         raise ManifestError(f"{path} holds no Workflow (kind: Workflow, apiVersion: kubestep.dev/v1alpha1)")
