@@ -51,14 +51,12 @@ class TestRun:
     """The whole run resource, as the operator would have written it."""
 
 
-def _spec_of(fn: WorkflowFunction) -> str:
-    module = getattr(fn.fn, "__module__", "__main__")
-    return f"{module}:{getattr(fn.fn, '__name__', fn.id)}"
-
-
-def _workflow(fn: WorkflowFunction, retries: RetryPolicy) -> Workflow:
+def _workflow(fn: WorkflowFunction, index: int, retries: RetryPolicy) -> Workflow:
     triggers = [Trigger(event=t.event, if_=t.if_) for t in fn.triggers] or [Trigger(event="kubestep/test")]
-    spec = WorkflowSpec(triggers=triggers, image="local", function=_spec_of(fn), retries=retries)
+    # Functions are handed to the executor directly; the name only has to be unique per workflow, since
+    # two workflows may well be functions of the same name (defined in different tests, say).
+    function = f"kubestep_testing_{index}:{getattr(fn.fn, '__name__', 'workflow')}"
+    spec = WorkflowSpec(triggers=triggers, image="local", function=function, retries=retries)
     return Workflow(metadata=ObjectMeta(name=fn.id), spec=spec)
 
 
@@ -83,8 +81,9 @@ def run_workflow(
     policy = retries if isinstance(retries, RetryPolicy) else RetryPolicy()
     if isinstance(retries, int):
         policy = RetryPolicy(limit=retries)
-    functions = {_spec_of(w): w for w in [workflow, *(workflows or [])]}
-    defs = {w.id: _workflow(w, policy) for w in [workflow, *(workflows or [])]}
+    all_workflows = [workflow, *(workflows or [])]
+    defs = {w.id: _workflow(w, i, policy) for i, w in enumerate(all_workflows)}
+    functions = {defs[w.id].spec.function: w for w in all_workflows}
     clock = VirtualClock()
     executor = InProcessExecutor(functions, steps or {}, clock.now)
     driver = Driver(defs, executor, clock, threading.Event())

@@ -290,10 +290,6 @@ def _nested_workflows():
     return flow, child
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kubestep.testing looks functions up by module:__name__, so the child's code runs for the parent",
-)
 def test_workflows_with_functions_of_the_same_name_stay_distinct():
     parent, child = _nested_workflows()
 

@@ -25,6 +25,8 @@ def parse_duration(value: str | float | int | timedelta) -> float:
     Accepts a duration string (``"1h30m"``), a number of seconds or a ``timedelta``.
     """
     if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise DurationError(f"duration {value} is negative; use 0 or more")
         return value.total_seconds()
     if isinstance(value, int | float):
         if value < 0:

@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from kubestep.api.report import (
@@ -15,18 +16,22 @@ from kubestep.api.report import (
     EXIT_REPORT_UNWRITABLE,
     EXIT_STEP_FAILED,
     Report,
-    ReportError,
     ReportKind,
     RunnerState,
     encode_report,
 )
-from kubestep.sdk.step import Replay
+from kubestep.sdk.errors import Interrupt
+from kubestep.sdk.step import Replay, classify
 from kubestep.sdk.workflow import WorkflowFunction
 
 #: Where the operator mounts the run's state in a step pod.
 DEFAULT_STATE = "/var/run/kubestep/state/state.json"
 #: Kubernetes' default termination message path.
 DEFAULT_REPORT = "/dev/termination-log"
+
+
+class ReportUnwritable(Interrupt):
+    """The report path cannot be written; the runner exits with code 3."""
 
 
 def load_function(spec: str) -> WorkflowFunction:
@@ -60,14 +65,11 @@ def run(state: RunnerState, report_path: Path) -> Report:
     try:
         workflow = load_function(state.function)
     except Exception as exc:  # any import-time error in user code is the user's to see, not a crash
-        report = Report(
-            kind=ReportKind.FAILED,
-            error=ReportError(
-                type=type(exc).__name__,
-                message=f"cannot import {state.function!r}: {exc}",
-                retriable=False,
-            ),
-        )
+        error = classify(exc, datetime.now(UTC))
+        error.retriable = False
+        error.message = f"cannot import {state.function!r}: {exc}"
+        print(f"kubestep runner: {error.message}\n{error.traceback}", file=sys.stderr, flush=True)
+        report = Report(kind=ReportKind.FAILED, error=error)
         write_report(report, report_path)
         return report
     replay = Replay(state)
@@ -79,7 +81,11 @@ def run(state: RunnerState, report_path: Path) -> Report:
             file=sys.stderr,
             flush=True,
         )
-        write_report(started, report_path)
+        try:
+            write_report(started, report_path)
+        except OSError as exc:
+            # Raised inside user code (step.run); an interrupt cannot be swallowed by `except Exception`.
+            raise ReportUnwritable(exc) from exc
 
     replay.on_start = announce
     report = replay.run(workflow)
@@ -103,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     try:
         report = run(state, Path(args.report))
-    except OSError as exc:
+    except (OSError, ReportUnwritable) as exc:
         print(f"kubestep runner: cannot write the report to {args.report}: {exc}", file=sys.stderr)
         return EXIT_REPORT_UNWRITABLE
     return EXIT_STEP_FAILED if report.kind in (ReportKind.STEP_FAILED, ReportKind.FAILED) else EXIT_OK

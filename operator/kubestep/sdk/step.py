@@ -127,7 +127,7 @@ class Step:
 
         No pod stays alive while the run sleeps.
         """
-        seconds = parse_duration(duration)
+        seconds = self._replay.seconds(id, duration, "sleep duration")
         self._replay.reach(
             id,
             StepType.SLEEP,
@@ -140,9 +140,11 @@ class Step:
         """Pause the run until ``when`` (a timezone-aware ``datetime`` or an RFC 3339 string)."""
         until = datetime.fromisoformat(when) if isinstance(when, str) else when
         if until.tzinfo is None:
-            raise WorkflowDefinitionError(
-                f"step {id!r}: sleep_until needs a timezone-aware time, got {until.isoformat()}; "
-                "add a timezone, e.g. datetime(..., tzinfo=UTC)"
+            self._replay.fail_run(
+                WorkflowDefinitionError(
+                    f"step {id!r}: sleep_until needs a timezone-aware time, got {until.isoformat()}; "
+                    "add a timezone, e.g. datetime(..., tzinfo=UTC)"
+                )
             )
         self._replay.reach(
             id,
@@ -159,7 +161,7 @@ class Step:
         event), e.g. ``"async.data.upload_id == event.data.upload_id"``. Only events published after the
         wait began can match.
         """
-        seconds = parse_duration(timeout)
+        seconds = self._replay.seconds(id, timeout, "wait_for_event timeout")
         raw = self._replay.reach(
             id,
             StepType.WAIT_FOR_EVENT,
@@ -197,7 +199,7 @@ class Step:
         If the child fails, ``StepError`` is raised here.
         """
         name = workflow.id if isinstance(workflow, WorkflowFunction) else workflow
-        seconds = None if timeout is None else parse_duration(timeout)
+        seconds = None if timeout is None else self._replay.seconds(id, timeout, "invoke timeout")
         return self._replay.reach(
             id,
             StepType.INVOKE,
@@ -240,7 +242,7 @@ class Replay:
     def reach(self, name: str, kind: StepType, on_new: Callable[[StepRef], Any]) -> Any:
         """The function reached step ``name``: return its recorded result, or act on the new step."""
         if not isinstance(name, str) or not name:
-            raise WorkflowDefinitionError(f"step names must be non-empty strings, got {name!r}")
+            self.fail_run(WorkflowDefinitionError(f"step names must be non-empty strings, got {name!r}"))
         count = self._names[name]
         self._names[name] += 1
         ref = StepRef(id=name if count == 0 else f"{name}:{count}", name=name, type=kind)
@@ -252,8 +254,10 @@ class Replay:
         executable = kind is StepType.RUN and (self.state.target in (None, ref.id))
         if self._in_parallel:
             if kind is not StepType.RUN:
-                raise WorkflowDefinitionError(
-                    f"step {ref.id!r}: only step.run can be used inside step.parallel, not {kind.value}"
+                self.fail_run(
+                    WorkflowDefinitionError(
+                        f"step {ref.id!r}: only step.run can be used inside step.parallel, not {kind.value}"
+                    )
                 )
             if not (executable and memo is not None and self.state.target == ref.id):
                 raise _NewStep(ref, pending=memo is not None)
@@ -291,7 +295,18 @@ class Replay:
 
     def _nondeterministic(self, message: str) -> NoReturn:
         """Fail the run; as an interrupt, so that ``except Exception`` in user code cannot hide it."""
-        raise _Reported(_failed(NondeterminismError(message), self.now))
+        self.fail_run(NondeterminismError(message))
+
+    def fail_run(self, exc: Exception) -> NoReturn:
+        """Fail the run for a misuse of the SDK, in a way ``except Exception`` cannot swallow."""
+        raise _Reported(_failed(exc, self.now))
+
+    def seconds(self, step_id: str, value: str | float | timedelta, what: str) -> float:
+        """Parse a duration argument; a bad one fails the run with a message naming the step."""
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail_run(WorkflowDefinitionError(f"step {step_id!r}: {what}: {exc}"))
 
     def execute(
         self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -322,7 +337,7 @@ class Replay:
     def parallel(self, branches: tuple[Callable[[], Any], ...]) -> tuple[Any, ...]:
         """Replay each branch; report the new ones together as a plan."""
         if self._in_parallel:
-            raise WorkflowDefinitionError("step.parallel cannot be nested")
+            self.fail_run(WorkflowDefinitionError("step.parallel cannot be nested"))
         results: list[Any] = []
         planned: list[StepRef] = []
         pending = False
