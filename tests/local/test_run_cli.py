@@ -187,6 +187,22 @@ def crash(ctx, step):
     c = step.run("last", lambda: count_call("last") or "c")
     return [a, b, c]
 
+def stamp(name):
+    start = time.time()
+    time.sleep(1)
+    return [name, start, time.time()]
+
+@kubestep.workflow("napper")
+def napper(ctx, step):
+    before = step.run("before", time.time)
+    step.sleep("nap", "1500ms")
+    after = step.run("after", time.time)
+    return after - before
+
+@kubestep.workflow("fanout")
+def fanout(ctx, step):
+    return step.parallel(lambda: step.run("left", stamp, "l"), lambda: step.run("right", stamp, "r"))
+
 @kubestep.workflow("approval")
 def approval(ctx, step):
     got = step.wait_for_event("wait-approval", "app/approved", timeout="1h",
@@ -353,3 +369,21 @@ def test_a_killed_driver_is_resumed_without_running_any_step_twice(flows: Path) 
     assert {s["id"]: s["attemptCount"] for s in record["steps"]} == {"first": 1, "slow": 1, "last": 1}
     for name in ("first", "slow", "last"):
         assert (flows / "marks" / name).read_text() == "x", f"step {name} ran more than once"
+
+
+def test_sleep_is_honoured_with_no_process_alive(flows: Path) -> None:
+    code, record, _ = run_flow(flows, "napper", "napper")
+    assert code == 0, record
+    assert record["output"] >= 1.5
+    nap = steps_of(record)["nap"]
+    assert nap["type"] == "sleep" and nap["phase"] == "Succeeded" and nap["attempts"] == []
+
+
+def test_parallel_steps_run_at_the_same_time_in_separate_processes(flows: Path) -> None:
+    code, record, _ = run_flow(flows, "fanout", "fanout")
+    assert code == 0, record
+    (left, l_start, l_end), (right, r_start, r_end) = record["output"]
+    assert (left, right) == ("l", "r")
+    assert l_start < r_end and r_start < l_end, "the two steps overlapped in time"
+    jobs = {s["id"]: s["attempts"][0]["job"] for s in record["steps"]}
+    assert jobs["left"] != jobs["right"]
