@@ -115,7 +115,10 @@ class _Decider:
             self.apply_report(execution, report, outcome)
             return
         step_ref = report.step if report is not None else None
-        step = self.ensure_step(step_ref) if step_ref is not None else self.target_step(execution)
+        if step_ref is not None:
+            step = self.ensure_step(step_ref, execution.started_at)
+        else:
+            step = self.target_step(execution)
         if step is None:
             self.discovery_failed(execution, outcome)
             return
@@ -129,10 +132,10 @@ class _Decider:
     def run_step(self, step_id: str) -> StepStatus | None:
         return next((s for s in self.status.steps if s.id == step_id), None)
 
-    def ensure_step(self, ref: StepRef) -> StepStatus:
+    def ensure_step(self, ref: StepRef, since: datetime | None = None) -> StepStatus:
         step = self.run_step(ref.id)
         if step is None:
-            step = StepStatus(id=ref.id, name=ref.name, type=ref.type, started_at=self.now)
+            step = StepStatus(id=ref.id, name=ref.name, type=ref.type, started_at=since or self.now)
             self.status.steps.append(step)
         return step
 
@@ -155,7 +158,8 @@ class _Decider:
             self.note("StepsPlanned", "parallel steps: " + ", ".join(r.id for r in report.planned))
             return
         assert report.step is not None
-        step = self.ensure_step(report.step)
+        executed = kind in (ReportKind.STEP_SUCCEEDED, ReportKind.STEP_FAILED)
+        step = self.ensure_step(report.step, execution.started_at if executed else None)
         if kind is ReportKind.STEP_SUCCEEDED:
             attempt = self.add_attempt(step, execution, outcome)
             attempt.result = AttemptResult.SUCCEEDED
