@@ -9,8 +9,8 @@ outside. Where a mount point does not exist, a private overlay on its closest
 existing parent directory provides it without touching the host's file system.
 
 If anything before the exec fails, the reason goes to the spec's
-``start_error_file`` and the exit code is 128, which the node reports as the
-runtime would (reason ``StartError``).
+``start_error_file`` (left empty otherwise) and the exit code is 128, which the
+node reports as the runtime would (reason ``StartError``).
 """
 
 from __future__ import annotations
@@ -73,11 +73,15 @@ class Mounter:
         self.root = "/"
         # A missing top-level directory (mountPath /data) needs an overlay on / itself,
         # which only takes effect as a new root: set that up first, the rest goes inside.
-        if any(self._closest_existing(self._resolve(path)) == "/" for path in paths):
+        if any(self._needs_overlay_on_root(path) for path in paths):
             new_root = os.path.join(scratch, "rootfs")
             os.makedirs(new_root, exist_ok=True)
             self._overlay("/", new_root)
             self.root = new_root
+
+    def _needs_overlay_on_root(self, path: str) -> bool:
+        resolved = self._resolve(path)
+        return not os.path.lexists(resolved) and self._closest_existing(resolved) == "/"
 
     def _on_host(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/"))
@@ -167,10 +171,9 @@ class Mounter:
         os.chdir(working_dir)
 
 
-def _fail(spec: dict[str, Any], message: str) -> None:
+def _fail(error_fd: int, message: str) -> None:
     try:
-        with open(spec["start_error_file"], "w") as handle:
-            handle.write(message)
+        os.write(error_fd, message.encode())
     finally:
         os._exit(START_ERROR_EXIT_CODE)
 
@@ -179,6 +182,8 @@ def main(spec_file: str) -> None:
     """Set up the container named in ``spec_file`` and exec its command."""
     with open(spec_file) as handle:
         spec: dict[str, Any] = json.load(handle)
+    # Opened before the file system view changes (the exec closes it).
+    error_fd = os.open(spec["start_error_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         # A container must not outlive its node (a real runtime would keep it, but
         # here nothing would be left to look after it).
@@ -200,7 +205,7 @@ def main(spec_file: str) -> None:
         else:
             os.chdir(spec.get("working_dir") or "/")
     except OSError as error:
-        _fail(spec, f"failed to create containerd task: {error}")
+        _fail(error_fd, f"failed to create containerd task: {error}")
     argv: list[str] = spec["argv"]
     env: dict[str, str] = spec["env"]
     # Python ignores SIGPIPE and SIGXFSZ; an exec'd program must start with the defaults.
@@ -213,7 +218,7 @@ def main(spec_file: str) -> None:
             "executable file not found in $PATH" if isinstance(error, FileNotFoundError) else error.strerror
         )
         _fail(
-            spec,
+            error_fd,
             "failed to create containerd task: failed to create shim task: OCI runtime create failed: "
             f'runc create failed: unable to start container process: exec: "{argv[0]}": {reason}',
         )

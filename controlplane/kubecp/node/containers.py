@@ -121,8 +121,9 @@ class ContainerRun:
         writer.close()
         self._pid_file.unlink(missing_ok=True)
         start_error = None
-        if code == START_ERROR_EXIT_CODE and self._start_error_file.exists():
-            start_error = self._start_error_file.read_text()
+        if code == START_ERROR_EXIT_CODE:
+            start_error = self._start_error_file.read_text() if self._start_error_file.exists() else None
+            start_error = start_error or None
         killed_by = -code if code < 0 else None
         self.exit = Exit(
             # The runtime reports death by signal N as 128 + N, as a shell would.

@@ -1,0 +1,281 @@
+"""What the process node does with pods: status, termination messages, deadlines, deletion, volumes."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubecp.cluster import ControlPlane
+from kubecp.testing import python_pod, wait_for
+
+
+def create(control_plane: ControlPlane, namespace: str, *manifests: dict[str, Any]) -> None:
+    documents = {"apiVersion": "v1", "kind": "List", "items": list(manifests)}
+    control_plane.kubectl("create", "-n", namespace, "-f", "-", input=json.dumps(documents))
+
+
+def read_pod(api_client: Any, namespace: str, name: str) -> client.V1Pod:
+    return client.CoreV1Api(api_client).read_namespaced_pod(name, namespace)
+
+
+def finished(api_client: Any, namespace: str, name: str) -> client.V1Pod | None:
+    pod = read_pod(api_client, namespace, name)
+    return pod if pod.status and pod.status.phase in ("Succeeded", "Failed") else None
+
+
+def terminated(pod: client.V1Pod) -> client.V1ContainerStateTerminated:
+    assert pod.status is not None
+    [status] = pod.status.container_statuses or []
+    assert status.state is not None and status.state.terminated is not None
+    return status.state.terminated
+
+
+def test_pod_status_is_reported_like_the_kubelet(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    create(control_plane, namespace, python_pod("short", "import time; time.sleep(1)"))
+
+    running = wait_for(
+        lambda: (p := read_pod(api_client, namespace, "short")).status.phase == "Running" and p,
+        what="pod running",
+    )
+    assert running.spec.node_name == control_plane.node_options.name
+    conditions = {c.type: c.status for c in running.status.conditions}
+    assert conditions == {
+        "PodScheduled": "True",
+        "PodReadyToStartContainers": "True",
+        "Initialized": "True",
+        "ContainersReady": "True",
+        "Ready": "True",
+    }
+    [status] = running.status.container_statuses
+    assert status.ready and status.started and status.state.running.started_at is not None
+    assert running.status.pod_ip == running.status.host_ip == "127.0.0.1"
+
+    done = wait_for(lambda: finished(api_client, namespace, "short"), what="pod finished")
+    assert done.status.phase == "Succeeded"
+    conditions = {c.type: (c.status, c.reason) for c in done.status.conditions}
+    assert conditions["Ready"] == ("False", "PodCompleted")
+    assert terminated(done).reason == "Completed"
+
+
+def test_fallback_to_logs_on_error_uses_the_end_of_the_log(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    code = "import sys\nfor i in range(100):\n    print(f'line {i}')\nsys.exit(3)\n"
+    create(
+        control_plane,
+        namespace,
+        python_pod("fallback", code, container={"terminationMessagePolicy": "FallbackToLogsOnError"}),
+        python_pod("no-fallback", code),
+    )
+
+    pod = wait_for(lambda: finished(api_client, namespace, "fallback"), what="pod finished")
+    state = terminated(pod)
+    assert state.exit_code == 3
+    # The last 80 lines (the kubelet's limit; 2048 bytes would allow more).
+    assert state.message == "".join(f"line {i}\n" for i in range(20, 100))
+    other = wait_for(lambda: finished(api_client, namespace, "no-fallback"), what="pod finished")
+    assert terminated(other).message is None
+
+
+def test_termination_message_is_capped_at_4096_bytes(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    code = "open('/dev/termination-log', 'w').write('a' * 5000 + 'END')"
+    create(control_plane, namespace, python_pod("long-message", code))
+
+    state = terminated(wait_for(lambda: finished(api_client, namespace, "long-message")))
+    assert state.message is not None and len(state.message) == 4096 and state.message.endswith("END")
+
+
+def test_active_deadline_seconds_fails_the_pod_with_deadline_exceeded(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    create(
+        control_plane, namespace, python_pod("slow", "import time; time.sleep(600)", activeDeadlineSeconds=2)
+    )
+
+    pod = wait_for(lambda: finished(api_client, namespace, "slow"), timeout=30, what="pod finished")
+    assert pod.status.phase == "Failed"
+    assert pod.status.reason == "DeadlineExceeded"
+    assert "deadline" in pod.status.message
+    state = terminated(pod)
+    assert state.exit_code == 143  # killed by SIGTERM
+
+
+def test_deleting_a_running_pod_sends_sigterm_and_removes_it(
+    control_plane: ControlPlane, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    code = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    open('/out/sigterm', 'w').write('received')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('waiting', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    pod = python_pod(
+        "victim",
+        code,
+        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path)}}],
+        container={"volumeMounts": [{"name": "out", "mountPath": "/out"}]},
+    )
+    create(control_plane, namespace, pod)
+    wait_for(
+        lambda: "waiting" in control_plane.kubectl("logs", "-n", namespace, "victim").stdout, what="pod up"
+    )
+
+    started = time.monotonic()
+    client.CoreV1Api(api_client).delete_namespaced_pod("victim", namespace)  # default grace: 30s
+
+    def gone() -> bool:
+        try:
+            read_pod(api_client, namespace, "victim")
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(gone, timeout=30, what="pod removed")
+    assert time.monotonic() - started < 10, "the node waited for the grace period instead of the process"
+    assert (tmp_path / "sigterm").read_text() == "received"
+
+
+def test_env_volumes_and_working_dir(control_plane: ControlPlane, api_client: Any, namespace: str) -> None:
+    code = (
+        "import json, os\n"
+        "print(json.dumps({\n"
+        "  'cwd': os.getcwd(),\n"
+        "  'env': {k: os.environ.get(k) for k in os.environ['CHECK'].split()},\n"
+        "  'secret_file': open('/var/run/kubestep/state/password').read(),\n"
+        "  'cm_file': open('/etc/app/settings.ini').read(),\n"
+        "}))\n"
+    )
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "creds"},
+        "stringData": {"password": "hunter2"},
+    }
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "settings"},
+        "data": {"mode": "fast", "settings.ini": "[app]\nx=1\n"},
+    }
+    pod = python_pod(
+        "configured",
+        code,
+        volumes=[
+            {"name": "state", "secret": {"secretName": "creds"}},
+            {
+                "name": "settings",
+                "configMap": {"name": "settings", "items": [{"key": "settings.ini", "path": "settings.ini"}]},
+            },
+        ],
+        container={
+            "workingDir": "/srv/work",
+            "env": [
+                {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                {"name": "FROM_CM", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "PLAIN", "value": "plain"},
+                {"name": "CHECK", "value": "FROM_SECRET FROM_CM POD_NAME NODE PLAIN EXPANDED"},
+                {"name": "EXPANDED", "value": "$(PLAIN)-$(POD_NAME)"},
+            ],
+            "volumeMounts": [
+                {"name": "state", "mountPath": "/var/run/kubestep/state"},
+                {"name": "settings", "mountPath": "/etc/app"},
+            ],
+        },
+    )
+    create(control_plane, namespace, secret, config_map, pod)
+
+    done = wait_for(lambda: finished(api_client, namespace, "configured"), what="pod finished")
+    logs = control_plane.kubectl("logs", "-n", namespace, "configured").stdout
+    assert done.status.phase == "Succeeded", logs
+    assert json.loads(logs) == {
+        "cwd": "/srv/work",
+        "env": {
+            "FROM_SECRET": "hunter2",
+            "FROM_CM": "fast",
+            "POD_NAME": "configured",
+            "NODE": control_plane.node_options.name,
+            "PLAIN": "plain",
+            "EXPANDED": "plain-configured",
+        },
+        "secret_file": "hunter2",
+        "cm_file": "[app]\nx=1\n",
+    }
+    # Mounted privately: nothing of it appears on the machine running the node.
+    assert not Path("/var/run/kubestep/state/password").exists()
+    assert not Path("/srv/work").exists()
+
+
+def test_concurrent_pods_each_see_their_own_files_at_the_same_path(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    code = (
+        "import os, time\n"
+        "open('/dev/termination-log', 'w').write(os.environ['WHO'])\n"
+        "time.sleep(1)\n"
+        "print(open('/var/run/kubestep/state/who').read())\n"
+    )
+    manifests: list[dict[str, Any]] = []
+    for who in ("alice", "bob"):
+        manifests.append(
+            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": who}, "stringData": {"who": who}}
+        )
+        manifests.append(
+            python_pod(
+                who,
+                code,
+                volumes=[{"name": "state", "secret": {"secretName": who}}],
+                container={
+                    "env": [{"name": "WHO", "value": who}],
+                    "volumeMounts": [{"name": "state", "mountPath": "/var/run/kubestep/state"}],
+                },
+            )
+        )
+    create(control_plane, namespace, *manifests)
+
+    for who in ("alice", "bob"):
+        pod = wait_for(lambda who=who: finished(api_client, namespace, who), what=f"{who} finished")
+        assert terminated(pod).message == who
+        assert control_plane.kubectl("logs", "-n", namespace, who).stdout == f"{who}\n"
+
+
+def test_service_account_token_is_mounted_and_works_in_cluster(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    code = (
+        "from kubernetes import client, config\n"
+        "config.load_incluster_config()\n"
+        "review = client.AuthenticationV1Api().create_self_subject_review(\n"
+        "    client.V1SelfSubjectReview(api_version='authentication.k8s.io/v1', kind='SelfSubjectReview'))\n"
+        "print(review.status.user_info.username)\n"
+    )
+    create(control_plane, namespace, python_pod("in-cluster", code))
+
+    pod = wait_for(lambda: finished(api_client, namespace, "in-cluster"), what="pod finished")
+    logs = control_plane.kubectl("logs", "-n", namespace, "in-cluster").stdout
+    assert pod.status.phase == "Succeeded", logs
+    assert logs == f"system:serviceaccount:{namespace}:default\n"
+
+
+def test_a_command_that_cannot_start_is_reported_as_start_error(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    create(control_plane, namespace, python_pod("broken", "", container={"command": ["no-such-command-xyz"]}))
+
+    done = wait_for(lambda: finished(api_client, namespace, "broken"), what="pod finished")
+    state = terminated(done)
+    assert (done.status.phase, state.reason, state.exit_code) == ("Failed", "StartError", 128)
+    assert "executable file not found" in (state.message or "")
