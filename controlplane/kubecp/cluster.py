@@ -414,7 +414,7 @@ def stop_detached(workdir: Path, log: Log = _stderr) -> bool:
 
 def _kill_leftover_containers(node_root: Path) -> None:
     """Kill container processes a crashed node left behind (it records each one's pid and start time)."""
-    for pid_file in node_root.glob("pods/*/*/pid"):
+    for pid_file in node_root.glob("pods/*/containers/*/pid"):
         with contextlib.suppress(OSError, ValueError):
             pid_text, start_text = pid_file.read_text().split()
             pid, start_time = int(pid_text), int(start_text)

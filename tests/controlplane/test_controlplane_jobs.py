@@ -68,7 +68,14 @@ def test_failing_job_fails_and_its_pod_shows_exit_code_and_message(
 def test_kubectl_logs_returns_what_the_pod_printed(
     control_plane: ControlPlane, api_client: Any, namespace: str
 ) -> None:
-    code = "import sys\nprint('line one')\nprint('line two', flush=True)\nprint('oops', file=sys.stderr)\n"
+    # stdout and stderr are separate pipes (as with a runtime): pause so their order is certain.
+    code = (
+        "import sys, time\n"
+        "print('line one')\n"
+        "print('line two', flush=True)\n"
+        "time.sleep(0.3)\n"
+        "print('oops', file=sys.stderr)\n"
+    )
     create(control_plane, namespace, python_job("talker", code))
     wait_for(lambda: job_condition(api_client, namespace, "talker"), what="job finished")
 
@@ -78,6 +85,10 @@ def test_kubectl_logs_returns_what_the_pod_printed(
     assert tail == "oops\n"
     stamped = control_plane.kubectl("logs", "-n", namespace, "job/talker", "--timestamps").stdout
     assert stamped.splitlines()[0].endswith("Z line one")
+    limited = control_plane.kubectl("logs", "-n", namespace, "job/talker", "--limit-bytes=6").stdout
+    assert limited == "line o"
+    recent = control_plane.kubectl("logs", "-n", namespace, "job/talker", "--since=1h").stdout
+    assert recent == logs
 
 
 def test_kubectl_logs_follows_a_running_pod(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -149,12 +150,14 @@ def test_deleting_a_running_pod_sends_sigterm_and_removes_it(
 
 def test_env_volumes_and_working_dir(control_plane: ControlPlane, api_client: Any, namespace: str) -> None:
     code = (
-        "import json, os\n"
+        "import importlib.util, json, os, sys\n"
         "print(json.dumps({\n"
         "  'cwd': os.getcwd(),\n"
         "  'env': {k: os.environ.get(k) for k in os.environ['CHECK'].split()},\n"
         "  'secret_file': open('/var/run/kubestep/state/password').read(),\n"
         "  'cm_file': open('/etc/app/settings.ini').read(),\n"
+        "  'kubecp_importable': importlib.util.find_spec('kubecp') is not None,\n"
+        "  'python': sys.executable,\n"
         "}))\n"
     )
     secret = {
@@ -213,6 +216,9 @@ def test_env_volumes_and_working_dir(control_plane: ControlPlane, api_client: An
         },
         "secret_file": "hunter2",
         "cm_file": "[app]\nx=1\n",
+        # pytest's pythonpath reaches the containers, and `python` is the project's.
+        "kubecp_importable": True,
+        "python": str(Path(sys.executable).parent / "python"),
     }
     # Mounted privately: nothing of it appears on the machine running the node.
     assert not Path("/var/run/kubestep/state/password").exists()

@@ -30,3 +30,6 @@ def test_the_process_node_is_ready(control_plane: ControlPlane, api_client: Any)
     assert node.status.node_info is not None
     assert node.status.node_info.kubelet_version == pinned().kubernetes
     assert not (node.spec and node.spec.taints), "the node-lifecycle controller tainted the node"
+    lease = client.CoordinationV1Api(api_client).read_namespaced_lease(node.metadata.name, "kube-node-lease")
+    assert lease.spec is not None and lease.spec.holder_identity == node.metadata.name
+    assert lease.spec.renew_time is not None

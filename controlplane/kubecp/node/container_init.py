@@ -188,6 +188,9 @@ def main(spec_file: str) -> None:
         # A container must not outlive its node (a real runtime would keep it, but
         # here nothing would be left to look after it).
         _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+        if os.getppid() != spec["node_pid"]:
+            # The node died before the line above took effect.
+            os._exit(128 + signal.SIGKILL)
         if spec.get("isolate", True):
             _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWUTS), "unshare")
             # Without this our mounts would propagate back to the host's namespace.

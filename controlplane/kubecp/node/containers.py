@@ -81,6 +81,7 @@ class ContainerRun:
             "isolate": self.isolate,
             "scratch_dir": str(self.run_dir / "scratch"),
             "start_error_file": str(self._start_error_file),
+            "node_pid": os.getpid(),
         }
         spec_file = self.run_dir / "spec.json"
         spec_file.write_text(json.dumps(spec))

@@ -1,0 +1,144 @@
+"""Starting and stopping leaves nothing behind; failures are loud."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import kubecp
+from kubecp.binaries import BuildError, ensure_binaries
+from kubecp.cluster import ControlPlane
+from kubecp.processes import process_start_time
+from kubecp.testing import python_pod, wait_for
+
+CONTROLPLANE_DIR = Path(kubecp.__file__).resolve().parent.parent
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def cluster_pids(workdir: Path) -> list[int]:
+    state = json.loads((workdir / "state.json").read_text())
+    pids = [int(p["pid"]) for p in state["processes"]]
+    pids += [int(f.read_text().split()[0]) for f in workdir.glob("node/pods/*/containers/*/pid")]
+    return pids
+
+
+def alive(pid: int) -> bool:
+    start = process_start_time(pid)
+    if start is None:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def describe(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError as error:
+        return str(error)
+    return f"{stat[:120]} | {cmdline[:200]}"
+
+
+def start_sleeper(plane: ControlPlane) -> None:
+    plane.kubectl(
+        "create", "-f", "-", input=json.dumps(python_pod("sleeper", "import time; time.sleep(600)"))
+    )
+    wait_for(
+        lambda: plane.kubectl("get", "pod", "sleeper", "-o", "jsonpath={.status.phase}").stdout == "Running",
+        what="sleeper running",
+    )
+
+
+def test_stop_leaves_no_process_and_no_port(tmp_path: Path) -> None:
+    with ControlPlane(tmp_path / "cluster") as plane:
+        start_sleeper(plane)
+        pids = cluster_pids(plane.workdir)
+        port = int(plane.server.rsplit(":", 1)[1])
+        assert len(pids) == 5 and all(alive(pid) for pid in pids)
+    assert [pid for pid in pids if alive(pid)] == []
+    assert not port_open(port)
+
+
+def test_everything_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    workdir = tmp_path / "cluster"
+    script = textwrap.dedent(
+        f"""
+        import time
+        from pathlib import Path
+        from kubecp.cluster import ControlPlane
+        plane = ControlPlane(Path({str(workdir)!r})).start()
+        print(plane.server, flush=True)
+        time.sleep(600)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(CONTROLPLANE_DIR)}
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert owner.stdout is not None
+        server = owner.stdout.readline().strip()
+        assert server.startswith("https://"), "the control plane did not start"
+        start_sleeper(ControlPlane(workdir))  # not started: only its kubectl() is used
+        pids = cluster_pids(workdir)
+        assert len(pids) == 5
+
+        owner.send_signal(signal.SIGKILL)  # no cleanup code runs
+        owner.wait()
+
+        try:
+            wait_for(lambda: not any(alive(pid) for pid in pids), timeout=15, what="all processes gone")
+        except TimeoutError:
+            left = {pid: describe(pid) for pid in pids if alive(pid)}
+            raise AssertionError(f"still alive: {left}") from None
+        assert not port_open(int(server.rsplit(":", 1)[1]))
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_missing_go_fails_the_build_loudly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBESTEP_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(BuildError, match="needs Go"):
+        ensure_binaries()
+
+
+def test_the_fixture_fails_rather_than_skips_without_binaries(tmp_path: Path) -> None:
+    (tmp_path / "test_uses_cluster.py").write_text("def test_it(control_plane):\n    pass\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(CONTROLPLANE_DIR),
+        "KUBESTEP_CACHE_DIR": str(tmp_path / "empty-cache"),
+        "PATH": str(Path(sys.executable).parent),  # no Go
+    }
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "kubecp.pytest_plugin",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "1 error" in result.stdout and "skipped" not in result.stdout
+    assert "could not be started" in result.stdout and "needs Go" in result.stdout
