@@ -86,7 +86,7 @@ def run_workflow(
     functions = {defs[w.id].spec.function: w for w in all_workflows}
     clock = VirtualClock()
     executor = InProcessExecutor(functions, steps or {}, clock.now)
-    driver = Driver(defs, executor, clock, threading.Event())
+    driver = Driver(defs, executor, clock, threading.Event(), max_decisions=100_000)
     driver.standing_events = list(events or [])
     payload = {"name": event.get("name", "kubestep/test"), **event}
     run_event = RunEvent(name=payload["name"], data=payload.get("data") or {}, user=payload.get("user") or {})

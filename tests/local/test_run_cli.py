@@ -203,6 +203,19 @@ def napper(ctx, step):
 def fanout(ctx, step):
     return step.parallel(lambda: step.run("left", stamp, "l"), lambda: step.run("right", stamp, "r"))
 
+def slow_child_step():
+    count_call("child")
+    time.sleep(2)
+    return 21
+
+@kubestep.workflow("child")
+def child(ctx, step):
+    return step.run("work", slow_child_step) * ctx.event.data["factor"]
+
+@kubestep.workflow("parent")
+def parent(ctx, step):
+    return step.invoke("call-child", "child", {"factor": 2})
+
 @kubestep.workflow("approval")
 def approval(ctx, step):
     got = step.wait_for_event("wait-approval", "app/approved", timeout="1h",
@@ -211,13 +224,15 @@ def approval(ctx, step):
 """
 
 
-def workflow_yaml(name: str, function: str, retries: dict[str, Any] | None = None, **spec: Any) -> str:
+def workflow_yaml(
+    name: str, function: str, retries: dict[str, Any] | None = None, trigger: str = "app/go", **spec: Any
+) -> str:
     doc = {
         "apiVersion": "kubestep.dev/v1alpha1",
         "kind": "Workflow",
         "metadata": {"name": name},
         "spec": {
-            "triggers": [{"event": "app/go"}],
+            "triggers": [{"event": trigger}],
             "image": "local",
             "function": f"flows:{function}",
             "retries": retries or {"limit": 2, "backoff": {"initial": "100ms", "jitter": "0s"}},
@@ -387,3 +402,36 @@ def test_parallel_steps_run_at_the_same_time_in_separate_processes(flows: Path) 
     assert l_start < r_end and r_start < l_end, "the two steps overlapped in time"
     jobs = {s["id"]: s["attempts"][0]["job"] for s in record["steps"]}
     assert jobs["left"] != jobs["right"]
+
+
+def test_resuming_a_finished_run_reports_its_outcome(flows: Path) -> None:
+    code, record, _ = run_flow(flows, "nonretriable", "nonretriable")
+    assert code == 1
+    proc = kubestep("run", "--resume", record["name"], "-o", "json", cwd=flows)
+    assert proc.returncode == 1
+    assert as_record(proc)["phase"] == "Failed"
+
+
+def test_a_parent_resumed_after_a_crash_finds_its_child_again(flows: Path) -> None:
+    docs = workflow_yaml("parent", "parent") + "---\n" + workflow_yaml("child", "child", trigger="app/never")
+    (flows / "family.yaml").write_text(docs)
+    env = {**os.environ, "MARKS": str(flows / "marks")}
+    driver = subprocess.Popen(
+        [*KUBESTEP, "run", "family.yaml", "-e", "go.yaml"],
+        cwd=flows,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not (flows / "marks" / "child").exists():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    driver.kill()
+    driver.wait()
+    runs = flows / ".kubestep" / "runs"
+    (parent,) = [p.name for p in runs.iterdir() if len(p.name) < 20]
+    proc = kubestep("run", "--resume", parent, "-o", "json", cwd=flows, env={"MARKS": str(flows / "marks")})
+    assert proc.returncode == 0, proc.stderr
+    assert as_record(proc)["output"] == 42
+    assert (flows / "marks" / "child").read_text() == "x", "the child's step ran once"

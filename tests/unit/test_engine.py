@@ -35,7 +35,7 @@ from kubestep.engine import (
     decide,
 )
 from kubestep.engine.decide import MAX_ATTEMPTS_KEPT
-from kubestep.engine.names import execution_name
+from kubestep.engine.names import discovery_execution_name, step_execution_name
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -119,7 +119,7 @@ def test_a_new_run_starts_one_discovery_execution() -> None:
     assert start.step is None and start.attempt == 1
     assert start.state.steps == [] and start.state.event["data"] == {"x": 1}
     assert start.state.function == "app.flows:main"
-    assert start.name == execution_name("main-run", "next:0", 1)
+    assert start.name == discovery_execution_name("main-run", 0, 1)
     assert [c.status for c in sim.status.conditions if c.type == "Succeeded"] == ["Unknown"]
 
 
@@ -172,7 +172,7 @@ def test_a_failed_attempt_waits_the_backoff_then_retries_the_same_step() -> None
     sim.step(at=requeue.when)
     retry = sim.only_start()
     assert retry.step == "enrich" and retry.attempt == 2
-    assert retry.name == execution_name("main-run", "enrich", 2)
+    assert retry.name == step_execution_name("main-run", "enrich", 2)
     assert retry.state.target == "enrich"
 
     sim.finish(err("enrich"))
@@ -311,11 +311,18 @@ def test_disruptions_have_their_own_bound() -> None:
 
 
 def test_an_execution_that_dies_before_any_step_is_retried_then_fails_the_run() -> None:
-    sim = Sim(make_run(retries=RetryPolicy(limit=1, disruption_limit=1)))
+    policy = RetryPolicy(limit=1, disruption_limit=1, backoff=Backoff(initial="10s", jitter="0s"))
+    sim = Sim(make_run(retries=policy))
     names = []
+    delays = []
     for _ in range(2):
         names.append(sim.only_start().name)
         sim.finish(None, exit_code=2, reason="BadInput", log_tail="cannot read the run state")
+        assert sim.started() == [], "a crashing runner is not restarted at once"
+        assert sim.status.retry_at is not None
+        delays.append((sim.status.retry_at - sim.now).total_seconds())
+        sim.step(at=sim.status.retry_at)
+    assert delays == [10.0, 20.0]
     names.append(sim.only_start().name)
     assert len(set(names)) == 3, "every execution has its own name"
     sim.finish(None, exit_code=2, reason="BadInput")
@@ -423,10 +430,11 @@ def test_invoke_starts_a_child_and_resumes_with_its_output_or_error() -> None:
     (child,) = sim.decision.of(StartChild)
     assert child.workflow == "billing" and child.data == {"amount": 3} and child.step == "charge"
     assert sim.status.phase is RunPhase.WAITING
+    # Until the child is seen, asking for it again is harmless (same name) and survives a lost action.
     again = decide(sim.run, Observed(), sim.now)
-    assert again.of(StartChild) == [], "the child is started once"
+    assert again.of(StartChild) == [child]
     sim.step(Observed(children=[ChildResult("charge", RunPhase.RUNNING)]))
-    assert sim.status.phase is RunPhase.WAITING
+    assert sim.status.phase is RunPhase.WAITING and sim.decision.of(StartChild) == []
     sim.step(Observed(children=[ChildResult("charge", RunPhase.SUCCEEDED, output={"paid": True})]))
     step = sim.run.step("charge")
     assert step is not None and step.output == {"paid": True} and step.phase is StepPhase.SUCCEEDED

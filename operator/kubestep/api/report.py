@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from kubestep.api.base import Model
 from kubestep.api.run import StepType
@@ -134,6 +134,30 @@ class Report(Model):
     events: list[dict[str, Any]] = Field(default_factory=list)
     """For send_event: events to publish (`name`, `data`, `user`, `id`)."""
 
+    @model_validator(mode="after")
+    def _complete(self) -> Report:
+        # Reports come from pods running user code: check their shape here, not deep in the engine.
+        needed = _REQUIRED.get(self.kind, ())
+        missing = [name for name in needed if getattr(self, name) in (None, [])]
+        if missing:
+            raise ValueError(f"a {self.kind.value} report needs {', '.join(missing)}")
+        if self.until is not None and self.until.tzinfo is None:
+            raise ValueError("until must carry a timezone")
+        return self
+
+
+_REQUIRED: dict[ReportKind, tuple[str, ...]] = {
+    ReportKind.STARTED: ("step",),
+    ReportKind.STEP_SUCCEEDED: ("step",),
+    ReportKind.STEP_FAILED: ("step", "error"),
+    ReportKind.PLANNED: ("planned",),
+    ReportKind.SLEEP: ("step", "until"),
+    ReportKind.WAIT_FOR_EVENT: ("step", "event", "timeout_seconds"),
+    ReportKind.INVOKE: ("step", "workflow"),
+    ReportKind.SEND_EVENT: ("step", "events"),
+    ReportKind.FAILED: ("error",),
+}
+
 
 #: Kubelet keeps at most this many bytes of a termination message.
 TERMINATION_MESSAGE_LIMIT = 4096
@@ -176,5 +200,5 @@ def decode_report(message: str | None, log: str | None = None) -> Report | None:
         if text.startswith(_ZIP_PREFIX):
             text = zlib.decompress(base64.b64decode(text[len(_ZIP_PREFIX) :])).decode()
         return Report.model_validate_json(text)
-    except ValueError:
+    except (ValueError, zlib.error):
         return None

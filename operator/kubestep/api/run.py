@@ -138,6 +138,8 @@ class InvokeInfo(Model):
     """Name of the child WorkflowRun."""
     timeout_at: datetime | None = None
     """When the invoke gives up with an error."""
+    data: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
+    """The data the child run was started with."""
 
 
 class StepStatus(Model):
@@ -287,7 +289,9 @@ class WorkflowRunStatus(Model):
     current_attempt: int | None = None
     """The attempt number of the current step."""
     discovery_failures: int = 0
-    """Executions that failed before reaching any step (they count against the retry limit)."""
+    """Executions in a row that ended before reaching any step; bounded by the sum of the retry limits."""
+    retry_at: datetime | None = None
+    """When the next execution starts, after one ended before reaching any step."""
     conditions: list[Condition] = Field(default_factory=list)
     """`Succeeded`: Unknown while running, then True or False, so `kubectl wait` works."""
     observed_generation: int | None = None

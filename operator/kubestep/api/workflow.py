@@ -34,6 +34,13 @@ _BACKOFF_ORDER: dict[str, Any] = {
     "lower initial or raise max",
     "fieldPath": ".initial",
 }
+_OUTPUT_ORDER: dict[str, Any] = {
+    "rule": "!has(self.stepOutputBytes) || !has(self.runOutputBytes) "
+    "|| self.stepOutputBytes <= self.runOutputBytes",
+    "message": "limits.stepOutputBytes is larger than limits.runOutputBytes, which bounds all outputs "
+    "together; lower stepOutputBytes or raise runOutputBytes",
+    "fieldPath": ".stepOutputBytes",
+}
 _TIMEOUT_ORDER: dict[str, Any] = {
     "rule": "!has(self.step) || !has(self.run) || duration(self.step) <= duration(self.run)",
     "message": "timeouts.step is longer than timeouts.run, which bounds every step as well; "
@@ -114,11 +121,23 @@ class Timeouts(SpecModel):
 
 
 class Limits(SpecModel):
-    """Size limits of what steps return."""
+    """Size limits of what steps return. Outputs live in the run's status and reach every step pod through
+    a Secret, both of which Kubernetes caps near 1 MiB."""
 
-    step_output_bytes: int = Field(default=65536, ge=1024, le=1048576)
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_OUTPUT_ORDER]})
+
+    step_output_bytes: int = Field(default=65536, ge=1024, le=262144)
     """Largest JSON output a step may return, in bytes. A larger output fails the step (not retried)
     with a message naming the size; keep big data in object storage and return a reference."""
+    run_output_bytes: int = Field(default=524288, ge=1024, le=786432)
+    """Largest total of the JSON outputs of all steps of a run, in bytes. A step whose output would
+    exceed it fails (not retried) with a message naming the total."""
+
+    @model_validator(mode="after")
+    def _step_within_run(self) -> Limits:
+        if self.step_output_bytes > self.run_output_bytes:
+            raise ValueError(_OUTPUT_ORDER["message"])
+        return self
 
 
 class PodTemplate(SpecModel):

@@ -6,13 +6,16 @@ import json
 import os
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
 from kubestep.api.run import RunEvent, RunPhase, WorkflowRun
+from kubestep.api.workflow import Workflow
+from kubestep.engine.actions import StartExecution
 from kubestep.local.clock import RealClock
 from kubestep.local.driver import Driver, NoTriggerMatchError
 from kubestep.local.executors import ProcessExecutor
@@ -53,34 +56,17 @@ def run(
         _fail(f"--output must be text or json, not {output!r}")
     console = Console(stderr=output == "json", highlight=False)
     store = Store(state_dir.resolve())
+    targets: list[str] = []
     try:
         if resume is not None:
-            runs, driver, targets = _resume(resume, event, store, console, quiet)
-            if driver is None:
-                return
+            driver, targets = _resume(resume, event, store, console, quiet)
+        elif workflow_file is None or event is None:
+            _fail("give a workflow file and --event, or --resume RUN")
         else:
-            if workflow_file is None or event is None:
-                _fail("give a workflow file and --event, or --resume RUN")
-            assert workflow_file is not None and event is not None
-            driver = _driver(workflow_file, store, console, quiet)
-            ev = load_event(event)
-            run_event = RunEvent(
-                name=ev.spec.name,
-                data=ev.spec.data,
-                user=ev.spec.user,
-                id=ev.spec.id,
-                ts=ev.spec.ts,
-                source=ev.metadata.name or None,
-            )
-            targets = driver.start(run_event)
-            if not targets:
-                _fail(
-                    f"event {ev.spec.name!r} starts none of the workflows in {workflow_file} "
-                    f"({', '.join(driver.workflows)}): no trigger matches it"
-                )
-            for name in targets:
-                store.claim(name)
-                store.save_source(name, {"workflows": str(workflow_file.resolve()), "cwd": os.getcwd()})
+            driver, targets = _start(workflow_file, event, store, console, quiet)
+        if driver is None:
+            _finish([store.load(t) for t in targets], output, console)
+            return
         try:
             runs = driver.drive(targets)
         finally:
@@ -90,51 +76,79 @@ def run(
     except (ManifestError, RunNotFoundError, NoTriggerMatchError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted; resume with[/yellow] kubestep run --resume " + " ".join(targets))
+        hint = " ".join(f"kubestep run --resume {t}" for t in targets) or "nothing to resume"
+        console.print(f"[yellow]interrupted; resume with:[/yellow] {hint}")
         raise typer.Exit(130) from None
     _finish(runs, output, console)
+
+
+def _start(
+    workflow_file: Path, event: Path, store: Store, console: Console, quiet: bool
+) -> tuple[Driver, list[str]]:
+    driver = _driver(workflow_file, store, console, quiet)
+    ev = load_event(event)
+    run_event = RunEvent(
+        name=ev.spec.name,
+        data=ev.spec.data,
+        user=ev.spec.user,
+        id=ev.spec.id,
+        ts=ev.spec.ts,
+        source=ev.metadata.name or None,
+    )
+    targets = driver.start(run_event)
+    if not targets:
+        _fail(
+            f"event {ev.spec.name!r} starts none of the workflows in {workflow_file} "
+            f"({', '.join(driver.workflows)}): no trigger matches it"
+        )
+    for name in targets:
+        store.claim(name)
+    return driver, targets
 
 
 def _driver(workflow_file: Path, store: Store, console: Console, quiet: bool) -> Driver:
     workflows = load_workflows(workflow_file)
     wake = threading.Event()
     cwd = workflow_file.resolve().parent
-    executor = ProcessExecutor(store.run_dir, cwd, _step_env(workflows), wake)
-    return Driver(workflows, executor, RealClock(), wake, store, Timeline(console, show_logs=not quiet))
+    executor = ProcessExecutor(store.run_dir, cwd, _env_of(workflows), wake)
+    source = {"workflows": str(workflow_file.resolve()), "cwd": os.getcwd()}
+    timeline = Timeline(console, show_logs=not quiet)
+    return Driver(workflows, executor, RealClock(), wake, store, timeline, source=source)
 
 
-def _step_env(workflows: dict) -> dict[str, str]:  # type: ignore[type-arg]
-    env = dict(os.environ)
-    for wf in workflows.values():
-        for var in wf.spec.pod_template.env:
-            if "value" in var:
-                env[str(var["name"])] = str(var["value"])
+def _env_of(workflows: dict[str, Workflow]) -> Any:
+    """Each step process gets this environment plus the plain `value`s of its workflow's pod template."""
+    extra = {
+        wf.spec.function: {str(v["name"]): str(v["value"]) for v in wf.spec.pod_template.env if "value" in v}
+        for wf in workflows.values()
+    }
+
+    def env(action: StartExecution) -> dict[str, str]:
+        return {**os.environ, **extra.get(action.state.function, {})}
+
     return env
 
 
 def _resume(
     name: str, event: Path | None, store: Store, console: Console, quiet: bool
-) -> tuple[list[WorkflowRun], Driver | None, list[str]]:
+) -> tuple[Driver | None, list[str]]:
     run = store.load(name)
-    source = store.load_source(name)
     if event is not None:
         ev = load_event(event)
-        payload = {
-            **RunEvent(name=ev.spec.name, data=ev.spec.data, user=ev.spec.user, id=ev.spec.id).as_payload()
-        }
-        from datetime import UTC, datetime
-
+        payload = RunEvent(
+            name=ev.spec.name, data=ev.spec.data, user=ev.spec.user, id=ev.spec.id
+        ).as_payload()
         store.deliver(name, payload, datetime.now(UTC), ev.metadata.name)
         console.print(f"delivered event {ev.spec.name!r} to run {name}")
     if run.status.phase.finished:
-        return [run], None, [name]
+        return None, [name]
     owner = store.claim(name)
     if owner is not None:
-        console.print(f"run {name} is being driven by process {owner}; it will pick the event up")
-        return [run], None, [name]
-    driver = _driver(Path(source["workflows"]), store, console, quiet)
+        console.print(f"run {name} is being driven by process {owner}; it picks the event up from there")
+        raise typer.Exit(0)
+    driver = _driver(Path(store.load_source(name)["workflows"]), store, console, quiet)
     driver.adopt(run, recover=True)
-    return [run], driver, [name]
+    return driver, [name]
 
 
 def _finish(runs: list[WorkflowRun], output: str, console: Console) -> None:
@@ -153,9 +167,9 @@ def _finish(runs: list[WorkflowRun], output: str, console: Console) -> None:
         raise typer.Exit(EXIT_RUN_FAILED)
 
 
-def _record(run: WorkflowRun) -> dict:  # type: ignore[type-arg]
+def _record(run: WorkflowRun) -> dict[str, Any]:
     status = run.status.to_dict()
-    for key in ("active", "conditions", "currentStep", "currentAttempt", "discoveryFailures"):
+    for key in ("active", "conditions", "currentStep", "currentAttempt", "discoveryFailures", "retryAt"):
         status.pop(key, None)
     return {"name": run.metadata.name, "workflow": run.spec.workflow_ref.name, **status}
 

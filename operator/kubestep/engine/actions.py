@@ -39,6 +39,14 @@ class StartChild:
 
 
 @dataclass(frozen=True)
+class CancelChild:
+    """Cancel the child run ``name`` (its parent ended, or the invoke timed out)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class PublishEvents:
     """Publish events for a ``send_event`` step; ``ids`` are their deterministic names."""
 
@@ -63,4 +71,4 @@ class Note:
     warning: bool = False
 
 
-Action = StartExecution | StopExecution | StartChild | PublishEvents | RequeueAt | Note
+Action = StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note

@@ -34,7 +34,7 @@ def holds(expression: str, variables: dict[str, Any]) -> bool:
     program = _compile(expression)
     try:
         result = program.execute(variables)
-    except (ValueError, RuntimeError, TypeError, KeyError) as exc:
+    except Exception as exc:  # any evaluation failure (missing key, division by zero) is the expression's
         raise CelError(f"CEL expression {expression!r} failed: {exc}") from None
     if not isinstance(result, bool):
         raise CelError(f"CEL expression {expression!r} yielded {result!r}, not a boolean")

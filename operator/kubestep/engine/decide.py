@@ -1,11 +1,14 @@
 """The decision: one level-triggered step from the whole observed state of a run.
 
-``decide`` never mutates its input and never does I/O. Adapters apply the returned status and actions;
-calling it again with the same input yields the same result, which is what makes crashes harmless.
+``decide`` never mutates its input and never does I/O. Calling it again with the same input yields the
+same result, which is what makes crashes harmless — provided adapters keep one rule: **carry out the
+actions first, then save the status.** A crash in between then only repeats actions, and every action is
+idempotent by the deterministic name it carries (an execution, a child run, a sent event).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,6 +32,7 @@ from kubestep.api.run import (
 from kubestep.engine import backoff, names
 from kubestep.engine.actions import (
     Action,
+    CancelChild,
     Note,
     PublishEvents,
     RequeueAt,
@@ -36,11 +40,13 @@ from kubestep.engine.actions import (
     StartExecution,
     StopExecution,
 )
-from kubestep.engine.cel import CelError, holds
+from kubestep.engine.cel import CelError, check, holds
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome
 
 #: Attempts kept per step: the first and the most recent ones.
 MAX_ATTEMPTS_KEPT = 10
+#: No wait, delay or timeout is longer than this (as Inngest's longest sleep).
+MAX_DELAY_SECONDS = 366 * 86400.0
 _LOG_TAIL_CHARS = 1500
 _MESSAGE_CHARS = 1000
 
@@ -111,20 +117,50 @@ class _Decider:
         final = report is not None and report.kind is not ReportKind.STARTED
         if final:
             assert report is not None
+            stray = self.stray_report(execution, report)
+            if stray:
+                error = ErrorInfo(type="NondeterminismError", message=stray)
+                self.end_all(RunPhase.FAILED, error, "NondeterminismError", stray)
+                return
             self.status.discovery_failures = 0
+            self.status.retry_at = None
             self.apply_report(execution, report, outcome)
             return
         step_ref = report.step if report is not None else None
+        step: StepStatus | None = self.target_step(execution)
         if step_ref is not None:
             step = self.ensure_step(step_ref, execution.started_at)
-        else:
-            step = self.target_step(execution)
         if step is None:
             self.discovery_failed(execution, outcome)
             return
         result, reason = _failure_class(outcome)
         message = outcome.message or _describe_exit(outcome)
         self.attempt_failed(step, execution, outcome, result, reason, message, None)
+
+    def stray_report(self, execution: Execution, report: Report) -> str | None:
+        """Why ``report`` cannot come from ``execution``, if it cannot."""
+        reported = report.step.id if report.step else None
+        if execution.step is not None:
+            executed = report.kind in (ReportKind.STEP_SUCCEEDED, ReportKind.STEP_FAILED)
+            if report.kind is ReportKind.FAILED or (executed and reported == execution.step):
+                return None
+            return (
+                f"execution {execution.name} was to run step {execution.step!r} but reported "
+                f"{report.kind.value} for {reported or 'no step'}; the function must reach its steps in the "
+                "same order every time"
+            )
+        if report.kind in (ReportKind.FAILED, ReportKind.COMPLETED):
+            return None
+        refs = report.planned if report.kind is ReportKind.PLANNED else [report.step] if report.step else []
+        for ref in refs:
+            known = self.run_step(ref.id)
+            if known is not None and known.phase.finished:
+                return (
+                    f"replay reported step {ref.id!r} as new, but the run already recorded it; step ids "
+                    "must be unique (a name repeated in a loop gets `:1`, `:2`, ... — don't also use such a "
+                    "name yourself)"
+                )
+        return None
 
     def target_step(self, execution: Execution) -> StepStatus | None:
         return None if execution.step is None else self.run_step(execution.step)
@@ -158,8 +194,8 @@ class _Decider:
             self.note("StepsPlanned", "parallel steps: " + ", ".join(r.id for r in report.planned))
             return
         assert report.step is not None
-        executed = kind in (ReportKind.STEP_SUCCEEDED, ReportKind.STEP_FAILED)
-        step = self.ensure_step(report.step, execution.started_at if executed else None)
+        # A wait listens from the moment its execution started: events published while the pod ran count.
+        step = self.ensure_step(report.step, execution.started_at)
         if kind is ReportKind.STEP_SUCCEEDED:
             attempt = self.add_attempt(step, execution, outcome)
             attempt.result = AttemptResult.SUCCEEDED
@@ -181,26 +217,28 @@ class _Decider:
         elif kind is ReportKind.SLEEP:
             assert report.until is not None
             step.phase = StepPhase.SLEEPING
-            step.wake_at = report.until
+            step.wake_at = min(report.until, self.later(MAX_DELAY_SECONDS))
             self.note("Sleeping", f"step {step.id!r} sleeps until {report.until.isoformat()}")
         elif kind is ReportKind.WAIT_FOR_EVENT:
             assert report.event is not None and report.timeout_seconds is not None
+            problem = check(report.if_) if report.if_ else None
+            if problem:
+                self.step_done(step, error=ErrorInfo(type="ExpressionError", message=problem, step=step.id))
+                return
             step.phase = StepPhase.WAITING
             step.wait = WaitInfo(
-                event=report.event,
-                if_=report.if_,
-                timeout_at=self.now + timedelta(seconds=report.timeout_seconds),
+                event=report.event, if_=report.if_, timeout_at=self.later(report.timeout_seconds)
             )
             self.note("Waiting", f"step {step.id!r} waits for event {report.event!r}")
         elif kind is ReportKind.INVOKE:
             assert report.workflow is not None
             child = names.child_run_name(self.run.metadata.name, step.id)
-            timeout_at = None
-            if report.timeout_seconds is not None:
-                timeout_at = self.now + timedelta(seconds=report.timeout_seconds)
+            timeout_at = None if report.timeout_seconds is None else self.later(report.timeout_seconds)
             step.phase = StepPhase.WAITING
-            step.invoke = InvokeInfo(workflow=report.workflow, run=child, timeout_at=timeout_at)
-            self.actions.append(StartChild(step.id, child, report.workflow, report.data or {}))
+            step.invoke = InvokeInfo(
+                workflow=report.workflow, run=child, timeout_at=timeout_at, data=report.data or {}
+            )
+            # `wake` asks for the child, in this decision and every later one until the child is seen.
             self.note("Invoked", f"step {step.id!r} started run {child!r} of workflow {report.workflow!r}")
         elif kind is ReportKind.SEND_EVENT:
             ids = [
@@ -246,7 +284,12 @@ class _Decider:
             step.disruptions > policy.disruption_limit
         )
         if result is AttemptResult.NON_RETRIABLE or exhausted:
-            why = "not retriable" if result is AttemptResult.NON_RETRIABLE else "retries exhausted"
+            if result is AttemptResult.NON_RETRIABLE:
+                why = "not retriable"
+            elif result.spends_budget:
+                why = f"retries exhausted: spec.retries.limit is {policy.limit}"
+            else:
+                why = f"disruptions exhausted: spec.retries.disruptionLimit is {policy.disruption_limit}"
             error_type = reason if result is not AttemptResult.TIMEOUT else "Timeout"
             self.step_done(step, error=ErrorInfo(type=error_type, message=message, step=step.id))
             self.note(
@@ -262,9 +305,10 @@ class _Decider:
             wait = backoff.delay(policy.backoff, step.failures, uid, step.id)
         else:
             wait = 0.0
+        wait = min(max(0.0, wait), MAX_DELAY_SECONDS)
         attempt.retry_delay_seconds = round(wait, 3)
         step.phase = StepPhase.RETRYING
-        step.next_attempt_at = self.now + timedelta(seconds=wait)
+        step.next_attempt_at = self.later(wait)
         self.note(
             "StepRetrying",
             f"step {step.id!r} attempt {attempt.number} failed ({result.value}) {reason}: {message}; "
@@ -273,7 +317,8 @@ class _Decider:
         )
 
     def discovery_failed(self, execution: Execution, outcome: Outcome) -> None:
-        """An execution ended before reaching any step; retry it at once, within a bound."""
+        """An execution ended before reaching any step: retry it (after a backoff, unless the cluster took
+        it away), within the sum of the two retry limits."""
         self.status.discovery_failures += 1
         policy = self.spec.retries
         message = outcome.message or _describe_exit(outcome)
@@ -287,11 +332,26 @@ class _Decider:
             )
             self.end_all(RunPhase.FAILED, error, "RunnerFailed", error.message)
             return
-        self.note("RunnerFailed", f"execution {execution.name} ended before reaching a step: {message}", True)
+        wait = 0.0
+        if outcome.kind in (ExitKind.EXITED, ExitKind.DEADLINE):
+            uid = self.run.metadata.uid or self.run.metadata.name
+            wait = backoff.delay(policy.backoff, self.status.discovery_failures, uid, "(next)")
+        self.status.retry_at = self.later(wait)
+        self.note(
+            "RunnerFailed",
+            f"execution {execution.name} ended before reaching a step: {message}; "
+            f"trying again in {format_duration(wait)}",
+            True,
+        )
 
     def step_done(
         self, step: StepStatus, output: object = None, error: ErrorInfo | None = None, took: str = ""
     ) -> None:
+        if error is None and output is not None:
+            error = self.over_budget(step, output)
+            if error is not None:
+                output = None
+                self.note("StepFailed", f"step {step.id!r} failed: {error.message}", warning=True)
         step.phase = StepPhase.FAILED if error else StepPhase.SUCCEEDED
         step.output = output if error is None else None
         step.error = error
@@ -300,6 +360,22 @@ class _Decider:
         if error is None:
             detail = f"attempt {step.attempt_count}, {took}" if took else step.type.value
             self.note("StepSucceeded", f"step {step.id!r} succeeded ({detail})")
+
+    def over_budget(self, step: StepStatus, output: object) -> ErrorInfo | None:
+        """Outputs live in the run's status and Secret: their total has a ceiling."""
+        size = _json_size(output) + sum(_json_size(s.output) for s in self.status.steps if s is not step)
+        limit = self.spec.limits.run_output_bytes
+        if size <= limit:
+            return None
+        message = (
+            f"recording the output of step {step.id!r} would bring the run's outputs to {size} bytes; the "
+            f"limit is {limit} bytes (spec.limits.runOutputBytes). Return references to large data instead"
+        )
+        return ErrorInfo(type="OutputTooLarge", message=message, step=step.id)
+
+    def later(self, seconds: float) -> datetime:
+        """``now + seconds``, bounded so that no user-chosen duration can overflow a date."""
+        return self.now + timedelta(seconds=min(max(0.0, seconds), MAX_DELAY_SECONDS))
 
     # Sleeps, waits and children --------------------------------------------------------------------
 
@@ -323,11 +399,8 @@ class _Decider:
                 try:
                     if not holds(wait.if_, {"event": trigger, "async": event.payload}):
                         continue
-                except CelError as exc:
-                    self.step_done(
-                        step, error=ErrorInfo(type="ExpressionError", message=str(exc), step=step.id)
-                    )
-                    return
+                except CelError:
+                    continue  # e.g. a field this candidate lacks: not a match, the wait goes on
             self.step_done(step, output=event.payload)
             return
         if wait.timeout_at <= self.now:
@@ -335,6 +408,9 @@ class _Decider:
             self.note("WaitTimedOut", f"step {step.id!r} saw no {wait.event!r} event before its timeout")
 
     def wake_invoke(self, step: StepStatus, invoke: InvokeInfo, child: ChildResult | None) -> None:
+        if child is None:
+            # Not seen yet (or lost): asking again is harmless, the child's name is fixed.
+            self.actions.append(StartChild(step.id, invoke.run, invoke.workflow, invoke.data))
         if child is not None and child.phase is RunPhase.SUCCEEDED:
             self.step_done(step, output=child.output)
         elif child is not None and child.phase.finished:
@@ -344,6 +420,7 @@ class _Decider:
             self.step_done(step, error=ErrorInfo(type=error.type, message=error.message, step=step.id))
         elif invoke.timeout_at is not None and invoke.timeout_at <= self.now:
             message = f"run {invoke.run} of workflow {invoke.workflow!r} did not finish in time"
+            self.actions.append(CancelChild(invoke.run, "the invoke step timed out"))
             self.step_done(step, error=ErrorInfo(type="Timeout", message=message, step=step.id))
 
     def check_run_timeout(self) -> None:
@@ -368,25 +445,34 @@ class _Decider:
                 and (step.next_attempt_at is None or step.next_attempt_at <= self.now)
             )
             if due:
-                self.start(step.id, step.attempt_count + 1, key=step.id)
+                attempt = step.attempt_count + 1
+                self.start(
+                    step.id, attempt, names.step_execution_name(self.run.metadata.name, step.id, attempt)
+                )
                 step.phase = StepPhase.RUNNING
                 step.next_attempt_at = None
         unfinished = [s for s in status.steps if not s.phase.finished]
-        if not status.active and not unfinished:
+        backing_off = status.retry_at is not None and status.retry_at > self.now
+        if not status.active and not unfinished and not backing_off:
             done = sum(1 for s in status.steps if s.phase.finished)
-            self.start(None, status.discovery_failures + 1, key=f"next:{done}")
+            self.start(
+                None,
+                status.discovery_failures + 1,
+                names.discovery_execution_name(self.run.metadata.name, done, status.discovery_failures + 1),
+            )
         wakeups = [s.next_attempt_at for s in unfinished if s.phase is StepPhase.RETRYING]
         wakeups += [s.wake_at for s in unfinished if s.phase is StepPhase.SLEEPING]
         wakeups += [s.wait.timeout_at for s in unfinished if s.phase is StepPhase.WAITING and s.wait]
         wakeups += [s.invoke.timeout_at for s in unfinished if s.phase is StepPhase.WAITING and s.invoke]
+        if backing_off:
+            wakeups.append(status.retry_at)
         if self.spec.timeouts.run and status.started_at:
             wakeups.append(status.started_at + timedelta(seconds=parse_duration(self.spec.timeouts.run)))
         upcoming = [w for w in wakeups if w is not None]
         if upcoming:
             self.actions.append(RequeueAt(min(upcoming)))
 
-    def start(self, step_id: str | None, attempt: int, key: str) -> None:
-        name = names.execution_name(self.run.metadata.name, key, attempt)
+    def start(self, step_id: str | None, attempt: int, name: str) -> None:
         self.status.active.append(Execution(name=name, step=step_id, attempt=attempt, started_at=self.now))
         timeout = self.spec.timeouts.step
         self.actions.append(
@@ -394,7 +480,8 @@ class _Decider:
                 name=name,
                 step=step_id,
                 attempt=attempt,
-                state=self.runner_state(step_id, attempt),
+                # A discovery execution runs the first attempt of whatever new step it reaches.
+                state=self.runner_state(step_id, attempt if step_id else 1),
                 timeout_seconds=None if timeout is None else parse_duration(timeout),
             )
         )
@@ -441,6 +528,8 @@ class _Decider:
                 step.attempt_count += 1
         status.active = []
         for step in status.steps:
+            if step.phase is StepPhase.WAITING and step.invoke is not None:
+                self.actions.append(CancelChild(step.invoke.run, reason))
             if not step.phase.finished:
                 step.phase = StepPhase.CANCELLED
                 step.next_attempt_at = None
@@ -499,6 +588,10 @@ class _Decider:
             reason=status.phase.value,
             message=f"progress {status.progress}",
         )
+
+
+def _json_size(value: object) -> int:
+    return 0 if value is None else len(json.dumps(value, separators=(",", ":")).encode())
 
 
 def _took(attempt: Attempt) -> str:

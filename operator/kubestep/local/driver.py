@@ -13,7 +13,15 @@ from kubestep.api.base import ObjectMeta
 from kubestep.api.run import ParentRef, RunEvent, RunPhase, WorkflowRef, WorkflowRun, WorkflowRunSpec
 from kubestep.api.workflow import Workflow
 from kubestep.engine import names
-from kubestep.engine.actions import Note, PublishEvents, RequeueAt, StartChild, StartExecution, StopExecution
+from kubestep.engine.actions import (
+    CancelChild,
+    Note,
+    PublishEvents,
+    RequeueAt,
+    StartChild,
+    StartExecution,
+    StopExecution,
+)
 from kubestep.engine.decide import decide
 from kubestep.engine.observations import ArrivedEvent, ChildResult, Observed, Outcome
 from kubestep.engine.triggers import match
@@ -49,6 +57,8 @@ class Driver:
         wake: threading.Event,
         store: Store | None = None,
         timeline: Timeline | None = None,
+        source: dict[str, Any] | None = None,
+        max_decisions: int | None = None,
     ) -> None:
         self.workflows = workflows
         self.executor = executor
@@ -56,6 +66,10 @@ class Driver:
         self.wake = wake
         self.store = store
         self.timeline = timeline
+        self.source = source
+        """Where the workflows came from; saved with every run so ``--resume`` can reload them."""
+        self.max_decisions = max_decisions
+        """Give up after this many decisions (``kubestep.testing``: a workflow that never ends)."""
         self.state = LocalRuns()
         self._requeue: dict[str, datetime] = {}
         self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
@@ -83,8 +97,11 @@ class Driver:
         return started
 
     def create_run(self, workflow: str, event: RunEvent, name: str, parent: ParentRef | None = None) -> str:
-        """Create a run of ``workflow`` (idempotent by ``name``)."""
+        """Create a run of ``workflow`` (idempotent by ``name``, also across drivers)."""
         if name in self.state.runs:
+            return name
+        if self.store is not None and (self.store.run_dir(name) / "run.json").exists():
+            self.adopt(self.store.load(name), recover=True)
             return name
         spec = self.workflows[workflow].spec
         run = WorkflowRun(
@@ -100,6 +117,8 @@ class Driver:
         """Drive an existing run; with ``recover``, follow the executions a previous driver left running."""
         self.state.runs[run.metadata.name] = run
         self._save(run)
+        if self.store is not None and self.source is not None:
+            self.store.save_source(run.metadata.name, self.source)
         if recover and run.status.active:
             self.executor.recover(run.metadata.name, [e.name for e in run.status.active])
 
@@ -117,7 +136,14 @@ class Driver:
 
     def drive(self, targets: list[str]) -> list[WorkflowRun]:
         """Advance all runs until every run in ``targets`` has finished; return those runs."""
+        decisions = 0
         while True:
+            decisions += 1
+            if self.max_decisions is not None and decisions > self.max_decisions:
+                raise RuntimeError(
+                    f"the run did not finish after {self.max_decisions} decisions; does the workflow loop "
+                    "forever, or wait for something that never comes?"
+                )
             for run, outcome in self.executor.finished():
                 self._outcomes[run].append(outcome)
                 if self.timeline is not None:
@@ -167,6 +193,11 @@ class Driver:
             if self.timeline is not None:
                 self.timeline.note(self.clock.now(), name, action)
             return False
+        elif isinstance(action, CancelChild):
+            child = self.state.runs.get(action.name)
+            if child is not None and not child.spec.cancel and not child.status.phase.finished:
+                spec = child.spec.model_copy(update={"cancel": True})
+                self.state.runs[action.name] = child.model_copy(update={"spec": spec})
         elif isinstance(action, StartChild):
             if action.workflow not in self.workflows:
                 return self._child_missing(run, action)

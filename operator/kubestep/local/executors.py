@@ -47,22 +47,28 @@ class Executor(Protocol):
 class _Process:
     run: str
     name: str
-    popen: subprocess.Popen[bytes] | None
-    report: Path
-    log: Path
-    deadline: float | None
+    folder: Path
+    pid: int | None
+    popen: subprocess.Popen[bytes] | None = None
+    """Set when this driver spawned the process; None when following one a previous driver left."""
+    deadline: float | None = None
+    """Wall-clock time (``time.time()``) past which the process is killed: it survives a driver restart."""
     timed_out: bool = False
-    pid: int | None = None
 
 
 class ProcessExecutor:
-    """Each execution is a ``python -m kubestep.runner`` subprocess, as in a step pod."""
+    """Each execution is a ``python -m kubestep.runner`` subprocess, as in a step pod.
+
+    An execution's folder (``<run>/executions/<name>/``) holds its input, its report, its output, its pid
+    and its deadline, so a later driver can follow an execution that outlived the one that started it
+    instead of starting it twice.
+    """
 
     def __init__(
         self,
         root: Callable[[str], Path],
         cwd: Path,
-        env: dict[str, str],
+        env: Callable[[StartExecution], dict[str, str]],
         wake: threading.Event,
     ) -> None:
         self._root = root
@@ -74,19 +80,25 @@ class ProcessExecutor:
         self._lock = threading.Lock()
 
     def start(self, run: str, action: StartExecution) -> None:
-        """Write the execution's state and spawn the runner."""
+        """Write the execution's input and spawn the runner (or follow it, if it already ran)."""
         if (run, action.name) in self._procs:
             return
         folder = self._root(run) / "executions" / action.name
+        if (folder / "pid").exists():
+            self.recover(run, [action.name])
+            return
         folder.mkdir(parents=True, exist_ok=True)
         state = folder / "state.json"
         state.write_text(action.state.model_dump_json(by_alias=True))
         report = folder / "report"
         report.write_text("")
-        log = folder / "log"
-        pythonpath = os.pathsep.join(p for p in (str(self._cwd), self._env.get("PYTHONPATH", "")) if p)
-        env = {**self._env, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
-        with log.open("wb") as out:
+        base = self._env(action)
+        pythonpath = os.pathsep.join(p for p in (str(self._cwd), base.get("PYTHONPATH", "")) if p)
+        env = {**base, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+        deadline = None if action.timeout_seconds is None else time.time() + action.timeout_seconds
+        if deadline is not None:
+            (folder / "deadline").write_text(repr(deadline))
+        with (folder / "log").open("wb") as out:
             popen = subprocess.Popen(
                 [sys.executable, "-m", "kubestep.runner", "--state", str(state), "--report", str(report)],
                 cwd=self._cwd,
@@ -96,34 +108,28 @@ class ProcessExecutor:
                 start_new_session=True,
             )
         (folder / "pid").write_text(str(popen.pid))
-        deadline = None if action.timeout_seconds is None else time.monotonic() + action.timeout_seconds
-        proc = _Process(run, action.name, popen, report, log, deadline, pid=popen.pid)
-        self._procs[(run, action.name)] = proc
-        threading.Thread(target=self._watch, args=(proc,), daemon=True).start()
+        self._follow(_Process(run, action.name, folder, popen.pid, popen, deadline))
 
     def recover(self, run: str, names: list[str]) -> None:
         """Follow executions started by a driver that is gone: wait for them if alive, then report."""
         for name in names:
+            if (run, name) in self._procs:
+                continue
             folder = self._root(run) / "executions" / name
-            pid_file = folder / "pid"
-            pid = int(pid_file.read_text()) if pid_file.exists() else None
-            proc = _Process(run, name, None, folder / "report", folder / "log", None, pid=pid)
-            self._procs[(run, name)] = proc
-            threading.Thread(target=self._watch, args=(proc,), daemon=True).start()
+            pid = _read_number(folder / "pid")
+            deadline = _read_number(folder / "deadline")
+            self._follow(_Process(run, name, folder, None if pid is None else int(pid), None, deadline))
+
+    def _follow(self, proc: _Process) -> None:
+        self._procs[(proc.run, proc.name)] = proc
+        threading.Thread(target=self._watch, args=(proc,), daemon=True).start()
 
     def _watch(self, proc: _Process) -> None:
-        if proc.popen is None:
-            # Not our child: poll until the process is gone.
-            while proc.pid is not None and _alive(proc.pid):
-                time.sleep(0.2)
-        while proc.popen is not None:
-            timeout = None if proc.deadline is None else max(0.0, proc.deadline - time.monotonic())
-            try:
-                proc.popen.wait(timeout=timeout)
-                break
-            except subprocess.TimeoutExpired:
+        while self._running(proc):
+            if proc.deadline is not None and time.time() >= proc.deadline:
                 proc.timed_out = True
-                _kill(proc.popen)
+                self._kill(proc)
+            time.sleep(0.05)
         outcome = self._outcome(proc)
         with self._lock:
             if (proc.run, proc.name) in self._procs:
@@ -131,20 +137,27 @@ class ProcessExecutor:
                 self._done.append((proc.run, outcome))
         self._wake.set()
 
+    @staticmethod
+    def _running(proc: _Process) -> bool:
+        if proc.popen is not None:
+            return proc.popen.poll() is None
+        return proc.pid is not None and _alive(proc.pid)
+
     def _outcome(self, proc: _Process) -> Outcome:
-        log = proc.log.read_text(errors="replace") if proc.log.exists() else ""
-        message = proc.report.read_text(errors="replace") if proc.report.exists() else ""
+        log_path, report_path = proc.folder / "log", proc.folder / "report"
+        log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        message = report_path.read_text(errors="replace") if report_path.exists() else ""
         report = decode_report(message, log)
-        tail = "\n".join(line for line in log.splitlines()[-_TAIL_LINES:])
+        tail = "\n".join(log.splitlines()[-_TAIL_LINES:])
         now = datetime.now(UTC)
+        if proc.timed_out:
+            return Outcome(proc.name, ExitKind.DEADLINE, report, None, "DeadlineExceeded", "", tail, now)
         if proc.popen is None:
             # Started by a driver that is gone: only its files tell how it ended.
             if report is None or report.kind.value == "started":
                 return Outcome(proc.name, ExitKind.LOST, report, None, "DriverGone", "", tail, now)
             return Outcome(proc.name, ExitKind.EXITED, report, None, "", "", tail, now)
         code = proc.popen.returncode
-        if proc.timed_out:
-            return Outcome(proc.name, ExitKind.DEADLINE, report, code, "DeadlineExceeded", "", tail, now)
         if code is not None and code < 0:
             reason = "Killed" if -code == signal.SIGKILL else f"Signal{-code}"
             return Outcome(proc.name, ExitKind.EXITED, report, 128 - code, reason, "", tail, now)
@@ -155,8 +168,14 @@ class ProcessExecutor:
         """Kill the process group of the execution."""
         with self._lock:
             proc = self._procs.pop((run, name), None)
-        if proc is not None and proc.popen is not None:
-            _kill(proc.popen)
+        if proc is not None:
+            self._kill(proc)
+
+    @staticmethod
+    def _kill(proc: _Process) -> None:
+        if proc.pid is not None and (proc.popen is not None or _alive(proc.pid)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     def finished(self) -> list[tuple[str, Outcome]]:
         """Executions that ended since the last call."""
@@ -175,6 +194,13 @@ class ProcessExecutor:
             self.stop(run, name)
 
 
+def _read_number(path: Path) -> float | None:
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -186,11 +212,6 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[-1][:4]
     return True
-
-
-def _kill(popen: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(popen.pid, signal.SIGKILL)
 
 
 class InProcessExecutor:

@@ -16,6 +16,7 @@ from kubestep.api.report import (
     EXIT_REPORT_UNWRITABLE,
     EXIT_STEP_FAILED,
     Report,
+    ReportError,
     ReportKind,
     RunnerState,
     encode_report,
@@ -89,7 +90,16 @@ def run(state: RunnerState, report_path: Path) -> Report:
 
     replay.on_start = announce
     report = replay.run(workflow)
-    write_report(report, report_path)
+    try:
+        write_report(report, report_path)
+    except OSError:
+        raise
+    except Exception as exc:  # a value that passed the JSON checks yet cannot be encoded: still report
+        error = ReportError(
+            type=type(exc).__name__, message=f"the report could not be encoded: {exc}", retriable=False
+        )
+        report = Report(kind=ReportKind.FAILED, error=error)
+        write_report(report, report_path)
     return report
 
 

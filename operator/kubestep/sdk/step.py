@@ -138,7 +138,12 @@ class Step:
 
     def sleep_until(self, id: str, when: datetime | str) -> None:
         """Pause the run until ``when`` (a timezone-aware ``datetime`` or an RFC 3339 string)."""
-        until = datetime.fromisoformat(when) if isinstance(when, str) else when
+        try:
+            until = datetime.fromisoformat(when) if isinstance(when, str) else when
+        except ValueError:
+            self._replay.fail_run(
+                WorkflowDefinitionError(f"step {id!r}: sleep_until needs an RFC 3339 time, got {when!r}")
+            )
         if until.tzinfo is None:
             self._replay.fail_run(
                 WorkflowDefinitionError(
@@ -177,8 +182,14 @@ class Step:
         self, id: str, name: str, data: dict[str, Any] | None = None, *, user: dict[str, Any] | None = None
     ) -> list[str]:
         """Publish an event as a step (sent once, even when the run is replayed); return the event ids."""
-        payload = {"name": name, "data": data or {}, "user": user or {}}
-        to_json(payload, f"step {id!r} (send_event)", 1 << 20)
+        try:
+            payload = to_json(
+                {"name": name, "data": data or {}, "user": user or {}},
+                f"step {id!r} (send_event)",
+                self._replay.state.max_output_bytes,
+            )
+        except NonRetriableError as exc:
+            self._replay.fail_run(WorkflowDefinitionError(str(exc)))
         result = self._replay.reach(
             id,
             StepType.SEND_EVENT,
@@ -200,6 +211,10 @@ class Step:
         """
         name = workflow.id if isinstance(workflow, WorkflowFunction) else workflow
         seconds = None if timeout is None else self._replay.seconds(id, timeout, "invoke timeout")
+        try:
+            data = to_json(data or {}, f"step {id!r} (invoke data)", self._replay.state.max_output_bytes)
+        except NonRetriableError as exc:
+            self._replay.fail_run(WorkflowDefinitionError(str(exc)))
         return self._replay.reach(
             id,
             StepType.INVOKE,
@@ -226,7 +241,10 @@ class Replay:
         self._clock = now or (lambda: datetime.now(UTC))
         self._position = 0
         self._names: Counter[str] = Counter()
+        self._ids: set[str] = set()
         self._in_parallel = False
+        self._branch: list[str] | None = None  # steps reached by the current parallel branch
+        self._executing: str | None = None
         self.on_start: Callable[[Report], None] = lambda report: None
         """Called with a ``started`` report just before a step executes (the runner persists it)."""
         self.stubs: dict[str, Any] = {}
@@ -243,9 +261,23 @@ class Replay:
         """The function reached step ``name``: return its recorded result, or act on the new step."""
         if not isinstance(name, str) or not name:
             self.fail_run(WorkflowDefinitionError(f"step names must be non-empty strings, got {name!r}"))
-        count = self._names[name]
-        self._names[name] += 1
-        ref = StepRef(id=name if count == 0 else f"{name}:{count}", name=name, type=kind)
+        if self._executing is not None:
+            self.fail_run(
+                WorkflowDefinitionError(
+                    f"step {name!r} was called inside step {self._executing!r}; steps cannot be nested — "
+                    "call it from the workflow function instead"
+                )
+            )
+        ref = StepRef(id=self._unique_id(name), name=name, type=kind)
+        if self._branch is not None:
+            if self._branch:
+                self.fail_run(
+                    WorkflowDefinitionError(
+                        f"a branch of step.parallel reached step {self._branch[0]!r} and then {ref.id!r}; "
+                        "each branch may call one step.run — run the chain as one step, or after the group"
+                    )
+                )
+            self._branch.append(ref.id)
         memo = self._recorded(ref)
         if memo is not None and memo.done:
             if memo.error is not None:
@@ -272,6 +304,17 @@ class Replay:
                 "execute; the function must reach its steps in the same order every time"
             )
         return on_new(ref)
+
+    def _unique_id(self, name: str) -> str:
+        """``name``, or ``name:N`` for its N-th repeat, skipping ids already taken (a user may have named a
+        step ``fetch:1`` too). Deterministic, so every replay hands out the same ids."""
+        while True:
+            count = self._names[name]
+            self._names[name] += 1
+            candidate = name if count == 0 else f"{name}:{count}"
+            if candidate not in self._ids:
+                self._ids.add(candidate)
+                return candidate
 
     def _recorded(self, ref: StepRef) -> MemoEntry | None:
         """The memo of ``ref`` if the run has reached it, checking that the order is the recorded one."""
@@ -313,6 +356,7 @@ class Replay:
     ) -> Any:
         """Execute a ``run`` step in this process and stop the function with its result."""
         self.on_start(Report(kind=ReportKind.STARTED, step=ref))
+        self._executing = ref.id
         try:
             output = to_json(
                 self._call(ref, fn, args, kwargs), f"step {ref.id!r}", self.state.max_output_bytes
@@ -340,10 +384,12 @@ class Replay:
             self.fail_run(WorkflowDefinitionError("step.parallel cannot be nested"))
         results: list[Any] = []
         planned: list[StepRef] = []
+        failures: list[StepError] = []
         pending = False
         self._in_parallel = True
         try:
             for branch in branches:
+                self._branch = []
                 try:
                     results.append(branch())
                 except _NewStep as new:
@@ -351,10 +397,17 @@ class Replay:
                     if not new.pending:
                         planned.append(new.ref)
                     results.append(None)
+                except StepError as failed:
+                    # Replay every branch first, so positions stay aligned and the others still run.
+                    failures.append(failed)
+                    results.append(None)
         finally:
             self._in_parallel = False
+            self._branch = None
         if planned:
             self.report(Report(kind=ReportKind.PLANNED, planned=planned))
+        if failures and not pending:
+            raise failures[0]
         if pending:
             # Some branches are still being executed by other executions; nothing new to do here.
             self._nondeterministic(
