@@ -297,3 +297,14 @@ def test_workflows_with_functions_of_the_same_name_stay_distinct():
 
     assert list(result.steps) == ["call-child"]
     assert result.output == {"child said": "from the child"}
+
+
+def test_a_wait_does_not_receive_the_event_its_own_run_sent_before_it():
+    @kubestep.workflow("echo")
+    def echo(ctx, step):
+        step.send_event("ask", "app/question", {"q": 1})
+        return step.wait_for_event("hear", "app/question", timeout="1m")
+
+    result = run_workflow(echo, {"name": "go"})
+    assert result.phase == "Succeeded"
+    assert result.output is None, "the event was published before the wait began"

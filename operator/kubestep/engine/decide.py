@@ -134,7 +134,7 @@ class _Decider:
             self.discovery_failed(execution, outcome)
             return
         result, reason = _failure_class(outcome)
-        message = outcome.message or _describe_exit(outcome)
+        message = outcome.message or _describe_exit(outcome, self.spec.timeouts.step)
         self.attempt_failed(step, execution, outcome, result, reason, message, None)
 
     def stray_report(self, execution: Execution, report: Report) -> str | None:
@@ -321,7 +321,7 @@ class _Decider:
         it away), within the sum of the two retry limits."""
         self.status.discovery_failures += 1
         policy = self.spec.retries
-        message = outcome.message or _describe_exit(outcome)
+        message = outcome.message or _describe_exit(outcome, self.spec.timeouts.step)
         if outcome.log_tail:
             message += "\n" + outcome.log_tail[-_LOG_TAIL_CHARS:]
         if self.status.discovery_failures > policy.limit + policy.disruption_limit:
@@ -611,11 +611,11 @@ def _failure_class(outcome: Outcome) -> tuple[AttemptResult, str]:
     return AttemptResult.ERROR, outcome.reason or "Error"
 
 
-def _describe_exit(outcome: Outcome) -> str:
+def _describe_exit(outcome: Outcome, step_timeout: str | None) -> str:
     if outcome.kind is ExitKind.EXITED:
         return f"the step process exited with code {outcome.exit_code} ({outcome.reason or 'Error'})"
     if outcome.kind is ExitKind.DEADLINE:
-        return "the step ran longer than spec.timeouts.step and was stopped"
+        return f"the step ran longer than spec.timeouts.step ({step_timeout}) and was stopped"
     if outcome.kind is ExitKind.DISRUPTED:
         return f"the cluster stopped the step ({outcome.reason or 'disrupted'})"
     return "the step's execution vanished without a trace"

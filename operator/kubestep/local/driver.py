@@ -6,7 +6,7 @@ import threading
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from kubestep.api.base import ObjectMeta
@@ -122,9 +122,13 @@ class Driver:
         if recover and run.status.active:
             self.executor.recover(run.metadata.name, [e.name for e in run.status.active])
 
-    def deliver(self, payload: dict[str, Any], source: str = "") -> None:
+    def deliver(self, payload: dict[str, Any], source: str = "", sent_by_step: bool = False) -> None:
         """An event arrived: offer it to every run, and start the workflows it triggers."""
         now = self.clock.now()
+        if sent_by_step:
+            # Sent by a step that has ended, so before anything this decision starts: a wait that begins
+            # in the same instant (a virtual clock does not move) must not hear it.
+            now -= timedelta(microseconds=1)
         for name in self.state.runs:
             if self.store is not None:
                 self.store.deliver(name, payload, now, source)
@@ -207,7 +211,7 @@ class Driver:
             for event_id, sent in zip(action.ids, action.events, strict=True):
                 payload = {**sent, "id": sent.get("id") or event_id}
                 self.state.published.append(payload)
-                self.deliver(payload, source=event_id)
+                self.deliver(payload, source=event_id, sent_by_step=True)
         return True
 
     def _child_missing(self, run: WorkflowRun, action: StartChild) -> bool:
