@@ -285,3 +285,62 @@ def test_a_command_that_cannot_start_is_reported_as_start_error(
     state = terminated(done)
     assert (done.status.phase, state.reason, state.exit_code) == ("Failed", "StartError", 128)
     assert "executable file not found" in (state.message or "")
+
+
+def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    code = (
+        "import signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('stubborn', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    create(control_plane, namespace, python_pod("stubborn", code))
+    wait_for(lambda: "stubborn" in control_plane.kubectl("logs", "-n", namespace, "stubborn").stdout)
+
+    started = time.monotonic()
+    client.CoreV1Api(api_client).delete_namespaced_pod("stubborn", namespace, grace_period_seconds=2)
+
+    def gone() -> bool:
+        try:
+            read_pod(api_client, namespace, "stubborn")
+        except ApiException as error:
+            return error.status == 404
+        return False
+
+    wait_for(gone, timeout=30, what="pod removed")
+    assert 2 <= time.monotonic() - started < 10
+
+
+def test_init_containers_run_first_in_order(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    def step(name: str, code: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "image": "python:3.11-slim",
+            "command": ["python", "-c", code],
+            "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
+        }
+
+    pod = python_pod(
+        "ordered",
+        "print(open('/shared/trail').read())",
+        volumes=[{"name": "shared", "emptyDir": {}}],
+        initContainers=[
+            step("first", "open('/shared/trail', 'a').write('first ')"),
+            step("second", "open('/shared/trail', 'a').write('second')"),
+        ],
+        container={"volumeMounts": [{"name": "shared", "mountPath": "/shared"}]},
+    )
+    create(control_plane, namespace, pod)
+
+    done = wait_for(lambda: finished(api_client, namespace, "ordered"), what="pod finished")
+    assert done.status.phase == "Succeeded"
+    assert [s.state.terminated.reason for s in done.status.init_container_statuses] == [
+        "Completed",
+        "Completed",
+    ]
+    assert control_plane.kubectl("logs", "-n", namespace, "ordered").stdout == "first second\n"
+    assert control_plane.kubectl("logs", "-n", namespace, "ordered", "-c", "first").stdout == ""

@@ -98,6 +98,8 @@ class PodWorker:
         self.uid: str = meta["uid"]
         self.directory = context.root / "pods" / f"{self.namespace}_{self.name}_{self.uid}"
         self.cond = threading.Condition()
+        # Set with a notify, so that a change between two looks is not slept through.
+        self._woken = False
         self.deleted = False
         self.shutting_down = False
         self.init_slots = [ContainerSlot(c, init=True) for c in pod["spec"].get("initContainers") or []]
@@ -128,18 +130,21 @@ class PodWorker:
         """A newer version of the pod object (e.g. with a deletionTimestamp)."""
         with self.cond:
             self.pod = pod
+            self._woken = True
             self.cond.notify_all()
 
     def object_deleted(self) -> None:
         """The pod object is gone from the API: stop at once."""
         with self.cond:
             self.deleted = True
+            self._woken = True
             self.cond.notify_all()
 
     def shutdown(self) -> None:
         """The node is stopping: kill the containers, report nothing."""
         with self.cond:
             self.shutting_down = True
+            self._woken = True
             self.cond.notify_all()
 
     def join(self, timeout: float) -> None:
@@ -307,7 +312,9 @@ class PodWorker:
 
     def _sleep(self, seconds: float) -> None:
         with self.cond:
-            self.cond.wait(seconds)
+            if not self._woken:
+                self.cond.wait(seconds)
+            self._woken = False
 
     def _next_wakeup(self) -> float:
         wakeup = 5.0
@@ -435,6 +442,7 @@ class PodWorker:
 
     def _container_exited(self, run: ContainerRun) -> None:
         with self.cond:
+            self._woken = True
             self.cond.notify_all()
 
     def _collect_exits(self) -> None:
