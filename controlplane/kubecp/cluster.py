@@ -17,12 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubecp.binaries import Binaries, ensure_binaries
 from kubecp.certs import CertificateAuthority, write_kubeconfig, write_service_account_keys
 from kubecp.processes import Process, free_port, log_tail, process_start_time, stop_group
 from kubecp.versions import Versions, pinned
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 Log = Callable[[str], None]
 
@@ -208,7 +211,8 @@ class ControlPlane:
         )
         if self.run_node:
             self._start_node(files)
-        self._wait("controllers and node", deadline, self._ready)
+        with self.api_client() as api:
+            self._wait("controllers and node", deadline, lambda: self._ready(api))
         self._write_state()
 
     def _start_node(self, files: dict[str, Path]) -> None:
@@ -259,11 +263,12 @@ class ControlPlane:
 
     # -- helpers for users ----------------------------------------------
 
-    def api_client(self) -> Any:
-        """A new ``kubernetes.client.ApiClient`` authenticated as cluster admin."""
+    def api_client(self) -> ApiClient:
+        """A new ``kubernetes.client.ApiClient`` authenticated as cluster admin (close it when done)."""
         from kubernetes import config  # the official client is slow to import; only when needed
 
-        return config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        client: ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+        return client
 
     def kubectl(
         self,
@@ -314,19 +319,18 @@ class ControlPlane:
                 raise ControlPlaneError(f"timed out waiting for {what}\n{tails}")
             time.sleep(0.1)
 
-    def _ready(self) -> bool:
+    def _ready(self, api: ApiClient) -> bool:
         """Whether the controllers have prepared namespaces and the node is Ready."""
         from kubernetes import client
 
-        with self.api_client() as api:
-            core = client.CoreV1Api(api)
-            core.read_namespaced_service_account("default", "default")
-            core.read_namespaced_config_map("kube-root-ca.crt", "default")
-            if not self.run_node:
-                return True
-            node = core.read_node(self.node_options.name)
-            conditions = {c.type: c.status for c in ((node.status and node.status.conditions) or [])}
-            return conditions.get("Ready") == "True"
+        core = client.CoreV1Api(api)
+        core.read_namespaced_service_account("default", "default")
+        core.read_namespaced_config_map("kube-root-ca.crt", "default")
+        if not self.run_node:
+            return True
+        node = core.read_node(self.node_options.name)
+        conditions = {c.type: c.status for c in ((node.status and node.status.conditions) or [])}
+        return conditions.get("Ready") == "True"
 
     def _admin_ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))

@@ -30,11 +30,14 @@ import time
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from kubecp.cluster import ControlPlane, NodeOptions, node_log_tail
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -102,13 +105,10 @@ def control_plane(control_plane_options: NodeOptions, pytestconfig: pytest.Confi
 
 
 @pytest.fixture(scope="session")
-def api_client(control_plane: ControlPlane) -> Iterator[Any]:
+def api_client(control_plane: ControlPlane) -> Iterator[ApiClient]:
     """A ``kubernetes.client.ApiClient`` authenticated as cluster admin, shared by the session."""
-    client = control_plane.api_client()
-    try:
+    with control_plane.api_client() as client:
         yield client
-    finally:
-        client.close()
 
 
 def namespace_name(test_name: str) -> str:
@@ -118,7 +118,9 @@ def namespace_name(test_name: str) -> str:
 
 
 @pytest.fixture
-def namespace(control_plane: ControlPlane, api_client: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(
+    control_plane: ControlPlane, api_client: ApiClient, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """A fresh namespace (its ``default`` ServiceAccount exists), deleted after the test."""
     from kubernetes import client
 
