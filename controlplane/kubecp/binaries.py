@@ -190,7 +190,7 @@ def _build_kubernetes(go: str, versions: Versions, binaries: Binaries, log: Log)
     log_file = build_dir / "build.log"
     log(
         f"building kube-apiserver and kube-controller-manager {versions.kubernetes} from source "
-        f"(first run only; tens of minutes on 2 cores; log: {log_file})"
+        f"(first run only; several minutes; log: {log_file})"
     )
     started = time.monotonic()
     (build_dir / "go.mod").write_text("module kubestep.invalid/probe\n\ngo 1.26.0\n")

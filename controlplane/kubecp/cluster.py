@@ -80,6 +80,8 @@ class NodeOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     #: Interpreter of the node; its directory (a virtualenv's ``bin``) goes first on the containers' PATH.
     python: str = sys.executable
+    #: "auto" (mount namespaces when possible), "mount-namespace" or "none"; see README.
+    isolation: str = "auto"
 
 
 class ControlPlane:
@@ -229,6 +231,7 @@ class ControlPlane:
             f"--tls-private-key-file={files['node-serving.key']}",
             f"--client-ca-file={files['ca.crt']}",
             f"--kubernetes-version={self.versions.kubernetes}",
+            f"--isolation={options.isolation}",
         ]
         argv += [f"--pythonpath={entry}" for entry in options.pythonpath]
         argv += [f"--env={key}={value}" for key, value in options.env.items()]

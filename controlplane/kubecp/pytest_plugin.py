@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from kubecp.binaries import BuildError, ensure_binaries
 from kubecp.cluster import ControlPlane, NodeOptions, node_log_tail
 
 if TYPE_CHECKING:
@@ -58,6 +59,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="keep the control plane's work directory (logs, pod files) after the session",
     )
+
+
+_build_error = pytest.StashKey[BuildError]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries before the first test, outside any test's timeout, if a test needs them."""
+    if session.config.option.collectonly:
+        return
+    if not any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    try:
+        ensure_binaries()
+    except BuildError as error:
+        # Reported by the fixture, as a failure of every test that needs the cluster.
+        session.config.stash[_build_error] = error
 
 
 def _node_options(config: pytest.Config) -> NodeOptions:
@@ -88,6 +105,8 @@ def control_plane_options(pytestconfig: pytest.Config) -> NodeOptions:
 def control_plane(control_plane_options: NodeOptions, pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
     """etcd, kube-apiserver, kube-controller-manager and a process node, for the whole session."""
     keep = bool(pytestconfig.getoption("kubecp_keep", default=False)) or bool(os.environ.get("KUBECP_KEEP"))
+    if (build_error := pytestconfig.stash.get(_build_error, None)) is not None:
+        pytest.fail(f"the Kubernetes control plane could not be built: {build_error}", pytrace=False)
     plane = ControlPlane(node=control_plane_options, keep_workdir=keep)
     # Also on an abrupt exit; the processes die with us anyway (PR_SET_PDEATHSIG).
     atexit.register(plane.stop)

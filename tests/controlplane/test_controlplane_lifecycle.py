@@ -141,4 +141,4 @@ def test_the_fixture_fails_rather_than_skips_without_binaries(tmp_path: Path) ->
     )
     assert result.returncode == 1, result.stdout
     assert "1 error" in result.stdout and "skipped" not in result.stdout
-    assert "could not be started" in result.stdout and "needs Go" in result.stdout
+    assert "could not be built" in result.stdout and "needs Go" in result.stdout

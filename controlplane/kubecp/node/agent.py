@@ -50,7 +50,7 @@ class NodeConfig:
 
 
 def mount_namespaces_work(python: str) -> bool:
-    """Whether containers can get private mount namespaces here (root, and no sandbox forbidding it)."""
+    """Whether containers can get private mount namespaces here (needs root, and no policy forbidding it)."""
     probe = (
         "import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
         "sys.exit(0 if libc.unshare(0x00020000 | 0x04000000) == 0 and "

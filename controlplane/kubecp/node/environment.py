@@ -37,7 +37,8 @@ class ImageStandIn:
 
     def environment(self) -> dict[str, str]:
         """The environment variables an image would define."""
-        env = {"PATH": f"{self.python_bin_dir}:{BASE_PATH}", "HOME": "/root", "LANG": "C.UTF-8"}
+        # Processes run as the node's user, so HOME is that user's.
+        env = {"PATH": f"{self.python_bin_dir}:{BASE_PATH}", "HOME": str(Path.home()), "LANG": "C.UTF-8"}
         if self.pythonpath:
             env["PYTHONPATH"] = ":".join(self.pythonpath)
         env.update(self.env)
