@@ -5,7 +5,7 @@
 KUBECP := PYTHONPATH=controlplane $(PY) -m kubecp
 CLUSTER_DIR ?= .kubestep/cluster
 # Importable by the containers of `make cluster-up` (the examples' code).
-CLUSTER_PYTHONPATH ?= examples
+CLUSTER_PYTHONPATH ?= examples/contacts
 
 .PHONY: controlplane-binaries
 controlplane-binaries: $(STAMP) ## Build etcd, kube-apiserver, kube-controller-manager (cached in ~/.cache/kubestep)
