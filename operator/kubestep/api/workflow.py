@@ -32,6 +32,8 @@ _BACKOFF_ORDER: dict[str, Any] = {
     "rule": "!has(self.initial) || !has(self.max) || duration(self.initial) <= duration(self.max)",
     "message": "retries.backoff.initial is longer than retries.backoff.max, which caps every delay; "
     "lower initial or raise max",
+    "messageExpression": "'retries.backoff.initial (' + self.initial + ') is longer than retries.backoff.max ('"
+    " + self.max + '), which caps every delay; lower initial or raise max'",
     "fieldPath": ".initial",
 }
 _OUTPUT_ORDER: dict[str, Any] = {
@@ -45,6 +47,8 @@ _TIMEOUT_ORDER: dict[str, Any] = {
     "rule": "!has(self.step) || !has(self.run) || duration(self.step) <= duration(self.run)",
     "message": "timeouts.step is longer than timeouts.run, which bounds every step as well; "
     "shorten timeouts.step or lengthen timeouts.run",
+    "messageExpression": "'timeouts.step (' + self.step + ') is longer than timeouts.run (' + self.run + "
+    "'), which bounds every step as well; shorten timeouts.step or lengthen timeouts.run'",
     "fieldPath": ".step",
 }
 
@@ -65,20 +69,23 @@ class Backoff(SpecModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_BACKOFF_ORDER]})
 
-    initial: str = Field(default="15s", pattern=SPEC_DURATION_PATTERN)
+    initial: str = Field(default="15s", pattern=SPEC_DURATION_PATTERN, max_length=32)
     """Delay before the first retry, as a duration (`15s`, `1m`, `500ms`)."""
     factor: float = Field(default=2.0, ge=1.0, le=10.0)
     """Multiplier between successive delays; fractions such as 1.5 are allowed."""
-    max: str = Field(default="1h", pattern=SPEC_DURATION_PATTERN)
+    max: str = Field(default="1h", pattern=SPEC_DURATION_PATTERN, max_length=32)
     """Upper bound of a delay before jitter."""
-    jitter: str = Field(default="30s", pattern=SPEC_DURATION_PATTERN)
+    jitter: str = Field(default="30s", pattern=SPEC_DURATION_PATTERN, max_length=32)
     """Up to this much random time is added to each delay, so that many failing runs do not retry in step."""
 
     @model_validator(mode="after")
     def _initial_within_max(self) -> Backoff:
         # The same rule as the CRD's CEL, for files read without an API server (`kubestep run`).
         if parse_duration(self.initial) > parse_duration(self.max):
-            raise ValueError(_BACKOFF_ORDER["message"])
+            raise ValueError(
+                f"retries.backoff.initial ({self.initial}) is longer than retries.backoff.max ({self.max}), "
+                "which caps every delay; lower initial or raise max"
+            )
         return self
 
     def delays(self) -> tuple[float, float, float, float]:
@@ -108,15 +115,18 @@ class Timeouts(SpecModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_TIMEOUT_ORDER]})
 
-    step: str | None = Field(default=None, pattern=SPEC_DURATION_PATTERN)
+    step: str | None = Field(default=None, pattern=SPEC_DURATION_PATTERN, max_length=32)
     """Longest time one step attempt may run (its pod's `activeDeadlineSeconds`). Unset: no limit."""
-    run: str | None = Field(default=None, pattern=SPEC_DURATION_PATTERN)
+    run: str | None = Field(default=None, pattern=SPEC_DURATION_PATTERN, max_length=32)
     """Longest time a whole run may take, waits included. Unset: no limit."""
 
     @model_validator(mode="after")
     def _step_within_run(self) -> Timeouts:
         if self.step and self.run and parse_duration(self.step) > parse_duration(self.run):
-            raise ValueError(_TIMEOUT_ORDER["message"])
+            raise ValueError(
+                f"timeouts.step ({self.step}) is longer than timeouts.run ({self.run}), which bounds every "
+                "step as well; shorten timeouts.step or lengthen timeouts.run"
+            )
         return self
 
 
@@ -136,7 +146,11 @@ class Limits(SpecModel):
     @model_validator(mode="after")
     def _step_within_run(self) -> Limits:
         if self.step_output_bytes > self.run_output_bytes:
-            raise ValueError(_OUTPUT_ORDER["message"])
+            raise ValueError(
+                f"limits.stepOutputBytes ({self.step_output_bytes}) is larger than limits.runOutputBytes "
+                f"({self.run_output_bytes}), which bounds all outputs together; lower stepOutputBytes or "
+                "raise runOutputBytes"
+            )
         return self
 
 
