@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubecp.cluster import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]

@@ -368,6 +368,7 @@ def test_optional_fields_are_not_required_and_have_no_null_default() -> None:
         "description": timeouts["properties"]["step"]["description"],
         "type": "string",
         "pattern": SPEC_DURATION_PATTERN,
+        "maxLength": 32,
     }
     assert node_at(crd, ".spec")["required"] == ["triggers", "image", "function"]
 

@@ -32,8 +32,8 @@ _BACKOFF_ORDER: dict[str, Any] = {
     "rule": "!has(self.initial) || !has(self.max) || duration(self.initial) <= duration(self.max)",
     "message": "retries.backoff.initial is longer than retries.backoff.max, which caps every delay; "
     "lower initial or raise max",
-    "messageExpression": "'retries.backoff.initial (' + self.initial + ') is longer than retries.backoff.max ('"
-    " + self.max + '), which caps every delay; lower initial or raise max'",
+    "messageExpression": "'retries.backoff.initial (' + self.initial + ') is longer than "
+    "retries.backoff.max (' + self.max + '), which caps every delay; lower initial or raise max'",
     "fieldPath": ".initial",
 }
 _OUTPUT_ORDER: dict[str, Any] = {
