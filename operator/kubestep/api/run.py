@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
+from kubestep.api.event import EventSpec
 from kubestep.api.workflow import WorkflowSpec
 
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
@@ -192,31 +193,11 @@ class Execution(Model):
     """When it was started."""
 
 
-class RunEvent(Model):
+class RunEvent(EventSpec):
     """The event that started the run, as the function receives it."""
 
-    name: str
-    """The event's name."""
-    data: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
-    """The event's data."""
-    user: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
-    """The event's user."""
-    id: str | None = None
-    """The event's idempotency key."""
-    ts: datetime | None = None
-    """When the event happened."""
     source: str | None = None
     """Name of the Event object (or the parent run, for invoked runs)."""
-
-    def as_payload(self) -> dict[str, Any]:
-        """The event as workflow code and CEL expressions see it."""
-        return {
-            "name": self.name,
-            "data": self.data,
-            "user": self.user,
-            "id": self.id or "",
-            "ts": self.ts.isoformat() if self.ts else "",
-        }
 
 
 class WorkflowRef(Model):
