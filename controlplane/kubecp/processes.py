@@ -36,9 +36,22 @@ def _die_with(parent: int) -> Callable[[], None]:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that are free right now.
+
+    Every socket stays bound until all ports are chosen: closed one by one, the
+    kernel could hand out the same ephemeral port twice.
+    """
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 class Process:
@@ -80,10 +93,12 @@ class Process:
         return log_tail(self.log_file, lines)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, then SIGKILL it after ``timeout`` seconds."""
+        """SIGTERM the process group, then SIGKILL it after ``timeout`` seconds; reap the process."""
         stop_group(self.pid, timeout)
+        # Our own child: once its group is gone it is a zombie that must be reaped. A
+        # busy machine may need seconds to finish the exit of a big multi-threaded server.
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=1)
+            self.popen.wait(timeout=10)
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -108,16 +123,48 @@ def process_start_time(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
+def _stat_fields(proc_dir: Path) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (state first), or None if the process is gone."""
+    try:
+        # The command name (field 2) may contain spaces and parentheses: split after it.
+        return (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _running(proc_dir: Path, state: str) -> bool:
+    """Whether a process in ``state`` is still running, finished zombies excepted.
+
+    When a multi-threaded process dies, its main thread turns zombie first while
+    the other threads are still exiting, for a second or more on a busy machine,
+    and they still hold its sockets: such a zombie counts as running until it is
+    its only task left.
+    """
+    if state != "Z":
+        return True
+    try:
+        return len(os.listdir(proc_dir / "task")) > 1
+    except OSError:
+        return False
+
+
+def pid_running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not finished exiting (see :func:`group_alive`)."""
+    proc_dir = Path(f"/proc/{pid}")
+    fields = _stat_fields(proc_dir)
+    return fields is not None and _running(proc_dir, fields[0])
+
+
 def group_alive(pgid: int) -> bool:
-    """Whether any process of the process group ``pgid`` is left (zombies count as gone)."""
+    """Whether any process of the process group ``pgid`` is left.
+
+    Zombies count as gone, except one whose other threads are still exiting.
+    """
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        fields = _stat_fields(entry)
+        if fields is not None and int(fields[2]) == pgid and _running(entry, fields[0]):
             return True
     return False
 
@@ -125,12 +172,17 @@ def group_alive(pgid: int) -> bool:
 def stop_group(pgid: int, timeout: float = 10.0, start_time: int | None = None) -> None:
     """SIGTERM a process group, wait up to ``timeout`` seconds, then SIGKILL what is left.
 
-    With ``start_time`` (see :func:`process_start_time`), do nothing unless the
-    group leader is still the process that was started then: a recycled pid must
-    not make us kill an unrelated process.
+    With ``start_time`` (see :func:`process_start_time`), do nothing if the pid
+    now belongs to a different process: a recycled pid must not make us kill an
+    unrelated process. If the leader is gone but its group is not (a container's
+    main process exited, its children live on), the group is still ours (the
+    kernel does not hand out a pid that is in use as a process group id) and is
+    stopped all the same.
     """
-    if start_time is not None and process_start_time(pgid) != start_time:
-        return
+    if start_time is not None:
+        leader_start = process_start_time(pgid)
+        if leader_start is not None and leader_start != start_time:
+            return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
