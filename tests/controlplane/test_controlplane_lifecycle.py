@@ -58,7 +58,13 @@ def start_sleeper(plane: ControlPlane) -> None:
     )
 
 
-def test_stop_leaves_no_process_and_no_port(tmp_path: Path) -> None:
+def test_stop_leaves_no_process_and_no_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Also: a proxy in the environment (as CI machines often have) does not get in the way
+    # of starting, of the node or of kubectl.
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
     with ControlPlane(tmp_path / "cluster") as plane:
         start_sleeper(plane)
         pids = cluster_pids(plane.workdir)
