@@ -109,12 +109,23 @@ def _go_env(build_dir: Path) -> dict[str, str]:
     env.update(
         CGO_ENABLED="0",
         # Our generated module must not be captured by a go.work of the caller,
-        # and -mod=mod lets `go build` write the go.sum it needs.
+        # and -mod=mod lets `go build` write the go.sum it needs. The caller's GOFLAGS
+        # (e.g. -p=1 on a small machine) still apply; ours come last, so they win.
         GOWORK="off",
-        GOFLAGS="-mod=mod",
+        GOFLAGS=" ".join(filter(None, [env.get("GOFLAGS", "").strip(), "-mod=mod"])),
     )
     env.setdefault("GOTOOLCHAIN", "auto")
     return env
+
+
+def remove_stale_outputs(build_dir: Path) -> None:
+    """Remove output directories an interrupted build left in ``build_dir``.
+
+    Called under the build lock, so no other build is using them.
+    """
+    for entry in build_dir.glob("tmp*"):
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _run_go(go: str, args: list[str], build_dir: Path, log_file: Path) -> str:
@@ -193,6 +204,7 @@ def _build_kubernetes(go: str, versions: Versions, binaries: Binaries, log: Log)
         f"(first run only; several minutes; log: {log_file})"
     )
     started = time.monotonic()
+    remove_stale_outputs(build_dir)
     (build_dir / "go.mod").write_text("module kubestep.invalid/probe\n\ngo 1.26.0\n")
     info = _module_info(go, f"k8s.io/kubernetes@{versions.kubernetes}", build_dir, log_file)
     published = Path(str(info["GoMod"])).read_text()
@@ -227,6 +239,7 @@ def _build_etcd(go: str, versions: Versions, binaries: Binaries, log: Log) -> No
     log_file = build_dir / "build.log"
     log(f"building etcd {versions.etcd} from source (first run only; log: {log_file})")
     started = time.monotonic()
+    remove_stale_outputs(build_dir)
     (build_dir / "go.mod").write_text(
         "module kubestep.invalid/etcd-build\n\ngo 1.26.0\n\n"
         f"require go.etcd.io/etcd/server/v3 {versions.etcd}\n"

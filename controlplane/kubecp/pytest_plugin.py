@@ -64,11 +64,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 _build_error = pytest.StashKey[BuildError]()
 
 
+def _needs_binaries(item: pytest.Item) -> bool:
+    """Whether ``item`` uses the cluster: through the fixture, or itself (tests marked ``controlplane``)."""
+    return (
+        "control_plane" in getattr(item, "fixturenames", ())
+        or item.get_closest_marker("controlplane") is not None
+    )
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build missing binaries before the first test, outside any test's timeout, if a test needs them."""
     if session.config.option.collectonly:
         return
-    if not any("control_plane" in getattr(item, "fixturenames", ()) for item in session.items):
+    if not any(_needs_binaries(item) for item in session.items):
         return
     try:
         ensure_binaries()

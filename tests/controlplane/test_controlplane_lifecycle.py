@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import kubecp
-from kubecp.binaries import BuildError, ensure_binaries
+from kubecp.binaries import BuildError, _go_env, ensure_binaries, remove_stale_outputs
 from kubecp.cluster import ControlPlane
 from kubecp.processes import pid_running
 from kubecp.testing import python_pod, wait_for
@@ -120,6 +120,21 @@ def test_missing_go_fails_the_build_loudly(tmp_path: Path, monkeypatch: pytest.M
         ensure_binaries()
 
 
+def test_a_new_build_removes_what_an_interrupted_one_left(tmp_path: Path) -> None:
+    (tmp_path / "tmpk3x9_q").mkdir()
+    (tmp_path / "tmpk3x9_q" / "kube-apiserver").write_bytes(b"half a binary")
+    (tmp_path / "go.mod").write_text("module kubestep.invalid/probe\n")
+    remove_stale_outputs(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["go.mod"]
+
+
+def test_goflags_of_the_environment_are_extended(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GOFLAGS", "-p=1")
+    assert _go_env(tmp_path)["GOFLAGS"] == "-p=1 -mod=mod"
+    monkeypatch.delenv("GOFLAGS")
+    assert _go_env(tmp_path)["GOFLAGS"] == "-mod=mod"
+
+
 def test_the_fixture_fails_rather_than_skips_without_binaries(tmp_path: Path) -> None:
     (tmp_path / "test_uses_cluster.py").write_text("def test_it(control_plane):\n    pass\n")
     env = {
@@ -127,6 +142,8 @@ def test_the_fixture_fails_rather_than_skips_without_binaries(tmp_path: Path) ->
         "PYTHONPATH": str(CONTROLPLANE_DIR),
         "KUBESTEP_CACHE_DIR": str(tmp_path / "empty-cache"),
         "PATH": str(Path(sys.executable).parent),  # no Go
+        # CI's options (-x, --timeout, plugins...) are not for this inner session.
+        "PYTEST_ADDOPTS": "",
     }
     result = subprocess.run(
         [
