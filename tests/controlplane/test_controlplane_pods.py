@@ -62,6 +62,7 @@ def test_pod_status_is_reported_like_the_kubelet(
     assert done.status.phase == "Succeeded"
     conditions = {c.type: (c.status, c.reason) for c in done.status.conditions}
     assert conditions["Ready"] == ("False", "PodCompleted")
+    assert conditions["Initialized"] == ("True", "PodCompleted")
     assert terminated(done).reason == "Completed"
 
 
@@ -108,6 +109,7 @@ def test_active_deadline_seconds_fails_the_pod_with_deadline_exceeded(
     assert "deadline" in pod.status.message
     state = terminated(pod)
     assert state.exit_code == 143  # killed by SIGTERM
+    assert state.signal is None  # the kubelet never sets it
 
 
 def test_deleting_a_running_pod_sends_sigterm_and_removes_it(
@@ -158,6 +160,7 @@ def test_env_volumes_and_working_dir(control_plane: ControlPlane, api_client: An
         "  'cm_file': open('/etc/app/settings.ini').read(),\n"
         "  'kubecp_importable': importlib.util.find_spec('kubecp') is not None,\n"
         "  'python': sys.executable,\n"
+        "  'args': sys.argv[1:],\n"
         "}))\n"
     )
     secret = {
@@ -183,6 +186,8 @@ def test_env_volumes_and_working_dir(control_plane: ControlPlane, api_client: An
             },
         ],
         container={
+            # $(VAR) refers to the container's variables only, not to the image's (PATH...).
+            "args": ["$(PLAIN)", "$(HOME)", "$$(PLAIN)"],
             "workingDir": "/srv/work",
             "env": [
                 {"name": "FROM_SECRET", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
@@ -219,6 +224,7 @@ def test_env_volumes_and_working_dir(control_plane: ControlPlane, api_client: An
         # pytest's pythonpath reaches the containers, and `python` is the project's.
         "kubecp_importable": True,
         "python": str(Path(sys.executable).parent / "python"),
+        "args": ["plain", "$(HOME)", "$(PLAIN)"],
     }
     # Mounted privately: nothing of it appears on the machine running the node.
     assert not Path("/var/run/kubestep/state/password").exists()
@@ -338,9 +344,63 @@ def test_init_containers_run_first_in_order(
 
     done = wait_for(lambda: finished(api_client, namespace, "ordered"), what="pod finished")
     assert done.status.phase == "Succeeded"
-    assert [s.state.terminated.reason for s in done.status.init_container_statuses] == [
-        "Completed",
-        "Completed",
+    assert [(s.state.terminated.reason, s.ready) for s in done.status.init_container_statuses] == [
+        ("Completed", True),
+        ("Completed", True),
     ]
+    conditions = {c.type: (c.status, c.reason) for c in done.status.conditions}
+    assert conditions["Initialized"] == ("True", "PodCompleted")
     assert control_plane.kubectl("logs", "-n", namespace, "ordered").stdout == "first second\n"
     assert control_plane.kubectl("logs", "-n", namespace, "ordered", "-c", "first").stdout == ""
+
+
+def test_a_failed_init_container_leaves_the_pod_not_initialized(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    pod = python_pod(
+        "uninitialized",
+        "print('never runs')",
+        initContainers=[
+            {"name": "setup", "image": "python:3.11-slim", "command": ["python", "-c", "raise SystemExit(2)"]}
+        ],
+    )
+    create(control_plane, namespace, pod)
+
+    done = wait_for(lambda: finished(api_client, namespace, "uninitialized"), what="pod finished")
+    assert done.status.phase == "Failed"
+    [init] = done.status.init_container_statuses
+    assert (init.state.terminated.exit_code, init.state.terminated.reason, init.ready) == (2, "Error", False)
+    [main] = done.status.container_statuses
+    assert main.state.waiting is not None and main.state.waiting.reason == "PodInitializing"
+    initialized = next(c for c in done.status.conditions if c.type == "Initialized")
+    assert (initialized.status, initialized.reason) == ("False", "ContainersNotInitialized")
+    assert initialized.message == "containers with incomplete status: [setup]"
+
+
+def test_a_force_deleted_pod_still_gets_sigterm_first(
+    control_plane: ControlPlane, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    code = (
+        "import signal, sys, time\n"
+        "def bye(*_):\n"
+        "    open('/out/sigterm', 'w').write('received')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, bye)\n"
+        "print('waiting', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    pod = python_pod(
+        "forced",
+        code,
+        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path)}}],
+        container={"volumeMounts": [{"name": "out", "mountPath": "/out"}]},
+    )
+    create(control_plane, namespace, pod)
+    wait_for(
+        lambda: "waiting" in control_plane.kubectl("logs", "-n", namespace, "forced").stdout, what="pod up"
+    )
+
+    client.CoreV1Api(api_client).delete_namespaced_pod("forced", namespace, grace_period_seconds=0)
+
+    wait_for(lambda: (tmp_path / "sigterm").exists(), timeout=10, what="SIGTERM handled")
+    assert (tmp_path / "sigterm").read_text() == "received"

@@ -13,7 +13,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubecp.node.api import Api, Obj, is_status, now, rfc3339
+from kubecp.node.api import Api, Obj, describe_error, is_status, now, rfc3339
 from kubecp.node.environment import ImageStandIn
 from kubecp.node.logs_server import LogsServer
 from kubecp.node.pods import NodeContext, PodWorker
@@ -266,8 +266,11 @@ class Node:
                     if kind != "BOOKMARK":
                         self._handle(kind, pod)
             except Exception as error:
-                if not is_status(error, 410):
-                    log.warning("pod watch: %s; listing again", error)
+                if is_status(error, 410):
+                    # The resourceVersion expired (compaction): list again at once.
+                    log.info("pod watch: %s; listing again", describe_error(error))
+                else:
+                    log.warning("pod watch: %s; listing again", describe_error(error))
                     self.stop.wait(1.0)
                 version = None
 

@@ -14,8 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
-from kubernetes import client, config, watch
+import urllib3
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.watch.watch import iter_resp_lines
+
+from kubecp.loopback import api_client
 
 Obj = dict[str, Any]
 log = logging.getLogger("kubecp.node")
@@ -49,15 +53,84 @@ def is_status(error: BaseException, *codes: int) -> bool:
     return isinstance(error, ApiException) and error.status in codes
 
 
+def pod_replaced(error: BaseException) -> bool:
+    """Whether a pod status patch failed on its uid precondition: the pod was deleted and re-created.
+
+    The apiserver rejects a uid that differs from the object's as an immutable
+    field (422) rather than as a conflict (409); both are recognised.
+    """
+    if not isinstance(error, ApiException):
+        return False
+    if error.status == 409:
+        return True
+    if error.status != 422:
+        return False
+    causes = (_error_body(error).get("details") or {}).get("causes") or []
+    return any(isinstance(cause, dict) and cause.get("field") == "metadata.uid" for cause in causes)
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether a failed API call may succeed later: any API error but 404, or a connection problem."""
+    if isinstance(error, ApiException):
+        return bool(error.status != 404)
+    return isinstance(error, (urllib3.exceptions.HTTPError, OSError))
+
+
+def _error_body(error: ApiException) -> Obj:
+    try:
+        body = json.loads(error.body or "")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line description of a failed API call: the server's message (no headers), or the exception."""
+    if isinstance(error, ApiException):
+        message = _error_body(error).get("message")
+        return str(message) if message else f"({error.status}) {error.reason}"
+    return f"{type(error).__name__}: {error}"
+
+
+def _read(response: Any) -> bytes:
+    """Read all of a raw (``_preload_content=False``) response and give its connection back to the pool.
+
+    Unread, the connection stays checked out: every call would open a new TLS
+    connection, and the abandoned ones fill the apiserver's log with aborts.
+    """
+    try:
+        return bytes(response.data)
+    finally:
+        response.release_conn()
+
+
 def _json(response: Any) -> Any:
-    return json.loads(response.data)
+    return json.loads(_read(response))
+
+
+def watch_event(line: str) -> tuple[str, Obj] | None:
+    """One line of a watch stream as (type, object); an ERROR event is raised as the ApiException it carries.
+
+    (The client's own ``Watch(deserialize=False)`` fails on ERROR events with a
+    KeyError, hiding a 410 Gone.)
+    """
+    if not line.strip():
+        return None
+    event = json.loads(line)
+    kind, obj = str(event.get("type")), event.get("object") or {}
+    if kind == "ERROR":
+        raise ApiException(
+            status=int(obj.get("code") or 500), reason=f"{obj.get('reason')}: {obj.get('message')}"
+        )
+    return kind, cast(Obj, obj)
 
 
 class Api:
     """An API connection with one identity (a kubeconfig)."""
 
     def __init__(self, kubeconfig: Path) -> None:
-        self.client = cast(Any, config.new_client_from_config(config_file=str(kubeconfig)))  # type: ignore[no-untyped-call]
+        # The apiserver is on loopback: never through a proxy from the environment.
+        self.client = cast(Any, api_client(kubeconfig))
         self.core = client.CoreV1Api(self.client)
         self.coordination = client.CoordinationV1Api(self.client)
         self.server: str = self.client.configuration.host
@@ -74,33 +147,56 @@ class Api:
     def watch_pods(
         self, field_selector: str, resource_version: str, timeout: int
     ) -> Iterator[tuple[str, Obj]]:
-        """Pod events after ``resource_version`` (raises ApiException 410 when it is too old)."""
-        watcher = watch.Watch()  # type: ignore[no-untyped-call]
-        for event in watcher.stream(  # type: ignore[no-untyped-call]
-            self.core.list_pod_for_all_namespaces,
+        """Pod events after ``resource_version`` (raises ApiException 410 when it is too old).
+
+        The stream ends when the server ends the watch, after about ``timeout`` seconds.
+        """
+        response: Any = self.core.list_pod_for_all_namespaces(
             field_selector=field_selector,
             resource_version=resource_version,
             allow_watch_bookmarks=True,
             timeout_seconds=timeout,
-            deserialize=False,
-        ):
-            yield str(event["type"]), cast(Obj, event["object"])
+            watch=True,
+            _preload_content=False,
+            # The server ends the watch after `timeout`; a connection gone silent must not hang us.
+            _request_timeout=(10, timeout + 30),
+        )
+        try:
+            for line in iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                event = watch_event(line)
+                if event is not None:
+                    yield event
+        finally:
+            response.close()
+            response.release_conn()
 
-    def patch_pod_status(self, namespace: str, name: str, patch: Obj) -> None:
-        """Strategic-merge-patch a pod's status (conditions merge by type, container statuses by name)."""
-        self.core.patch_namespaced_pod_status(
-            name, namespace, patch, _content_type=_STRATEGIC, _preload_content=False
+    def patch_pod_status(self, namespace: str, name: str, uid: str, status: Obj) -> None:
+        """Strategic-merge-patch a pod's status (conditions merge by type, container statuses by name).
+
+        The uid is a precondition, as the kubelet sends it: a pod deleted and
+        re-created under the same name is refused (see :func:`pod_replaced`).
+        """
+        _read(
+            self.core.patch_namespaced_pod_status(
+                name,
+                namespace,
+                {"metadata": {"uid": uid}, "status": status},
+                _content_type=_STRATEGIC,
+                _preload_content=False,
+            )
         )
 
     def delete_pod_now(self, namespace: str, name: str, uid: str) -> None:
         """Remove a pod whose containers are gone, as the kubelet does (grace 0, same uid only)."""
-        self.core.delete_namespaced_pod(
-            name,
-            namespace,
-            body=client.V1DeleteOptions(
-                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
-            ),
-            _preload_content=False,
+        _read(
+            self.core.delete_namespaced_pod(
+                name,
+                namespace,
+                body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)
+                ),
+                _preload_content=False,
+            )
         )
 
     def bind(self, namespace: str, name: str, uid: str, node: str) -> None:
@@ -111,8 +207,10 @@ class Api:
             "metadata": {"name": name, "namespace": namespace, "uid": uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node},
         }
-        self.core.create_namespaced_pod_binding(
-            name, namespace, client.V1Binding.model_validate(body), _preload_content=False
+        _read(
+            self.core.create_namespaced_pod_binding(
+                name, namespace, client.V1Binding.model_validate(body), _preload_content=False
+            )
         )
 
     # -- what pods refer to -------------------------------------------------
@@ -195,8 +293,10 @@ class Api:
             "reportingComponent": component,
         }
         try:
-            self.core.create_namespaced_event(
-                namespace, client.CoreV1Event.model_validate(body), _preload_content=False
+            _read(
+                self.core.create_namespaced_event(
+                    namespace, client.CoreV1Event.model_validate(body), _preload_content=False
+                )
             )
         except Exception as error:
             log.debug("event %s for %s not recorded: %s", reason, meta["name"], error)
@@ -215,25 +315,27 @@ class Api:
 
     def patch_node_status(self, name: str, patch: Obj) -> None:
         """Strategic-merge-patch the node's status."""
-        self.core.patch_node_status(name, patch, _content_type=_STRATEGIC, _preload_content=False)
+        _read(self.core.patch_node_status(name, patch, _content_type=_STRATEGIC, _preload_content=False))
 
     def renew_lease(self, node: Obj, duration_seconds: int) -> None:
         """Create or renew the node's Lease in kube-node-lease (the node's heartbeat)."""
         name = node["metadata"]["name"]
         moment = micro_time(now())
         try:
-            self.coordination.patch_namespaced_lease(
-                name,
-                "kube-node-lease",
-                {
-                    "spec": {
-                        "holderIdentity": name,
-                        "leaseDurationSeconds": duration_seconds,
-                        "renewTime": moment,
-                    }
-                },
-                _content_type=_MERGE,
-                _preload_content=False,
+            _read(
+                self.coordination.patch_namespaced_lease(
+                    name,
+                    "kube-node-lease",
+                    {
+                        "spec": {
+                            "holderIdentity": name,
+                            "leaseDurationSeconds": duration_seconds,
+                            "renewTime": moment,
+                        }
+                    },
+                    _content_type=_MERGE,
+                    _preload_content=False,
+                )
             )
             return
         except ApiException as error:
@@ -251,6 +353,8 @@ class Api:
             },
             "spec": {"holderIdentity": name, "leaseDurationSeconds": duration_seconds, "renewTime": moment},
         }
-        self.coordination.create_namespaced_lease(
-            "kube-node-lease", client.V1Lease.model_validate(body), _preload_content=False
+        _read(
+            self.coordination.create_namespaced_lease(
+                "kube-node-lease", client.V1Lease.model_validate(body), _preload_content=False
+            )
         )

@@ -39,7 +39,6 @@ class Exit:
     finished_at: dt.datetime
     #: Set when the process never started (bad command, failed mount): the runtime's message.
     start_error: str | None = None
-    signal: int | None = None
 
 
 @dataclass
@@ -131,7 +130,6 @@ class ContainerRun:
             exit_code=128 + killed_by if killed_by else code,
             finished_at=now(),
             start_error=start_error,
-            signal=killed_by,
         )
         self.on_exit(self)
 

@@ -100,15 +100,17 @@ def _expand(text: str, env: Mapping[str, str]) -> str:
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", replace, text)
 
 
-def container_environment(
+def container_variables(
     api: Api,
     pod: Obj,
     container: Obj,
-    image: ImageStandIn,
     service_env: Mapping[str, str],
     node_allocatable: Mapping[str, str],
 ) -> dict[str, str]:
-    """The environment of ``container``: image, service links, envFrom, then env (later wins)."""
+    """The variables the kubelet defines for ``container``: service links, envFrom, then env (later wins).
+
+    These, and not the image's, are what ``$(VAR)`` in command and args refers to.
+    """
     namespace = pod["metadata"]["namespace"]
     secrets: dict[str, dict[str, bytes] | None] = {}
     config_maps: dict[str, dict[str, str] | None] = {}
@@ -187,15 +189,21 @@ def container_environment(
             defined[name] = cm[ref["key"]]
         else:
             raise ConfigError(f"env {name}: unsupported valueFrom {sorted(source)}")
+    return defined
 
+
+def process_environment(pod: Obj, image: ImageStandIn, variables: Mapping[str, str]) -> dict[str, str]:
+    """The environment the container's process gets: the image's, HOSTNAME, then ``variables``."""
     environment = image.environment()
     environment["HOSTNAME"] = pod["metadata"]["name"]
-    environment.update(defined)
+    environment.update(variables)
     return environment
 
 
 def command_line(container: Obj, env: Mapping[str, str]) -> list[str]:
-    """argv of the container: ``command`` + ``args`` with ``$(VAR)`` expanded.
+    """argv of the container: ``command`` + ``args`` with ``$(VAR)`` expanded from ``env``.
+
+    ``env`` should be the container's own variables (:func:`container_variables`).
 
     Without the image there is no ENTRYPOINT: a container without ``command``
     runs its ``args`` as the whole command line.

@@ -13,9 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubecp.node import status as st
-from kubecp.node.api import Api, Obj, is_status, now, parse_time, rfc3339
+from kubecp.node.api import (
+    Api,
+    Obj,
+    describe_error,
+    is_status,
+    now,
+    parse_time,
+    pod_replaced,
+    retryable,
+    rfc3339,
+)
 from kubecp.node.containers import ContainerRun, Mount
-from kubecp.node.environment import ConfigError, ImageStandIn, command_line, container_environment
+from kubecp.node.environment import (
+    ConfigError,
+    ImageStandIn,
+    command_line,
+    container_variables,
+    process_environment,
+)
 from kubecp.node.logs import tail_text
 from kubecp.node.volumes import VolumeError, prepare_volumes
 
@@ -31,6 +47,34 @@ MAX_FALLBACK_LOG_LINES = 80
 BACKOFF_INITIAL, BACKOFF_MAX = 10.0, 300.0
 DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
 TERMINAL = ("Succeeded", "Failed")
+# The kubelet's minimumGracePeriodInSeconds: even a force delete (grace 0) gets
+# SIGTERM first and this long before SIGKILL.
+MINIMUM_GRACE_SECONDS = 2.0
+# Retries of failed API calls (and container starts): quick at first, since many
+# failures are momentary (the Node authorizer learns of a binding a moment after
+# it), then every few seconds at most.
+RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS = 0.2, 5.0
+# Volumes that still fail after this long get a FailedMount event.
+FAILED_MOUNT_AFTER_SECONDS = 3.0
+
+
+class Backoff:
+    """Bounded exponential back-off between the retries of something that fails."""
+
+    def __init__(self, initial: float = RETRY_INITIAL_SECONDS, maximum: float = RETRY_MAX_SECONDS) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.delay = initial
+
+    def next(self) -> float:
+        """The delay before the next retry (each one longer, up to the maximum)."""
+        delay = self.delay
+        self.delay = min(self.delay * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        """It worked: the next failure is retried quickly again."""
+        self.delay = self.initial
 
 
 @dataclass
@@ -63,6 +107,9 @@ class ContainerSlot:
     waiting_message: str | None = None
     backoff: float = BACKOFF_INITIAL
     restart_at: float | None = None
+    #: When to try again to start a run whose start failed (config or API error).
+    start_retry_at: float | None = None
+    start_backoff: Backoff = field(default_factory=Backoff)
     #: State dicts (see status.py) of finished runs, computed once when they end.
     finished_states: dict[int, Obj] = field(default_factory=dict)
 
@@ -101,6 +148,7 @@ class PodWorker:
         # Set with a notify, so that a change between two looks is not slept through.
         self._woken = False
         self.deleted = False
+        self._deleted_at: float | None = None
         self.shutting_down = False
         self.init_slots = [ContainerSlot(c, init=True) for c in pod["spec"].get("initContainers") or []]
         self.slots = [ContainerSlot(c) for c in pod["spec"]["containers"]]
@@ -114,6 +162,11 @@ class PodWorker:
         self.volumes: dict[str, Path] | None = None
         self.start_time: str | None = (pod.get("status") or {}).get("startTime")
         self._last_report: str | None = None
+        #: Whether this worker ran the pod, so its status is this worker's to report.
+        self._reporting = False
+        self._report_backoff = Backoff()
+        #: Set while the latest status could not be sent: when to try again.
+        self._report_retry_at: float | None = None
         self._warned: set[str] = set()
         self._on_done = on_done
         self._thread = threading.Thread(
@@ -136,6 +189,8 @@ class PodWorker:
     def object_deleted(self) -> None:
         """The pod object is gone from the API: stop at once."""
         with self.cond:
+            if not self.deleted:
+                self._deleted_at = time.monotonic()
             self.deleted = True
             self._woken = True
             self.cond.notify_all()
@@ -176,6 +231,14 @@ class PodWorker:
             self._lifecycle()
         except PodGone:
             log.info("pod %s/%s is gone", self.namespace, self.name)
+            # Its files go, and the node forgets it (the watch may not tell, e.g. for a
+            # pod re-created under the same name).
+            with self.cond:
+                if self._deleted_at is None:
+                    self._deleted_at = time.monotonic()
+                self.deleted = True
+            # Its containers still get SIGTERM first, as after a force delete.
+            self._terminate(MINIMUM_GRACE_SECONDS, deleting=False)
         except Exception:
             log.exception("pod %s/%s: worker failed", self.namespace, self.name)
         finally:
@@ -187,27 +250,18 @@ class PodWorker:
 
     def _lifecycle(self) -> None:
         if self.phase in TERMINAL:
-            # Finished before this node process knew it (e.g. the node restarted).
+            # Finished before this node process knew it (e.g. the node restarted): its
+            # status stays as it is.
             self._await_deletion()
             return
+        self._reporting = True
         if self.start_time is None:
             self.start_time = rfc3339(now())
         self.directory.mkdir(parents=True, exist_ok=True)
         self._report()
-        while self.volumes is None:
-            if self._stop_reason():
-                return self._finish(None)
-            try:
-                self.volumes = prepare_volumes(self.context.api, self.pod, self.directory / "volumes")
-            except VolumeError as error:
-                self._warn_once("FailedMount", f"MountVolume.SetUp failed: {error}")
-                self._sleep(1.0)
-            except Exception as error:
-                if is_status(error, 403):
-                    # The Node authorizer learns of a new binding a moment after it happens.
-                    self._sleep(0.2)
-                    continue
-                raise
+        stop = self._prepare_volumes()
+        if stop:
+            return self._finish(stop)
         self._report()
         while True:
             stop = self._stop_reason()
@@ -218,12 +272,41 @@ class PodWorker:
             if self.phase in TERMINAL:
                 break
             self._sleep(self._next_wakeup())
-        self._report()
         self._await_deletion()
+
+    def _prepare_volumes(self) -> str | None:
+        """Set up the pod's volumes, retrying until it works; the stop reason if the pod ends first."""
+        backoff = Backoff()
+        failing_since: float | None = None
+        while True:
+            stop = self._stop_reason()
+            if stop:
+                return stop
+            try:
+                self.volumes = prepare_volumes(self.context.api, self.pod, self.directory / "volumes")
+                return None
+            except VolumeError as error:
+                self._warn_once("FailedMount", f"MountVolume.SetUp failed: {error}")
+                self._pause(1.0)
+            except Exception as error:
+                # Any API error (a 404 too: e.g. a missing ServiceAccount for a token) may
+                # go away; other exceptions are bugs.
+                if not (retryable(error) or is_status(error, 404)):
+                    raise
+                message = describe_error(error)
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since >= FAILED_MOUNT_AFTER_SECONDS:
+                    # A 403 is expected for a moment after the binding, not for this long.
+                    self._warn_once("FailedMount", f"MountVolume.SetUp failed: {message}")
+                else:
+                    log.info("pod %s/%s: volumes: %s (retrying)", self.namespace, self.name, message)
+                self._pause(backoff.next())
 
     def _stop_reason(self) -> str | None:
         with self.cond:
-            if self.shutting_down or self.deleted:
+            if self.shutting_down:
+                return "shutdown"
+            if self.deleted:
                 return "gone"
             if self.pod["metadata"].get("deletionTimestamp"):
                 return "deleted"
@@ -239,14 +322,19 @@ class PodWorker:
 
     def _finish(self, why: str | None) -> None:
         """End the pod because it was deleted, hit its deadline, or the node stops."""
-        if why in (None, "gone"):
+        if why in (None, "shutdown"):
+            # The node stops: the containers are killed on the way out, nothing is reported.
+            return
+        if why == "gone":
+            # Force-deleted (grace 0): the object is gone already, but the containers
+            # still get SIGTERM and the minimum grace period, as from the kubelet.
+            self._terminate(MINIMUM_GRACE_SECONDS, deleting=False)
             return
         if why == "deadline":
             self.context.api.event(self.pod, "Pod", "DeadlineExceeded", DEADLINE_MESSAGE, COMPONENT)
             grace = self.pod["spec"].get("terminationGracePeriodSeconds", 30)
             self._terminate(float(grace), deleting=False)
             self.phase, self.reason, self.message = "Failed", "DeadlineExceeded", DEADLINE_MESSAGE
-            self._report()
             self._await_deletion()
             return
         # Deleted: SIGTERM, grace period, SIGKILL, a last status, then remove the object.
@@ -255,8 +343,9 @@ class PodWorker:
         all_ok = len(started) == len(self.slots) and all(slot.succeeded() for slot in self.slots)
         if self.phase not in TERMINAL:
             self.phase = "Succeeded" if all_ok else "Failed"
-        self._report()
-        self._delete_object()
+        # As the kubelet: the object goes only once its final status is recorded.
+        if self._report_until_sent():
+            self._delete_object()
 
     def _deletion_grace(self) -> float:
         grace = self.pod["metadata"].get("deletionGracePeriodSeconds")
@@ -265,6 +354,7 @@ class PodWorker:
         return float(grace)
 
     def _terminate(self, grace: float, deleting: bool) -> None:
+        """SIGTERM the running containers, wait up to ``grace`` seconds (at least the minimum), SIGKILL."""
         running = [
             slot for slot in [*self.init_slots, *self.slots] if slot.current and slot.current.running()
         ]
@@ -273,13 +363,18 @@ class PodWorker:
             assert slot.current is not None
             slot.current.signal(signal.SIGTERM)
         for slot in [*self.init_slots, *self.slots]:
-            slot.restart_at = None
-        deadline = time.monotonic() + grace
+            slot.restart_at = slot.start_retry_at = None
+        deadline = time.monotonic() + max(grace, MINIMUM_GRACE_SECONDS)
         with self.cond:
-            while any(s.current and s.current.running() for s in running) and not self.deleted:
-                if deleting:
+            while any(s.current and s.current.running() for s in running) and not self.shutting_down:
+                if deleting and not self.deleted:
                     # A second delete may shorten the grace period.
-                    deadline = min(deadline, time.monotonic() + self._deletion_grace())
+                    deadline = min(
+                        deadline, time.monotonic() + max(self._deletion_grace(), MINIMUM_GRACE_SECONDS)
+                    )
+                if self._deleted_at is not None:
+                    # Force-deleted meanwhile: the minimum grace from then on.
+                    deadline = min(deadline, self._deleted_at + MINIMUM_GRACE_SECONDS)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -289,26 +384,62 @@ class PodWorker:
         self._collect_exits()
 
     def _await_deletion(self) -> None:
-        """A finished pod stays until it is deleted; then the kubelet removes it at once."""
+        """A finished pod stays until it is deleted; then the kubelet removes it at once.
+
+        Meanwhile its final status is sent again until the apiserver has it.
+        """
         while True:
+            sent = self._report()
             with self.cond:
                 if self.deleted or self.shutting_down:
                     return
-                if self.pod["metadata"].get("deletionTimestamp"):
+                if sent and self.pod["metadata"].get("deletionTimestamp"):
                     break
-                self.cond.wait(5.0)
+                self.cond.wait(5.0 if sent else self._report_delay())
         self._delete_object()
 
     def _delete_object(self) -> None:
-        try:
-            self.context.api.delete_pod_now(self.namespace, self.name, self.uid)
-        except Exception as error:
-            if not is_status(error, 404, 409):
-                raise
+        """Remove the pod object (grace 0), retrying failures; then wait until the watch says it is gone."""
+        backoff = Backoff()
+        while True:
+            try:
+                self.context.api.delete_pod_now(self.namespace, self.name, self.uid)
+                break
+            except Exception as error:
+                # 404: gone already; 409: the uid precondition failed, this pod is gone.
+                if is_status(error, 404, 409):
+                    break
+                if not retryable(error):
+                    raise
+                log.warning(
+                    "pod %s/%s: deleting the object failed (retrying): %s",
+                    self.namespace,
+                    self.name,
+                    describe_error(error),
+                )
+            if not self._pause(backoff.next(), on_deletion=False):
+                return
         # The object may linger on finalizers; the watch reports when it is gone.
         with self.cond:
             while not (self.deleted or self.shutting_down):
                 self.cond.wait(5.0)
+
+    def _pause(self, seconds: float, on_deletion: bool = True) -> bool:
+        """Wait ``seconds`` before a retry; False (at once) when the object is gone or the node stops.
+
+        With ``on_deletion``, also end the wait early when the pod gets a deletionTimestamp.
+        Unlike :meth:`_sleep`, other updates of the pod do not cut the wait short.
+        """
+        deadline = time.monotonic() + seconds
+        with self.cond:
+            while not (self.deleted or self.shutting_down):
+                if on_deletion and self.pod["metadata"].get("deletionTimestamp"):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return True
+                self.cond.wait(left)
+        return False
 
     def _sleep(self, seconds: float) -> None:
         with self.cond:
@@ -323,8 +454,12 @@ class PodWorker:
             left = float(deadline) - (now() - parse_time(self.start_time)).total_seconds()
             wakeup = min(wakeup, max(left, 0.0) + 0.01)
         for slot in [*self.init_slots, *self.slots]:
-            if slot.restart_at is not None:
-                wakeup = min(wakeup, max(slot.restart_at - time.monotonic(), 0.0) + 0.01)
+            # A restart is due when both its back-off and any retry of a failed start are.
+            due = [moment for moment in (slot.restart_at, slot.start_retry_at) if moment is not None]
+            if due:
+                wakeup = min(wakeup, max(max(due) - time.monotonic(), 0.0) + 0.01)
+        if self._report_retry_at is not None:
+            wakeup = min(wakeup, self._report_delay())
         return wakeup
 
     # -- containers ----------------------------------------------------------------
@@ -337,7 +472,7 @@ class PodWorker:
             if slot.succeeded():
                 continue
             if slot.current is None:
-                self._start(slot)
+                self._start_when_due(slot)
             elif slot.current.exit is not None:
                 if restart_policy == "Never":
                     self.phase = "Failed"
@@ -347,7 +482,7 @@ class PodWorker:
         for slot in self.slots:
             run = slot.current
             if run is None:
-                self._start(slot)
+                self._start_when_due(slot)
             elif run.exit is not None:
                 code = run.exit.exit_code
                 if restart_policy == "Always" or (restart_policy == "OnFailure" and code != 0):
@@ -372,29 +507,52 @@ class PodWorker:
                 f"pod={self.name}_{self.namespace}({self.uid})"
             )
             slot.backoff = min(slot.backoff * 2, BACKOFF_MAX)
-        elif time.monotonic() >= slot.restart_at:
+        elif time.monotonic() >= slot.restart_at and self._start_when_due(slot):
             slot.restart_at = None
-            slot.restart_count += 1
-            self._start(slot)
 
-    def _start(self, slot: ContainerSlot) -> None:
+    def _start_when_due(self, slot: ContainerSlot) -> bool:
+        """Start a run of ``slot`` unless an earlier failed start is not due for a retry yet."""
+        if slot.start_retry_at is not None and time.monotonic() < slot.start_retry_at:
+            return False
+        return self._start(slot)
+
+    def _start(self, slot: ContainerSlot) -> bool:
+        """Start a run of ``slot``; on failure (reported in its waiting state) schedule a retry."""
         assert self.volumes is not None
         spec = slot.spec
         try:
-            env = container_environment(
+            variables = container_variables(
                 self.context.api,
                 self.pod,
                 spec,
-                self.context.image,
                 self.context.service_env,
                 self.context.allocatable,
             )
-            argv = command_line(spec, env)
+            # As the kubelet: $(VAR) in command and args sees the container's own variables
+            # only, not what the image (here: the stand-in) defines.
+            argv = command_line(spec, variables)
+            env = process_environment(self.pod, self.context.image, variables)
+            return self._start_run(slot, argv, env)
         except ConfigError as error:
             slot.waiting_reason, slot.waiting_message = "CreateContainerConfigError", str(error)
             self._warn_once("Failed", f"Error: {error}")
-            return
-        run_dir = self.directory / "containers" / slot.name / str(slot.restart_count)
+        except Exception as error:
+            # The API failed us (or the file system did): keep the container waiting and
+            # retry, as the kubelet's next sync would.
+            if not retryable(error):
+                raise
+            message = describe_error(error)
+            log.warning(
+                "pod %s/%s: starting %s: %s (retrying)", self.namespace, self.name, slot.name, message
+            )
+            slot.waiting_reason, slot.waiting_message = "CreateContainerConfigError", message
+        slot.start_retry_at = time.monotonic() + slot.start_backoff.next()
+        return False
+
+    def _start_run(self, slot: ContainerSlot, argv: list[str], env: dict[str, str]) -> bool:
+        assert self.volumes is not None
+        spec = slot.spec
+        run_dir = self.directory / "containers" / slot.name / str(len(slot.runs))
         termination_log = run_dir / "termination-log"
         run_dir.mkdir(parents=True, exist_ok=True)
         termination_log.touch()
@@ -429,10 +587,15 @@ class PodWorker:
             python=self.context.python,
             on_exit=self._container_exited,
         )
-        slot.runs.append(run)
-        slot.waiting_reason, slot.waiting_message = "ContainerCreating", None
         run.start()
+        if slot.runs:
+            slot.restart_count += 1
+        slot.runs.append(run)
+        slot.start_retry_at = None
+        slot.start_backoff.reset()
+        slot.waiting_reason, slot.waiting_message = "ContainerCreating", None
         self.context.api.event(self.pod, "Pod", "Started", f"Started container {slot.name}", COMPONENT)
+        return True
 
     def _volume_kind(self, name: str) -> str:
         for volume in self.pod["spec"].get("volumes") or []:
@@ -472,7 +635,6 @@ class PodWorker:
             finished_at=rfc3339(run.exit.finished_at),
             message=message,
             container_id=run.container_id,
-            signal=run.exit.signal,
         )
 
     def _kill_all(self) -> None:
@@ -509,13 +671,19 @@ class PodWorker:
         else:
             last_state = st.no_state()
         is_running = state.get("running") is not None
+        if slot.init:
+            # The prober manager's rule: an init container is ready once it exited 0.
+            ended = state.get("terminated")
+            ready = ended is not None and ended["exitCode"] == 0
+        else:
+            ready = is_running
         image = slot.spec.get("image", "")
         return {
             "name": slot.name,
             "image": image,
             "imageID": image if slot.runs else "",
             "containerID": run.container_id if run is not None else None,
-            "ready": is_running and not slot.init,
+            "ready": ready,
             "started": is_running,
             "restartCount": slot.restart_count,
             "state": state,
@@ -528,17 +696,7 @@ class PodWorker:
         init_statuses = [self._container_status(slot) for slot in self.init_slots]
         statuses = [self._container_status(slot) for slot in self.slots]
         conditions = self.conditions
-        incomplete = [slot.name for slot in self.init_slots if not slot.succeeded()]
-        if incomplete and not any(slot.runs for slot in self.slots) and not terminal:
-            initialized = conditions.condition(
-                "Initialized",
-                False,
-                generation,
-                st.CONTAINERS_NOT_INITIALIZED,
-                st.unready_message("incomplete", incomplete),
-            )
-        else:
-            initialized = conditions.condition("Initialized", True, generation)
+        initialized = self._initialized_condition(init_statuses, statuses, generation)
         unready = [s["name"] for s in statuses if not s["ready"]]
         ready_conditions = []
         for kind in ("ContainersReady", "Ready"):
@@ -576,23 +734,73 @@ class PodWorker:
             status["initContainerStatuses"] = init_statuses
         return status
 
-    def _report(self) -> None:
-        """Send the status if it changed since the last report."""
+    def _initialized_condition(
+        self, init_statuses: list[Obj], statuses: list[Obj], generation: int | None
+    ) -> Obj:
+        """The Initialized condition, by the rules of the kubelet's GeneratePodInitializedCondition."""
+        if self.phase == "Succeeded":
+            return self.conditions.condition("Initialized", True, generation, st.POD_COMPLETED)
+        # A regular container that has run means the init containers completed before.
+        started = any(s["state"].get("running") or s["state"].get("terminated") for s in statuses)
+        incomplete = [s["name"] for s in init_statuses if not s["ready"]]
+        if started or not incomplete:
+            return self.conditions.condition("Initialized", True, generation)
+        return self.conditions.condition(
+            "Initialized",
+            False,
+            generation,
+            st.CONTAINERS_NOT_INITIALIZED,
+            st.unready_message("incomplete", incomplete),
+        )
+
+    def _report(self) -> bool:
+        """Send the status if it changed since the last report (or that failed); whether it is sent.
+
+        A failed report is retried: by the loops calling this again, not before
+        :meth:`_report_delay` (a bounded back-off).
+        """
         with self.cond:
-            if self.shutting_down or self.deleted:
-                return
+            if self.shutting_down or self.deleted or not self._reporting:
+                return True
         status = self._status()
         encoded = json.dumps(status, sort_keys=True)
         if encoded == self._last_report:
-            return
+            return True
         try:
-            self.context.api.patch_pod_status(self.namespace, self.name, {"status": status})
+            self.context.api.patch_pod_status(self.namespace, self.name, self.uid, status)
         except Exception as error:
-            if is_status(error, 404):
+            if is_status(error, 404) or pod_replaced(error):
                 raise PodGone from error
-            log.warning("pod %s/%s: status update failed: %s", self.namespace, self.name, error)
-            return
+            if not retryable(error):
+                raise
+            delay = self._report_backoff.next()
+            self._report_retry_at = time.monotonic() + delay
+            log.warning(
+                "pod %s/%s: status update failed (retrying in %.1fs): %s",
+                self.namespace,
+                self.name,
+                delay,
+                describe_error(error),
+            )
+            return False
         self._last_report = encoded
+        self._report_retry_at = None
+        self._report_backoff.reset()
+        return True
+
+    def _report_delay(self) -> float:
+        """Seconds until a failed report is due to be retried."""
+        if self._report_retry_at is None:
+            return 0.0
+        return max(self._report_retry_at - time.monotonic(), 0.0) + 0.01
+
+    def _report_until_sent(self) -> bool:
+        """Send the status, retrying failures; False if the object went away or the node stops first."""
+        while not self._report():
+            if not self._pause(self._report_delay(), on_deletion=False):
+                return False
+        with self.cond:
+            return not (self.deleted or self.shutting_down)
 
     def _warn_once(self, reason: str, message: str) -> None:
         if message in self._warned:

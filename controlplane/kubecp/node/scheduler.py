@@ -10,7 +10,7 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from kubecp.node.api import Api, Obj, is_status
+from kubecp.node.api import Api, Obj, describe_error, is_status
 
 log = logging.getLogger("kubecp.node")
 
@@ -60,8 +60,13 @@ class Scheduler:
                     if kind in ("ADDED", "MODIFIED"):
                         self._consider(pod)
             except Exception as error:
-                if not self.stop.is_set() and not is_status(error, 410):
-                    log.warning("scheduler: %s; listing again", error)
+                if self.stop.is_set():
+                    return
+                if is_status(error, 410):
+                    # The resourceVersion expired (compaction): list again at once.
+                    log.info("scheduler: %s; listing again", describe_error(error))
+                else:
+                    log.warning("scheduler: %s; listing again", describe_error(error))
                     self.stop.wait(1.0)
 
     def _consider(self, pod: Obj) -> None:
@@ -73,7 +78,12 @@ class Scheduler:
         except Exception as error:
             # 409: bound meanwhile; 404: deleted meanwhile.
             if not is_status(error, 404, 409):
-                log.warning("scheduler: binding %s/%s failed: %s", meta["namespace"], meta["name"], error)
+                log.warning(
+                    "scheduler: binding %s/%s failed: %s",
+                    meta["namespace"],
+                    meta["name"],
+                    describe_error(error),
+                )
             return
         log.info("scheduler: bound %s/%s to %s", meta["namespace"], meta["name"], self.node_name)
         self.api.event(

@@ -75,9 +75,8 @@ def terminated(
     finished_at: str,
     message: str | None,
     container_id: str,
-    signal: int | None = None,
 ) -> Obj:
-    """A container ``state`` that is terminated."""
+    """A container ``state`` that is terminated (without ``signal``: the kubelet never sets it)."""
     state: dict[str, Any] = {
         "exitCode": exit_code,
         "reason": reason,
@@ -86,8 +85,6 @@ def terminated(
         "finishedAt": finished_at,
         "containerID": container_id,
     }
-    if signal is not None:
-        state["signal"] = signal
     return {"terminated": state, "waiting": None, "running": None}
 
 
