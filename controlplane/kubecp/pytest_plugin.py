@@ -100,7 +100,10 @@ def _node_options(config: pytest.Config) -> NodeOptions:
         if not sep:
             raise pytest.UsageError(f"kubecp_node_env: expected KEY=VALUE, got {line!r}")
         env[key.strip()] = value.strip()
-    return NodeOptions(pythonpath=list(dict.fromkeys(paths)), env=env)
+    # Tests rely on volumes and termination messages at their paths: without private
+    # mount namespaces they would fail obscurely, so the node refuses to start instead,
+    # with the reason.
+    return NodeOptions(pythonpath=list(dict.fromkeys(paths)), env=env, isolation="mount-namespace")
 
 
 @pytest.fixture(scope="session")

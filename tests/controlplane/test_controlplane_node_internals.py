@@ -6,6 +6,7 @@ import copy
 import json
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,8 @@ from typing import Any, cast
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from kubecp.node import pods
+from kubecp.node import container_init, pods
+from kubecp.node.agent import mount_namespace_problem
 from kubecp.node.api import pod_replaced, watch_event
 from kubecp.node.environment import ImageStandIn
 from kubecp.node.pods import Backoff, NodeContext, PodWorker
@@ -96,6 +98,64 @@ def test_a_group_whose_leader_is_gone_is_still_stopped() -> None:
         wait_for(lambda: not pid_running(child), timeout=5, what="the leader's child gone")
     finally:
         subprocess.run(["kill", "-9", str(child)], capture_output=True, check=False)
+
+
+# Runs container_init for a container whose mount point needs an overlay, with the
+# node's files on overlayfs (as /tmp is in a Docker container).
+_ON_OVERLAYFS = textwrap.dedent(
+    """
+    import ctypes, json, os, subprocess, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    base, init_script = sys.argv[1], sys.argv[2]
+    assert libc.unshare(0x00020000) == 0, "unshare"
+    assert libc.mount(b"none", b"/", None, 16384 | (1 << 18), None) == 0, "private /"
+    lower, upper, work, merged = (os.path.join(base, p) for p in ("lower", "upper", "work", "merged"))
+    for path in (lower, upper, work, merged):
+        os.makedirs(path)
+    options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+    assert libc.mount(b"overlay", merged.encode(), b"overlay", 0, options) == 0, "overlay"
+    node = os.path.join(merged, "node")
+    os.makedirs(node)
+    with open(os.path.join(node, "secret"), "w") as handle:
+        handle.write("from the volume")
+    target = "/kubecp-test-missing/dir/secret"
+    spec = {
+        "argv": ["cat", target],
+        "env": {"PATH": os.environ["PATH"]},
+        "mounts": [{"source": os.path.join(node, "secret"), "target": target, "read_only": True}],
+        "working_dir": None,
+        "hostname": "probe",
+        "isolate": True,
+        "scratch_dir": os.path.join(node, "scratch"),
+        "start_error_file": os.path.join(node, "start-error"),
+        "node_pid": os.getpid(),
+    }
+    with open(os.path.join(node, "spec.json"), "w") as handle:
+        json.dump(spec, handle)
+    result = subprocess.run(
+        [sys.executable, "-I", init_script, os.path.join(node, "spec.json")], capture_output=True, text=True
+    )
+    with open(spec["start_error_file"]) as handle:
+        start_error = handle.read()
+    print(json.dumps({"code": result.returncode, "stdout": result.stdout, "start_error": start_error}))
+    """
+)
+
+
+def test_containers_get_private_overlays_where_the_node_files_are_on_overlayfs(tmp_path: Path) -> None:
+    problem = mount_namespace_problem(sys.executable, tmp_path / "probe")
+    if problem is not None:
+        pytest.fail(f"needs private mount namespaces (root), as the control-plane tests do: {problem}")
+    result = subprocess.run(
+        [sys.executable, "-c", _ON_OVERLAYFS, str(tmp_path / "fs"), container_init.__file__],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    outcome = json.loads(result.stdout)
+    assert outcome == {"code": 0, "stdout": "from the volume", "start_error": ""}
+    assert not Path("/kubecp-test-missing").exists()
 
 
 # -- a pod worker against a fake API: failures of the API do not strand the pod ------------

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from kubecp.node.agent import Node, NodeConfig
+from kubecp.node.agent import IsolationUnavailable, Node, NodeConfig
 
 
 def parse_args(argv: list[str]) -> NodeConfig:
@@ -71,7 +71,13 @@ def parse_args(argv: list[str]) -> NodeConfig:
 
 def main() -> None:
     """Run the node until SIGTERM."""
-    Node(parse_args(sys.argv[1:])).run()
+    try:
+        node = Node(parse_args(sys.argv[1:]))
+    except IsolationUnavailable as error:
+        # A clear reason in the node's log, which the control plane shows when the node exits.
+        logging.getLogger("kubecp.node").error("%s", error)
+        raise SystemExit(1) from None
+    node.run()
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -49,17 +51,55 @@ class NodeConfig:
     port: int = 0
 
 
-def mount_namespaces_work(python: str) -> bool:
-    """Whether containers can get private mount namespaces here (needs root, and no policy forbidding it)."""
-    probe = (
-        "import ctypes, sys; libc = ctypes.CDLL(None, use_errno=True); "
-        "sys.exit(0 if libc.unshare(0x00020000 | 0x04000000) == 0 and "
-        "libc.mount(b'none', b'/', None, 16384 | (1 << 18), None) == 0 else 1)"
-    )
+class IsolationUnavailable(RuntimeError):
+    """``--isolation=mount-namespace`` was asked for, and containers cannot get it here."""
+
+
+# What container_init does for a container that needs an overlay, in a throwaway
+# process: new namespaces, / private, a tmpfs for scratch, an overlay of / on it.
+_ISOLATION_PROBE = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def check(result, what):
+    if result != 0:
+        sys.exit(f"{what}: {os.strerror(ctypes.get_errno())}")
+scratch = sys.argv[1]
+check(libc.unshare(0x00020000 | 0x04000000), "unshare(CLONE_NEWNS|CLONE_NEWUTS)")
+check(libc.mount(b"none", b"/", None, 16384 | (1 << 18), None), "making / a private mount")
+check(libc.mount(b"tmpfs", scratch.encode(), b"tmpfs", 0, b"mode=0755"), "mounting a tmpfs")
+lower, upper, work, merged = (os.path.join(scratch, part) for part in ("lower", "upper", "work", "merged"))
+for path in (lower, upper, work, merged):
+    os.mkdir(path)
+check(libc.mount(b"/", lower.encode(), None, 4096, None), "bind-mounting /")
+options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+check(libc.mount(b"overlay", merged.encode(), b"overlay", 0, options), "mounting an overlay of /")
+"""
+
+
+def mount_namespace_problem(python: str, directory: Path) -> str | None:
+    """Why containers cannot get private mount namespaces here (None if they can).
+
+    They need root (CAP_SYS_ADMIN), no policy forbidding unshare or mount, tmpfs
+    and overlayfs.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".isolation-probe-", dir=directory)
     try:
-        return subprocess.run([python, "-I", "-c", probe], timeout=10, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+        result = subprocess.run(
+            [python, "-I", "-c", _ISOLATION_PROBE, scratch],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return f"the probe failed: {error}"
+    finally:
+        # The mounts were in the probe's namespace: what is left here is an empty directory.
+        shutil.rmtree(scratch, ignore_errors=True)
+    if result.returncode != 0:
+        return result.stderr.strip() or f"the probe exited with {result.returncode}"
+    return None
 
 
 def _memory_kib() -> int:
@@ -93,13 +133,20 @@ class Node:
             "pods": MAX_PODS,
             "ephemeral-storage": "100Gi",
         }
-        isolate = config.isolation == "mount-namespace" or (
-            config.isolation == "auto" and mount_namespaces_work(config.python)
+        problem = (
+            None if config.isolation == "none" else mount_namespace_problem(config.python, config.root_dir)
         )
+        if problem is not None and config.isolation == "mount-namespace":
+            raise IsolationUnavailable(
+                f"containers cannot get private mount namespaces here ({problem}); they need root "
+                "and a kernel that allows unshare, tmpfs and overlayfs (see controlplane/README.md)"
+            )
+        isolate = config.isolation != "none" and problem is None
         if not isolate:
             log.warning(
-                "containers run WITHOUT private mount namespaces: volumes and termination messages "
-                "are not visible at their mountPath (needs root; see controlplane/README.md)"
+                "containers run WITHOUT private mount namespaces%s: volumes and termination messages "
+                "are not visible at their mountPath (needs root; see controlplane/README.md)",
+                f" ({problem})" if problem else "",
             )
         server = urllib.parse.urlsplit(self.api.server)
         port = str(server.port or 443)

@@ -6,7 +6,8 @@ namespace it bind-mounts the pod's volumes and the termination-message file
 onto their absolute paths, so several pods can each see their own
 ``/dev/termination-log`` or ``/var/run/...``, and nothing of that is visible
 outside. Where a mount point does not exist, a private overlay on its closest
-existing parent directory provides it without touching the host's file system.
+existing parent directory provides it without touching the host's file system;
+the overlays' writable layers live on a private tmpfs.
 
 If anything before the exec fails, the reason goes to the spec's
 ``start_error_file`` (left empty otherwise) and the exit code is 128, which the
@@ -195,6 +196,12 @@ def main(spec_file: str) -> None:
             _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWUTS), "unshare")
             # Without this our mounts would propagate back to the host's namespace.
             _mount("none", "/", None, _MS_REC | _MS_PRIVATE)
+            # The kernel refuses an overlayfs directory as an overlay's upper or work
+            # directory, and the node's files may well be on overlayfs (/tmp in a Docker
+            # container): the overlays' scratch space is a private tmpfs instead, which
+            # also vanishes with the container.
+            os.makedirs(spec["scratch_dir"], exist_ok=True)
+            _mount("tmpfs", spec["scratch_dir"], "tmpfs", 0, "mode=0755")
             hostname = spec.get("hostname", "").encode()
             if hostname:
                 _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
