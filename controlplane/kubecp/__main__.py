@@ -55,6 +55,9 @@ def up(args: argparse.Namespace) -> None:
     print(f"logs: {plane.logs}/")
     print("use it with:")
     print(f"  export KUBECONFIG={plane.kubeconfig}")
+    # kubectl's discovery cache in ~/.kube/cache is keyed by host and port: an earlier
+    # cluster on the same port (other CRDs) would be believed.
+    print(f"  export KUBECACHEDIR={plane.workdir / 'kube-cache'}")
     print("  kubectl get nodes")
 
 
