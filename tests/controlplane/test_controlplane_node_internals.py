@@ -57,7 +57,9 @@ def test_a_uid_precondition_failure_means_the_pod_was_replaced() -> None:
         "details": {"causes": [{"field": "metadata.uid", "reason": "FieldValueInvalid"}]},
     }
     assert pod_replaced(error(422, immutable_uid))
-    assert pod_replaced(error(409, {"reason": "Conflict"}))
+    precondition = "Precondition failed: UID in precondition: a, UID in object meta: b"
+    assert pod_replaced(error(409, {"reason": "Conflict", "message": precondition}))
+    assert not pod_replaced(error(409, {"reason": "Conflict", "message": "the object has been modified"}))
     assert not pod_replaced(error(422, {"details": {"causes": [{"field": "status.phase"}]}}))
     assert not pod_replaced(error(500, {}))
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from kubecp.cluster import ControlPlane
+from kubecp.node.api import Api, pod_replaced
 from kubecp.testing import python_pod, wait_for
 
 
@@ -404,3 +407,22 @@ def test_a_force_deleted_pod_still_gets_sigterm_first(
 
     wait_for(lambda: (tmp_path / "sigterm").exists(), timeout=10, what="SIGTERM handled")
     assert (tmp_path / "sigterm").read_text() == "received"
+
+
+def test_a_status_patch_for_a_replaced_pod_is_refused(
+    control_plane: ControlPlane, api_client: Any, namespace: str
+) -> None:
+    core = client.CoreV1Api(api_client)
+    # Bound to another node: neither the process node nor its scheduler touches it.
+    pod = python_pod("replaced", "pass", nodeName="elsewhere")
+    uid = core.create_namespaced_pod(namespace, pod).metadata.uid
+    node_api = Api(control_plane.kubeconfig)
+    try:
+        node_api.patch_pod_status(namespace, "replaced", uid, {"phase": "Running"})
+        with pytest.raises(ApiException) as refused:
+            node_api.patch_pod_status(namespace, "replaced", str(uuid.uuid4()), {"phase": "Failed"})
+        assert pod_replaced(refused.value)
+        assert read_pod(api_client, namespace, "replaced").status.phase == "Running"
+    finally:
+        node_api.client.close()
+        core.delete_namespaced_pod("replaced", namespace, grace_period_seconds=0)

@@ -57,15 +57,18 @@ def pod_replaced(error: BaseException) -> bool:
     """Whether a pod status patch failed on its uid precondition: the pod was deleted and re-created.
 
     The apiserver rejects a uid that differs from the object's as an immutable
-    field (422) rather than as a conflict (409); both are recognised.
+    field (422) rather than as a failed precondition (409); both are recognised.
+    Other conflicts (e.g. "the object has been modified") are not: they pass.
     """
     if not isinstance(error, ApiException):
         return False
+    body = _error_body(error)
     if error.status == 409:
-        return True
+        message = str(body.get("message", "")).lower()
+        return "precondition" in message and "uid" in message
     if error.status != 422:
         return False
-    causes = (_error_body(error).get("details") or {}).get("causes") or []
+    causes = (body.get("details") or {}).get("causes") or []
     return any(isinstance(cause, dict) and cause.get("field") == "metadata.uid" for cause in causes)
 
 
