@@ -102,33 +102,34 @@ def test_a_group_whose_leader_is_gone_is_still_stopped() -> None:
         subprocess.run(["kill", "-9", str(child)], capture_output=True, check=False)
 
 
-# Runs container_init for a container whose mount point needs an overlay, with the
-# node's files on overlayfs (as /tmp is in a Docker container).
-_ON_OVERLAYFS = textwrap.dedent(
+# Runs container_init with the node's files in `base` (on a fresh overlayfs there if
+# asked: /tmp is on overlayfs in a Docker container) for a container that mounts a
+# file at `target` and works in `working_dir`, and reports how it went.
+_RUN_CONTAINER = textwrap.dedent(
     """
     import ctypes, json, os, subprocess, sys
     libc = ctypes.CDLL(None, use_errno=True)
-    base, init_script = sys.argv[1], sys.argv[2]
-    assert libc.unshare(0x00020000) == 0, "unshare"
-    assert libc.mount(b"none", b"/", None, 16384 | (1 << 18), None) == 0, "private /"
-    lower, upper, work, merged = (os.path.join(base, p) for p in ("lower", "upper", "work", "merged"))
-    for path in (lower, upper, work, merged):
-        os.makedirs(path)
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
-    assert libc.mount(b"overlay", merged.encode(), b"overlay", 0, options) == 0, "overlay"
-    node = os.path.join(merged, "node")
-    os.makedirs(node)
+    base, on_overlayfs, target, working_dir, init_script = sys.argv[1:]
+    node = os.path.join(base, "node")
+    if on_overlayfs == "yes":
+        assert libc.unshare(0x00020000) == 0, "unshare"
+        assert libc.mount(b"none", b"/", None, 16384 | (1 << 18), None) == 0, "private /"
+        lower, upper, work = (os.path.join(base, p) for p in ("lower", "upper", "work"))
+        for path in (lower, upper, work, node):
+            os.makedirs(path)
+        options = f"lowerdir={lower},upperdir={upper},workdir={work}".encode()
+        assert libc.mount(b"overlay", node.encode(), b"overlay", 0, options) == 0, "overlay"
+    os.makedirs(node, exist_ok=True)
     with open(os.path.join(node, "secret"), "w") as handle:
         handle.write("from the volume")
-    target = "/kubecp-test-missing/dir/secret"
     spec = {
-        "argv": ["cat", target],
+        "argv": ["sh", "-c", f"cat {target}; echo; pwd"],
         "env": {"PATH": os.environ["PATH"]},
         "mounts": [{"source": os.path.join(node, "secret"), "target": target, "read_only": True}],
-        "working_dir": None,
+        "working_dir": working_dir,
         "hostname": "probe",
         "isolate": True,
-        "scratch_dir": os.path.join(node, "scratch"),
+        "scratch_dir": os.path.join(node, "pods", "p", "scratch"),
         "start_error_file": os.path.join(node, "start-error"),
         "node_pid": os.getpid(),
     }
@@ -144,20 +145,39 @@ _ON_OVERLAYFS = textwrap.dedent(
 )
 
 
-def test_containers_get_private_overlays_where_the_node_files_are_on_overlayfs(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "setup",
+    [
+        # A top-level mount point: an overlay of / as the new root, with its writable
+        # layer where the node's files are, i.e. on overlayfs, which the kernel refuses.
+        "node files on overlayfs",
+        # A mount point in a new directory next to the node's files (with the node in
+        # /tmp: a volume at /tmp/data) overlays an ancestor of the node's scratch space;
+        # the overlay the working directory then needs must still find it.
+        "overlay over the node's files, then another",
+    ],
+)
+def test_containers_get_private_mount_points_wherever_the_node_files_are(tmp_path: Path, setup: str) -> None:
     problem = mount_namespace_problem(sys.executable, tmp_path / "probe")
     if problem is not None:
         pytest.fail(f"needs private mount namespaces (root), as the control-plane tests do: {problem}")
+    if setup == "node files on overlayfs":
+        on_overlayfs, target, working_dir = "yes", "/kubecp-test-missing/dir/secret", "/"
+    else:
+        on_overlayfs, target, working_dir = "no", str(tmp_path / "data" / "secret"), "/usr/kubecp-test-work"
+    arguments = [str(tmp_path), on_overlayfs, target, working_dir, container_init.__file__]
     result = subprocess.run(
-        [sys.executable, "-c", _ON_OVERLAYFS, str(tmp_path / "fs"), container_init.__file__],
+        [sys.executable, "-c", _RUN_CONTAINER, *arguments],
         capture_output=True,
         text=True,
         timeout=30,
         check=True,
     )
     outcome = json.loads(result.stdout)
-    assert outcome == {"code": 0, "stdout": "from the volume", "start_error": ""}
-    assert not Path("/kubecp-test-missing").exists()
+    assert outcome == {"code": 0, "stdout": f"from the volume\n{working_dir}\n", "start_error": ""}
+    # All of it was private to the container.
+    assert not Path("/kubecp-test-missing").exists() and not (tmp_path / "data").exists()
+    assert not Path("/usr/kubecp-test-work").exists()
 
 
 # -- a pod worker against a fake API: failures of the API do not strand the pod ------------

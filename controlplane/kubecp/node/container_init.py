@@ -68,7 +68,8 @@ class Mounter:
     """
 
     def __init__(self, scratch: str, paths: list[str]) -> None:
-        self.scratch = scratch
+        # As /proc/self/mountinfo spells it, to recognise it among the mount points.
+        self.scratch = os.path.realpath(scratch)
         self.overlay_devices: set[int] = set()
         self.overlays = 0
         self.root = "/"
@@ -119,23 +120,36 @@ class Mounter:
         for part in (lower, upper, work):
             os.makedirs(part, exist_ok=True)
         prefix = directory.rstrip("/") + "/"
+        # The new root is inside the scratch space: there, the scratch space's own mounts
+        # must stay out. An overlay in place on one of its ancestors (/tmp, with the
+        # node's files in /tmp) must show it again, or later overlays would find their
+        # scratch directories on this overlay rather than on the tmpfs.
+        in_scratch = mount_on.startswith(self.scratch + "/")
         below = {
             p
             for p in _mount_points()
-            if p.startswith(prefix) and p != prefix and not p.startswith(self.scratch)
+            if p.startswith(prefix)
+            and p != prefix
+            and not (in_scratch and (p == self.scratch or p.startswith(self.scratch + "/")))
         }
         # An overlay shows only its lower file system, not what is mounted below it
         # (/dev/pts under /dev, /proc under /): mount those again on top, outermost only
         # since each bind is recursive.
         outermost = sorted(p for p in below if not any(p.startswith(q + "/") for q in below if q != p))
         _mount(directory, lower, None, _MS_BIND | _MS_REC)
-        _mount("overlay", mount_on, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
-        self.overlay_devices.add(os.stat(mount_on).st_dev)
-        for mount_point in outermost:
-            relative = os.path.relpath(mount_point, directory)
-            target = os.path.join(mount_on, relative)
-            if os.path.lexists(target):
-                _mount(os.path.join(lower, relative), target, None, _MS_BIND | _MS_REC)
+        # Held open: once the overlay covers an ancestor of the scratch space, the path
+        # of `lower` leads into the overlay, no longer to the bind.
+        lower_fd = os.open(lower, os.O_PATH | os.O_DIRECTORY)
+        try:
+            _mount("overlay", mount_on, "overlay", 0, f"lowerdir={lower},upperdir={upper},workdir={work}")
+            self.overlay_devices.add(os.stat(mount_on).st_dev)
+            for mount_point in outermost:
+                relative = os.path.relpath(mount_point, directory)
+                target = os.path.join(mount_on, relative)
+                if os.path.lexists(target):
+                    _mount(f"/proc/self/fd/{lower_fd}/{relative}", target, None, _MS_BIND | _MS_REC)
+        finally:
+            os.close(lower_fd)
 
     def ensure(self, path: str, directory: bool) -> str:
         """Make ``path`` exist (a directory or a file), privately if it did not; return it on the host."""
