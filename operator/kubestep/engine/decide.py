@@ -248,13 +248,12 @@ class _Decider:
             self.step_done(step, output=ids)
 
     def add_attempt(self, step: StepStatus, execution: Execution, outcome: Outcome) -> Attempt:
-        attempt = next((a for a in step.attempts if a.job == execution.name), None)
-        if attempt is None:
-            # A discovery execution's attempt number is the step's, not the execution's retry counter.
-            number = execution.attempt if execution.step is not None else step.attempt_count + 1
-            attempt = Attempt(number=number, job=execution.name, started_at=execution.started_at)
-            step.attempts.append(attempt)
-            step.attempt_count += 1
+        # An execution's outcome is absorbed once (it leaves `active`), so this is always a new attempt.
+        # A discovery execution's attempt number is the step's, not the execution's retry counter.
+        number = execution.attempt if execution.step is not None else step.attempt_count + 1
+        attempt = Attempt(number=number, job=execution.name, started_at=execution.started_at)
+        step.attempts.append(attempt)
+        step.attempt_count += 1
         attempt.finished_at = outcome.finished_at or self.now
         attempt.exit_code = outcome.exit_code
         return attempt
