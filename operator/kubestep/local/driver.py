@@ -10,7 +10,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from kubestep.api.base import ObjectMeta
-from kubestep.api.run import ParentRef, RunEvent, RunPhase, WorkflowRef, WorkflowRun, WorkflowRunSpec
+from kubestep.api.run import (
+    ErrorInfo,
+    ParentRef,
+    RunEvent,
+    RunPhase,
+    WorkflowRef,
+    WorkflowRun,
+    WorkflowRunSpec,
+)
 from kubestep.api.workflow import Workflow
 from kubestep.engine import names
 from kubestep.engine.actions import (
@@ -74,6 +82,7 @@ class Driver:
         self._requeue: dict[str, datetime] = {}
         self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self._inbox: dict[str, list[ArrivedEvent]] = defaultdict(list)
+        self._unstartable: dict[str, ErrorInfo] = {}
         self.standing_events: list[dict[str, Any]] = []
         """Events offered to every wait as if just published (``kubestep.testing``)."""
 
@@ -204,7 +213,7 @@ class Driver:
                 self.state.runs[action.name] = child.model_copy(update={"spec": spec})
         elif isinstance(action, StartChild):
             if action.workflow not in self.workflows:
-                return self._child_missing(run, action)
+                return self._child_missing(action)
             event = RunEvent(name="kubestep/function.invoked", data=action.data, source=name)
             self.create_run(action.workflow, event, action.name, ParentRef(run=name, step=action.step))
         elif isinstance(action, PublishEvents):
@@ -214,20 +223,9 @@ class Driver:
                 self.deliver(payload, source=event_id, sent_by_step=True)
         return True
 
-    def _child_missing(self, run: WorkflowRun, action: StartChild) -> bool:
-        # An invoke of an unknown workflow fails the step, like a child that failed at once.
-        failed = WorkflowRun(
-            metadata=ObjectMeta(name=action.name),
-            spec=WorkflowRunSpec(
-                workflow_ref=WorkflowRef(name=action.workflow),
-                workflow=run.spec.workflow,
-                event=RunEvent(name="kubestep/function.invoked"),
-                parent=ParentRef(run=run.metadata.name, step=action.step),
-            ),
-        )
-        failed.status.phase = RunPhase.FAILED
-        failed.status.error = _not_found(action.workflow, list(self.workflows))
-        self.state.runs[action.name] = failed
+    def _child_missing(self, action: StartChild) -> bool:
+        # An unknown workflow cannot be started: the engine sees a child that failed at once.
+        self._unstartable[action.name] = _not_found(action.workflow, list(self.workflows))
         return True
 
     def _children(self, run: WorkflowRun) -> list[ChildResult]:
@@ -236,7 +234,10 @@ class Driver:
             if step.invoke is None:
                 continue
             child = self.state.runs.get(step.invoke.run)
-            if child is not None:
+            failure = self._unstartable.get(step.invoke.run)
+            if failure is not None:
+                results.append(ChildResult(step.id, RunPhase.FAILED, None, failure))
+            elif child is not None:
                 results.append(
                     ChildResult(step.id, child.status.phase, child.status.output, child.status.error)
                 )
@@ -267,9 +268,7 @@ def _run_event(payload: dict[str, Any], source: str) -> RunEvent:
     )
 
 
-def _not_found(workflow: str, known: list[str]) -> Any:
-    from kubestep.api.run import ErrorInfo
-
+def _not_found(workflow: str, known: list[str]) -> ErrorInfo:
     return ErrorInfo(
         type="WorkflowNotFound",
         message=f"no workflow named {workflow!r} is loaded; known: {', '.join(sorted(known)) or 'none'}",
