@@ -115,9 +115,8 @@ def test_active_deadline_seconds_fails_the_pod_with_deadline_exceeded(
     assert state.signal is None  # the kubelet never sets it
 
 
-def test_deleting_a_running_pod_sends_sigterm_and_removes_it(
-    control_plane: ControlPlane, api_client: Any, namespace: str, tmp_path: Path
-) -> None:
+def start_sigterm_catcher(control_plane: ControlPlane, namespace: str, name: str, out: Path) -> None:
+    """Start a pod that writes ``out/sigterm`` when it gets SIGTERM, and wait until it runs."""
     code = (
         "import signal, sys, time\n"
         "def bye(*_):\n"
@@ -128,15 +127,19 @@ def test_deleting_a_running_pod_sends_sigterm_and_removes_it(
         "time.sleep(600)\n"
     )
     pod = python_pod(
-        "victim",
+        name,
         code,
-        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path)}}],
+        volumes=[{"name": "out", "hostPath": {"path": str(out)}}],
         container={"volumeMounts": [{"name": "out", "mountPath": "/out"}]},
     )
     create(control_plane, namespace, pod)
-    wait_for(
-        lambda: "waiting" in control_plane.kubectl("logs", "-n", namespace, "victim").stdout, what="pod up"
-    )
+    wait_for(lambda: "waiting" in control_plane.kubectl("logs", "-n", namespace, name).stdout, what="pod up")
+
+
+def test_deleting_a_running_pod_sends_sigterm_and_removes_it(
+    control_plane: ControlPlane, api_client: Any, namespace: str, tmp_path: Path
+) -> None:
+    start_sigterm_catcher(control_plane, namespace, "victim", tmp_path)
 
     started = time.monotonic()
     client.CoreV1Api(api_client).delete_namespaced_pod("victim", namespace)  # default grace: 30s
@@ -383,25 +386,7 @@ def test_a_failed_init_container_leaves_the_pod_not_initialized(
 def test_a_force_deleted_pod_still_gets_sigterm_first(
     control_plane: ControlPlane, api_client: Any, namespace: str, tmp_path: Path
 ) -> None:
-    code = (
-        "import signal, sys, time\n"
-        "def bye(*_):\n"
-        "    open('/out/sigterm', 'w').write('received')\n"
-        "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, bye)\n"
-        "print('waiting', flush=True)\n"
-        "time.sleep(600)\n"
-    )
-    pod = python_pod(
-        "forced",
-        code,
-        volumes=[{"name": "out", "hostPath": {"path": str(tmp_path)}}],
-        container={"volumeMounts": [{"name": "out", "mountPath": "/out"}]},
-    )
-    create(control_plane, namespace, pod)
-    wait_for(
-        lambda: "waiting" in control_plane.kubectl("logs", "-n", namespace, "forced").stdout, what="pod up"
-    )
+    start_sigterm_catcher(control_plane, namespace, "forced", tmp_path)
 
     client.CoreV1Api(api_client).delete_namespaced_pod("forced", namespace, grace_period_seconds=0)
 
