@@ -128,6 +128,8 @@ class WaitInfo(Model):
     """CEL condition over `event` (the run's trigger) and `async` (the candidate event)."""
     timeout_at: datetime
     """When the wait gives up and the step returns null."""
+    matched: str | None = None
+    """The name of the Event object that ended the wait, once one did."""
 
 
 class InvokeInfo(Model):

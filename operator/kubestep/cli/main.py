@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from kubestep.cli.operator_cmd import operator
 from kubestep.cli.run_cmd import run
 
 app = typer.Typer(
@@ -13,6 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.command("run")(run)
+app.command("operator")(operator)
 
 
 @app.callback()

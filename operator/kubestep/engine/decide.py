@@ -400,6 +400,7 @@ class _Decider:
                         continue
                 except CelError:
                     continue  # e.g. a field this candidate lacks: not a match, the wait goes on
+            step.wait = wait.model_copy(update={"matched": event.source or None})
             self.step_done(step, output=event.payload)
             return
         if wait.timeout_at <= self.now:

@@ -1,0 +1,249 @@
+"""Pure builders of the objects the operator creates: step Jobs, their state Secrets, runs, events.
+
+No I/O here: every function maps models to the dict the API server receives, so each can be tested
+table-style.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from kubestep.api.base import API_VERSION
+from kubestep.api.event import Event
+from kubestep.api.run import ParentRef, RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
+from kubestep.api.workflow import Workflow
+from kubestep.engine.actions import Note, StartChild, StartExecution
+
+Obj = dict[str, Any]
+
+#: Where the run's state is mounted in a step pod (the runner's default ``--state`` directory).
+STATE_DIR = "/var/run/kubestep/state"
+STATE_KEY = "state.json"
+#: The container that runs the step.
+CONTAINER = "step"
+#: How much longer than the step timeout the Job itself lives (a pod that never gets created or started).
+JOB_DEADLINE_GRACE_SECONDS = 60
+#: An unprivileged user for step pods; images built FROM the runner image can read their code as it.
+STEP_UID = 65532
+
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+LABEL_RUN = "kubestep.dev/run"
+LABEL_WORKFLOW = "kubestep.dev/workflow"
+LABEL_EVENT = "kubestep.dev/event"
+LABEL_PARENT = "kubestep.dev/parent"
+ANNOTATION_STEP = "kubestep.dev/step"
+ANNOTATION_ATTEMPT = "kubestep.dev/attempt"
+MANAGER = "kubestep"
+
+
+def owner_reference(obj: Obj) -> Obj:
+    """An owner reference to ``obj``: deleting it deletes what it owns."""
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _run_owner(run: WorkflowRun) -> Obj:
+    return owner_reference(
+        {"apiVersion": API_VERSION, "kind": "WorkflowRun", "metadata": run.metadata.model_dump()}
+    )
+
+
+def _label_value(value: str) -> str:
+    # Label values hold at most 63 characters; names of runs and workflows fit, others are cut.
+    return value[:63].rstrip("-_.")
+
+
+def execution_labels(run: WorkflowRun) -> dict[str, str]:
+    """Labels of a run's Jobs, Secrets and pods."""
+    return {
+        LABEL_MANAGED: MANAGER,
+        LABEL_RUN: _label_value(run.metadata.name),
+        LABEL_WORKFLOW: _label_value(run.spec.workflow_ref.name),
+    }
+
+
+def state_secret(run: WorkflowRun, action: StartExecution) -> Obj:
+    """The Secret carrying an execution's input (event and memoized outputs), owned by the run."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": action.name,
+            "namespace": run.metadata.namespace,
+            "labels": execution_labels(run),
+            "ownerReferences": [_run_owner(run)],
+        },
+        "stringData": {STATE_KEY: action.state.model_dump_json(by_alias=True)},
+        "immutable": True,
+    }
+
+
+def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
+    """The Job of one execution: one pod, never restarted, no API credentials, restricted-compliant."""
+    spec = run.spec.workflow
+    template = spec.pod_template
+    labels = execution_labels(run)
+    annotations = {ANNOTATION_ATTEMPT: str(action.attempt)}
+    if action.step is not None:
+        annotations[ANNOTATION_STEP] = action.step
+    container: Obj = {
+        "name": CONTAINER,
+        "image": spec.image,
+        "command": ["python", "-m", "kubestep.runner"],
+        "env": [{"name": "KUBESTEP_STATE", "value": f"{STATE_DIR}/{STATE_KEY}"}, *template.env],
+        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR, "readOnly": True}],
+        # A runner that dies before writing its report still leaves its last log lines as the message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if template.env_from:
+        container["envFrom"] = template.env_from
+    if template.resources:
+        container["resources"] = template.resources
+    pod_spec: Obj = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": STEP_UID,
+            "runAsGroup": STEP_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "state", "secret": {"secretName": action.name, "defaultMode": 0o444}}],
+    }
+    if action.timeout_seconds is not None:
+        # On the pod, not the Job: the pod and its log are kept when the step times out.
+        pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(action.timeout_seconds))
+    if template.service_account_name:
+        pod_spec["serviceAccountName"] = template.service_account_name
+    if template.node_selector:
+        pod_spec["nodeSelector"] = template.node_selector
+    if template.tolerations:
+        pod_spec["tolerations"] = template.tolerations
+    if template.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = template.image_pull_secrets
+    job_spec: Obj = {
+        # kubestep owns retries: every attempt is its own Job.
+        "backoffLimit": 0,
+        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+    }
+    if action.timeout_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = pod_spec["activeDeadlineSeconds"] + JOB_DEADLINE_GRACE_SECONDS
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": action.name,
+            "namespace": run.metadata.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [_run_owner(run)],
+        },
+        "spec": job_spec,
+    }
+
+
+def _run_object(
+    name: str, namespace: str | None, workflow: Workflow, event: RunEvent, parent: ParentRef | None = None
+) -> WorkflowRun:
+    return WorkflowRun.model_validate(
+        {
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": WorkflowRunSpec(
+                workflow_ref=WorkflowRef(name=workflow.metadata.name),
+                workflow=workflow.spec,
+                event=event,
+                parent=parent,
+            ),
+        }
+    )
+
+
+def event_run(workflow: Workflow, event: Event, name: str, ts: datetime) -> Obj:
+    """The run an event starts for ``workflow``; it keeps the event's name as its source."""
+    spec = event.spec.model_copy(update={"ts": event.spec.ts or ts})
+    run_event = RunEvent.model_validate({**spec.model_dump(), "source": event.metadata.name})
+    body = _run_object(name, event.metadata.namespace, workflow, run_event).to_dict()
+    body["metadata"]["labels"] = {
+        LABEL_MANAGED: MANAGER,
+        LABEL_WORKFLOW: _label_value(workflow.metadata.name),
+        LABEL_EVENT: _label_value(event.metadata.name),
+    }
+    body.pop("status", None)
+    return body
+
+
+def child_run(parent: WorkflowRun, workflow: Workflow, action: StartChild) -> Obj:
+    """The run an invoke step starts; the parent owns it, so deleting the parent deletes the child."""
+    event = RunEvent(name="kubestep/function.invoked", data=action.data, source=parent.metadata.name)
+    ref = ParentRef(run=parent.metadata.name, step=action.step)
+    body = _run_object(action.name, parent.metadata.namespace, workflow, event, ref).to_dict()
+    body["metadata"]["labels"] = {
+        LABEL_MANAGED: MANAGER,
+        LABEL_WORKFLOW: _label_value(workflow.metadata.name),
+        LABEL_PARENT: _label_value(parent.metadata.name),
+    }
+    owner = _run_owner(parent)
+    owner["controller"] = False
+    body["metadata"]["ownerReferences"] = [owner]
+    body.pop("status", None)
+    return body
+
+
+def sent_event(run: WorkflowRun, name: str, payload: dict[str, Any]) -> Obj:
+    """An Event published by a ``send_event`` step; its object name is deterministic."""
+    spec: Obj = {"name": payload["name"], "data": payload.get("data") or {}}
+    if payload.get("user"):
+        spec["user"] = payload["user"]
+    spec["id"] = payload.get("id") or name
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Event",
+        "metadata": {
+            "name": name,
+            "namespace": run.metadata.namespace,
+            "labels": {LABEL_MANAGED: MANAGER, LABEL_RUN: _label_value(run.metadata.name)},
+        },
+        "spec": spec,
+    }
+
+
+def note_event(obj: Obj, note: Note, now: datetime, component: str = "kubestep-operator") -> Obj:
+    """A Kubernetes Event about ``obj`` telling what the engine noted (shown by ``kubectl describe``)."""
+    meta = obj["metadata"]
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "reason": note.reason,
+        "message": note.message[:1024],
+        "type": "Warning" if note.warning else "Normal",
+        "source": {"component": component},
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }

@@ -1,0 +1,55 @@
+"""What every reconciler shares: the API, the work queue, the watch indices and the settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple, Protocol
+
+from kubestep.api.event import Event
+from kubestep.controller.kube import Kube
+from kubestep.controller.queue import WorkQueue
+
+#: Default window within which a second event with the same ``spec.id`` starts nothing (as Inngest).
+DEFAULT_DEDUPE_WINDOW = timedelta(hours=24)
+
+
+class Key(NamedTuple):
+    """What a queue entry names: a kind (``run``, ``event``, ``workflow``), a namespace and a name."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
+class Indices(Protocol):
+    """In-memory views the watches keep up to date (no list call per event)."""
+
+    def waiting_runs(self, namespace: str, event: str) -> list[str]:
+        """Runs with a step waiting for an event of this name."""
+
+    def events_named(self, namespace: str, event: str) -> list[Event]:
+        """Events of this name."""
+
+    def run_phases(self, namespace: str, workflow: str) -> list[str]:
+        """The phases of every run of a workflow."""
+
+    def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
+        """``(workflow, run)`` of the runs whose wait this Event ended."""
+
+
+def utcnow() -> datetime:
+    """The operator's clock."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class Controller:
+    """The operator's shared state."""
+
+    kube: Kube
+    queue: WorkQueue
+    indices: Indices
+    dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
+    clock: Callable[[], datetime] = field(default=utcnow)

@@ -1,0 +1,140 @@
+"""Reconcile one Event: start the runs its triggers ask for, exactly once, and say what it did."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from kubestep.api.base import Condition, set_condition
+from kubestep.api.event import Event, EventRunRef
+from kubestep.api.run import WorkflowRun
+from kubestep.api.workflow import Workflow
+from kubestep.controller import builders, observe
+from kubestep.controller.context import Controller, Key
+from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound
+from kubestep.engine import names
+from kubestep.engine.triggers import match
+
+log = logging.getLogger(__name__)
+
+PROCESSED = "Processed"
+
+
+@dataclass
+class _Verdict:
+    started: list[EventRunRef] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+async def reconcile_event(ctl: Controller, key: Key) -> None:
+    """Start the event's runs once; keep its list of resumed runs current."""
+    try:
+        obj = await ctl.kube.get(EVENTS, key.namespace, key.name)
+    except NotFound:
+        return
+    event = Event.model_validate(obj)
+    now = ctl.clock()
+    status = event.status.model_copy(deep=True)
+    if not any(c.type == PROCESSED for c in status.conditions):
+        verdict = await _start_runs(ctl, event)
+        status.started = verdict.started
+        status.conditions = set_condition(status.conditions, _condition(event, verdict), now)
+    status.resumed = [
+        EventRunRef(workflow=wf, run=run)
+        for wf, run in sorted(ctl.indices.resumed_by(key.namespace, key.name))
+    ] or status.resumed
+    if status == event.status:
+        return
+    try:
+        await ctl.kube.replace_status(EVENTS, obj, status.to_dict())
+    except (Conflict, NotFound):
+        ctl.queue.add(key)
+
+
+async def _start_runs(ctl: Controller, event: Event) -> _Verdict:
+    namespace = event.metadata.namespace or ""
+    created = event.metadata.creation_timestamp or ctl.clock()
+    payload = observe.event_payload(event)
+    verdict = _Verdict()
+    for wf_obj in sorted(
+        await ctl.kube.list_objects(WORKFLOWS, namespace), key=lambda o: o["metadata"]["name"]
+    ):
+        try:
+            workflow = Workflow.model_validate(wf_obj)
+        except ValidationError as exc:
+            verdict.errors.append(
+                f"workflow {wf_obj['metadata']['name']}: unusable spec: {exc.errors()[0]['msg']}"
+            )
+            continue
+        found = match(workflow.spec, payload)
+        if found.error:
+            verdict.errors.append(f"workflow {workflow.metadata.name}: {found.error}")
+        if not found.matched:
+            continue
+        await _start_run(ctl, workflow, event, created, verdict)
+    return verdict
+
+
+async def _start_run(
+    ctl: Controller, workflow: Workflow, event: Event, created: datetime, verdict: _Verdict
+) -> None:
+    namespace = event.metadata.namespace or ""
+    wf = workflow.metadata.name
+    # With an idempotency key, every event carrying it maps to the same run name: whichever of them is
+    # handled first creates the run, the API server refuses the others. Without one, the event's uid.
+    candidates = []
+    if event.spec.id:
+        candidates.append(names.run_name(wf, f"id:{event.spec.name}:{event.spec.id}"))
+    candidates.append(names.run_name(wf, event.metadata.uid or event.metadata.name))
+    for name in candidates:
+        try:
+            await ctl.kube.create(RUNS, namespace, builders.event_run(workflow, event, name, created))
+        except AlreadyExists:
+            existing = WorkflowRun.model_validate(await ctl.kube.get(RUNS, namespace, name))
+            if existing.spec.event.source == event.metadata.name:
+                break  # started by this event before a crash or a conflict
+            first = existing.metadata.creation_timestamp
+            if first is not None and created - first < ctl.dedupe_window:
+                verdict.duplicates.append(
+                    f"event {existing.spec.event.source} with the same id {event.spec.id!r} started run "
+                    f"{name} of workflow {wf} at {first.isoformat()}"
+                )
+                return
+            continue  # the earlier event is older than the dedupe window: this one starts its own run
+        break
+    verdict.started.append(EventRunRef(workflow=wf, run=name))
+
+
+def _condition(event: Event, verdict: _Verdict) -> Condition:
+    errors = "; ".join(verdict.errors)
+    if verdict.started:
+        runs = ", ".join(f"{r.run} ({r.workflow})" for r in verdict.started)
+        message = f"started {len(verdict.started)} run(s): {runs}" + (f"; errors: {errors}" if errors else "")
+        return Condition(type=PROCESSED, status="True", reason="RunsStarted", message=message)
+    if verdict.duplicates:
+        message = (
+            f"duplicate: {'; '.join(verdict.duplicates)}. Events with the same spec.id within the dedupe "
+            "window start nothing; give the event a new spec.id to start another run"
+        )
+        return Condition(type=PROCESSED, status="True", reason="Duplicate", message=message)
+    if errors:
+        return Condition(
+            type=PROCESSED,
+            status="True",
+            reason="ExpressionFailed",
+            message=f"no run started: a trigger's `if` failed: {errors}; "
+            "fix the expression or the event's data",
+        )
+    return Condition(
+        type=PROCESSED,
+        status="True",
+        reason="NoTriggerMatched",
+        message=(
+            f"no Workflow in namespace {event.metadata.namespace} has a trigger on event {event.spec.name!r} "
+            "whose `if` holds; check spec.name against the Workflows' spec.triggers[].event"
+        ),
+    )

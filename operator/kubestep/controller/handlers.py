@@ -1,0 +1,195 @@
+"""The kopf layer: watches, indices and the workers. Handlers only enqueue keys; reconcilers decide.
+
+Nothing here writes kopf's own bookkeeping into objects: there are no change-detecting handlers, so no
+``kopf.zalando.org`` annotations and nothing under ``status`` that the structural schemas would prune.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Hashable
+from datetime import timedelta
+from typing import Any
+
+import kopf
+
+from kubestep.api.base import GROUP, VERSION
+from kubestep.api.event import Event
+from kubestep.controller import builders
+from kubestep.controller.context import Controller, Key
+from kubestep.controller.events import reconcile_event
+from kubestep.controller.kube import Kube, KubeError, Rejected, Unavailable, load_configuration
+from kubestep.controller.queue import WorkQueue
+from kubestep.controller.runs import reconcile_run
+from kubestep.controller.workflows import reconcile_workflow
+
+log = logging.getLogger(__name__)
+
+#: Reconciles running at once.
+WORKERS = 8
+#: Delay before a key whose reconcile hit an API error is tried again (doubling per failure, capped).
+RETRY_INITIAL_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+
+class KopfIndices:
+    """The :class:`~kubestep.controller.context.Indices` the reconcilers read, backed by kopf indices."""
+
+    def __init__(self, indices: dict[str, kopf.Index[Any, Any]]) -> None:
+        self._indices = indices
+
+    def _get(self, index: str, key: Hashable) -> list[Any]:
+        store = self._indices[index].get(key)
+        return list(store) if store is not None else []
+
+    def waiting_runs(self, namespace: str, event: str) -> list[str]:
+        return self._get("waiting_runs", (namespace, event))
+
+    def events_named(self, namespace: str, event: str) -> list[Event]:
+        return [Event.model_validate(body) for body in self._get("events_by_name", (namespace, event))]
+
+    def run_phases(self, namespace: str, workflow: str) -> list[str]:
+        return self._get("runs_by_workflow", (namespace, workflow))
+
+    def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
+        return self._get("resumed_by", (namespace, event))
+
+
+def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
+    """Register every handler of the operator in ``registry``."""
+    on = {"registry": registry}
+
+    # Indices -----------------------------------------------------------------------------------------
+
+    @kopf.index(GROUP, VERSION, "workflowruns", **on)  # type: ignore[arg-type]
+    def waiting_runs(namespace: str, name: str, status: dict[str, Any], **_: Any) -> dict[Hashable, str]:
+        return {
+            (namespace, step["wait"]["event"]): name
+            for step in status.get("steps") or []
+            if step.get("phase") == "Waiting" and step.get("wait")
+        }
+
+    @kopf.index(GROUP, VERSION, "workflowruns", **on)  # type: ignore[arg-type]
+    def runs_by_workflow(
+        namespace: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
+    ) -> dict[Hashable, str]:
+        return {(namespace, spec.get("workflowRef", {}).get("name", "")): status.get("phase") or "Pending"}
+
+    @kopf.index(GROUP, VERSION, "workflowruns", **on)  # type: ignore[arg-type]
+    def resumed_by(
+        namespace: str, name: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
+    ) -> dict[Hashable, tuple[str, str]]:
+        workflow = spec.get("workflowRef", {}).get("name", "")
+        return {
+            (namespace, step["wait"]["matched"]): (workflow, name)
+            for step in status.get("steps") or []
+            if (step.get("wait") or {}).get("matched")
+        }
+
+    @kopf.index(GROUP, VERSION, "events", **on)  # type: ignore[arg-type]
+    def events_by_name(
+        namespace: str, body: kopf.Body, spec: dict[str, Any], **_: Any
+    ) -> dict[Hashable, dict[str, Any]]:
+        return {(namespace, spec.get("name", "")): {"metadata": dict(body["metadata"]), "spec": dict(spec)}}
+
+    # Startup and the workers ---------------------------------------------------------------------------
+
+    @kopf.on.startup(**on)  # type: ignore[arg-type]
+    async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        settings.posting.level = logging.WARNING
+        settings.watching.server_timeout = 300
+        load_configuration()
+        indices = {
+            name: kwargs[name]
+            for name in ("waiting_runs", "runs_by_workflow", "resumed_by", "events_by_name")
+        }
+        queue = WorkQueue()
+        controller = Controller(Kube(), queue, KopfIndices(indices), dedupe_window=dedupe_window)
+        memo["controller"] = controller
+        memo["failures"] = {}
+        memo["workers"] = [
+            asyncio.create_task(queue.work(lambda key: _reconcile(controller, memo["failures"], key)))
+            for _ in range(WORKERS)
+        ]
+
+    @kopf.on.cleanup(**on)  # type: ignore[arg-type]
+    async def stop(memo: kopf.Memo, **_: Any) -> None:
+        for task in memo.get("workers", []):
+            task.cancel()
+        if "controller" in memo:
+            memo["controller"].queue.close()
+
+    # Watches: every change of a kubestep object, a step Job or an Event only enqueues a key -----------
+
+    @kopf.on.event(GROUP, VERSION, "workflowruns", **on)  # type: ignore[arg-type]
+    def run_changed(
+        event: dict[str, Any], namespace: str, name: str, spec: dict[str, Any], memo: kopf.Memo, **_: Any
+    ) -> None:
+        queue = _queue(memo)
+        if queue is None:
+            return
+        if event.get("type") != "DELETED":
+            queue.add(Key("run", namespace, name))
+        queue.add(Key("workflow", namespace, spec.get("workflowRef", {}).get("name", "")))
+        parent = spec.get("parent") or {}
+        if parent.get("run"):
+            queue.add(Key("run", namespace, parent["run"]))
+
+    @kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_MANAGED: builders.MANAGER}, **on)  # type: ignore[arg-type]
+    def job_changed(namespace: str, meta: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+        queue = _queue(memo)
+        for owner in meta.get("ownerReferences") or []:
+            if queue is not None and owner.get("kind") == "WorkflowRun":
+                queue.add(Key("run", namespace, owner["name"]))
+
+    @kopf.on.event(GROUP, VERSION, "events", **on)  # type: ignore[arg-type]
+    def event_changed(
+        event: dict[str, Any], namespace: str, name: str, spec: dict[str, Any], memo: kopf.Memo, **kwargs: Any
+    ) -> None:
+        queue = _queue(memo)
+        if queue is None or event.get("type") == "DELETED":
+            return
+        queue.add(Key("event", namespace, name))
+        store = kwargs["waiting_runs"].get((namespace, spec.get("name", "")))
+        for run in list(store or []):
+            queue.add(Key("run", namespace, run))
+
+    @kopf.on.event(GROUP, VERSION, "workflows", **on)  # type: ignore[arg-type]
+    def workflow_changed(event: dict[str, Any], namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+        queue = _queue(memo)
+        if queue is not None and event.get("type") != "DELETED":
+            queue.add(Key("workflow", namespace, name))
+
+
+def _queue(memo: kopf.Memo) -> WorkQueue | None:
+    controller = memo.get("controller")
+    return controller.queue if controller is not None else None
+
+
+_RECONCILERS = {"run": reconcile_run, "event": reconcile_event, "workflow": reconcile_workflow}
+
+
+async def _reconcile(controller: Controller, failures: dict[Hashable, int], key: Hashable) -> None:
+    assert isinstance(key, Key)
+    try:
+        await _RECONCILERS[key.kind](controller, key)
+    except KubeError as exc:
+        count = failures.get(key, 0) + 1
+        failures[key] = count
+        delay = min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2 ** (count - 1))
+        level = logging.INFO if isinstance(exc, Unavailable) and count < 3 else logging.WARNING
+        kind = "rejected" if isinstance(exc, Rejected) else "failed"
+        log.log(
+            level,
+            "%s %s/%s: an API call %s (%s); trying again in %.0fs",
+            key.kind,
+            key.namespace,
+            key.name,
+            kind,
+            exc,
+            delay,
+        )
+        controller.queue.add_after(key, delay)
+    else:
+        failures.pop(key, None)

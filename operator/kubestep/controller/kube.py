@@ -1,0 +1,228 @@
+"""The one module that talks to the Kubernetes API.
+
+Every call runs the official (synchronous) client in a worker thread so the operator's event loop never
+blocks, and every client error leaves this module as one of the domain errors below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any, cast
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubestep.api.base import GROUP, VERSION
+
+Obj = dict[str, Any]
+
+RUNS = "workflowruns"
+EVENTS = "events"
+WORKFLOWS = "workflows"
+
+
+class KubeError(Exception):
+    """An API call failed."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotFound(KubeError):
+    """The object does not exist."""
+
+
+class AlreadyExists(KubeError):
+    """An object of that name exists already."""
+
+
+class Conflict(KubeError):
+    """The object changed since it was read (optimistic concurrency)."""
+
+
+class Rejected(KubeError):
+    """The API server refused the object as invalid or forbidden; retrying the same request cannot help."""
+
+
+class Unavailable(KubeError):
+    """The API server could not be reached or answered with a server error; retry later."""
+
+
+def _domain_error(exc: Exception) -> KubeError:
+    if not isinstance(exc, ApiException):
+        return Unavailable(f"{type(exc).__name__}: {exc}")
+    message = _api_message(exc)
+    if exc.status == 404:
+        return NotFound(message, 404)
+    if exc.status == 409:
+        reason = _api_reason(exc)
+        kind = AlreadyExists if reason == "AlreadyExists" else Conflict
+        return kind(message, 409)
+    if exc.status in (400, 403, 422):
+        return Rejected(message, exc.status)
+    return Unavailable(message, exc.status)
+
+
+def _api_status(exc: ApiException) -> Obj:
+    try:
+        body = json.loads(exc.body or "{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _api_message(exc: ApiException) -> str:
+    return str(_api_status(exc).get("message") or exc.reason or exc.status)
+
+
+def _api_reason(exc: ApiException) -> str:
+    return str(_api_status(exc).get("reason") or "")
+
+
+def load_configuration() -> None:
+    """Use the in-cluster ServiceAccount when there is one, else the kubeconfig (``$KUBECONFIG``)."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+
+
+class Kube:
+    """Typed, asynchronous access to the objects the operator reads and writes."""
+
+    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+        self.api_client = api_client or client.ApiClient()
+        self.custom = client.CustomObjectsApi(self.api_client)
+        self.core = client.CoreV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        def call() -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise _domain_error(exc) from exc
+
+        return await asyncio.to_thread(call)
+
+    # kubestep resources -----------------------------------------------------------------------------
+
+    async def get(self, plural: str, namespace: str, name: str) -> Obj:
+        """Read one kubestep object."""
+        return cast(
+            Obj,
+            await self._call(
+                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, plural, name
+            ),
+        )
+
+    async def list_objects(self, plural: str, namespace: str) -> list[Obj]:
+        """Read every kubestep object of one kind in a namespace."""
+        found: Obj = await self._call(
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural
+        )
+        return list(found.get("items", []))
+
+    async def create(self, plural: str, namespace: str, body: Obj) -> Obj:
+        """Create a kubestep object."""
+        return cast(
+            Obj,
+            await self._call(
+                self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
+            ),
+        )
+
+    async def replace_status(self, plural: str, obj: Obj, status: Obj) -> Obj:
+        """Write ``status`` over the object's status, if the object is still at the version read."""
+        meta = obj["metadata"]
+        body = {
+            "apiVersion": obj["apiVersion"],
+            "kind": obj["kind"],
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "resourceVersion": meta["resourceVersion"],
+            },
+            "spec": obj.get("spec", {}),
+            "status": status,
+        }
+        return cast(
+            Obj,
+            await self._call(
+                self.custom.replace_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                plural,
+                meta["name"],
+                body,
+            ),
+        )
+
+    async def merge_patch(self, plural: str, namespace: str, name: str, patch: Obj) -> Obj:
+        """Merge ``patch`` into a kubestep object (not its status)."""
+        return cast(
+            Obj,
+            await self._call(
+                self.custom.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                plural,
+                name,
+                patch,
+                _content_type="application/merge-patch+json",
+            ),
+        )
+
+    # Jobs, pods, Secrets --------------------------------------------------------------------------------
+
+    async def get_job(self, namespace: str, name: str) -> Obj:
+        """Read a Job."""
+        job = await self._call(self.batch.read_namespaced_job, name, namespace)
+        return self._plain(job)
+
+    async def create_job(self, namespace: str, body: Obj) -> None:
+        """Create a Job."""
+        await self._call(self.batch.create_namespaced_job, namespace, body)
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job and, in the background, its pods."""
+        await self._call(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+
+    async def job_pods(self, namespace: str, job: str) -> list[Obj]:
+        """The pods of a Job."""
+        pods = await self._call(
+            self.core.list_namespaced_pod, namespace, label_selector=f"batch.kubernetes.io/job-name={job}"
+        )
+        return [self._plain(p) for p in pods.items]
+
+    async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
+        """The last ``lines`` lines a container printed."""
+        return cast(
+            str,
+            await self._call(
+                self.core.read_namespaced_pod_log, pod, namespace, container=container, tail_lines=lines
+            ),
+        )
+
+    async def create_secret(self, namespace: str, body: Obj) -> None:
+        """Create a Secret."""
+        await self._call(self.core.create_namespaced_secret, namespace, body)
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        """Delete a Secret."""
+        await self._call(self.core.delete_namespaced_secret, name, namespace)
+
+    async def post_event(self, namespace: str, body: Obj) -> None:
+        """Record a Kubernetes Event (what ``kubectl describe`` shows)."""
+        await self._call(self.core.create_namespaced_event, namespace, body)
+
+    def _plain(self, obj: Any) -> Obj:
+        # The typed client objects become the same camelCase dicts the custom-object calls return.
+        plain: Obj = self.api_client.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+        return plain

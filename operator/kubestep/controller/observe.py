@@ -1,0 +1,187 @@
+"""Pure translation of what the cluster shows (Jobs, pods, Events, child runs) into engine observations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubestep.api.event import Event
+from kubestep.api.report import Report, ReportKind, decode_report
+from kubestep.api.run import ErrorInfo, RunPhase, WorkflowRun
+from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Outcome
+
+Obj = dict[str, Any]
+
+#: Reasons with which the cluster takes a pod away (eviction, preemption, taints, node loss, deletion).
+_DISRUPTION_REASONS = {"Evicted", "Preempting", "NodeLost", "Terminated", "Shutdown", "NodeShutdown"}
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def job_finished(job: Obj) -> str | None:
+    """``Complete`` or ``Failed`` once the Job controller has decided, else None."""
+    for cond in job.get("status", {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return str(cond["type"])
+    return None
+
+
+def _job_condition(job: Obj, kind: str) -> Obj:
+    for cond in job.get("status", {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
+
+
+def newest_pod(pods: list[Obj]) -> Obj | None:
+    """The most recently created pod of a Job (with ``backoffLimit: 0`` there is one)."""
+    return max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", default=None)
+
+
+def terminated_state(pod: Obj | None) -> Obj:
+    """The step container's ``state.terminated``, or ``{}`` while it runs or when unknown."""
+    if pod is None:
+        return {}
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated")
+        if terminated:
+            return dict(terminated)
+    return {}
+
+
+def report_needs_log(pod: Obj | None) -> bool:
+    """Whether the container's report was too large for its termination message and lives in the log."""
+    return (terminated_state(pod).get("message") or "").strip() == "log"
+
+
+def _disruption(pod: Obj | None) -> tuple[str, str] | None:
+    if pod is None:
+        return "PodDeleted", "the step's pod was deleted before its end was recorded"
+    status = pod.get("status", {})
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "DisruptionTarget" and cond.get("status") == "True":
+            return str(cond.get("reason") or "DisruptionTarget"), str(cond.get("message") or "")
+    if status.get("reason") in _DISRUPTION_REASONS:
+        return str(status["reason"]), str(status.get("message") or "")
+    if pod["metadata"].get("deletionTimestamp"):
+        return "PodDeleted", "the step's pod was deleted while it ran"
+    return None
+
+
+def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None) -> Outcome | None:
+    """How the execution ``name`` ended, or None while it still runs.
+
+    A final report in the termination message (or the log) is trusted whatever else happened: the step
+    finished. Without one, the pod tells whether the step timed out, was taken away by the cluster, or
+    failed by itself.
+    """
+    if job is None:
+        return Outcome(
+            name, ExitKind.LOST, reason="JobDeleted", message=f"Job {name} was deleted before it ended"
+        )
+    finished = job_finished(job)
+    if finished is None:
+        return None
+    terminated = terminated_state(pod)
+    message = terminated.get("message") or ""
+    report = decode_report(message, log)
+    exit_code = terminated.get("exitCode")
+    ended = _time(terminated.get("finishedAt")) or _time(
+        _job_condition(job, finished).get("lastTransitionTime")
+    )
+    tail = _tail(log if log is not None else ("" if report is not None or message == "log" else message))
+    if report is not None and report.kind is not ReportKind.STARTED:
+        return Outcome(
+            name,
+            ExitKind.EXITED,
+            report,
+            exit_code if exit_code is not None else 0,
+            str(terminated.get("reason") or ""),
+            "",
+            tail,
+            ended,
+        )
+    pod_status = (pod or {}).get("status", {})
+    if (
+        pod_status.get("reason") == "DeadlineExceeded"
+        or _job_condition(job, "Failed").get("reason") == "DeadlineExceeded"
+    ):
+        return Outcome(
+            name,
+            ExitKind.DEADLINE,
+            report,
+            exit_code,
+            "DeadlineExceeded",
+            str(pod_status.get("message") or ""),
+            tail,
+            ended,
+        )
+    disrupted = _disruption(pod)
+    if disrupted is not None:
+        return Outcome(name, ExitKind.DISRUPTED, report, exit_code, disrupted[0], disrupted[1], tail, ended)
+    if not terminated:
+        # Finished Job, pod without a terminated container: treat like a pod the cluster took away.
+        return Outcome(
+            name,
+            ExitKind.DISRUPTED,
+            report,
+            None,
+            "PodLost",
+            "the step's pod ended without a recorded container exit",
+            tail,
+            ended,
+        )
+    return Outcome(
+        name, ExitKind.EXITED, report, exit_code, str(terminated.get("reason") or "Error"), "", tail, ended
+    )
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def event_received_at(event: Event) -> datetime:
+    """When an event was published, as precisely as the API server tells.
+
+    ``creationTimestamp`` has a resolution of one second, so an event counts from the end of its second:
+    one published a moment after a wait began must not look older than the wait.
+    """
+    created = event.metadata.creation_timestamp or datetime.now(UTC)
+    return created + timedelta(seconds=1) - timedelta(microseconds=1)
+
+
+def event_payload(event: Event) -> dict[str, Any]:
+    """The event as workflow code and CEL see it; ``ts`` defaults to when it was created."""
+    spec = event.spec
+    if spec.ts is None and event.metadata.creation_timestamp is not None:
+        spec = spec.model_copy(update={"ts": event.metadata.creation_timestamp})
+    return spec.as_payload()
+
+
+def arrived(event: Event) -> ArrivedEvent:
+    """An Event as a candidate for waiting steps."""
+    return ArrivedEvent(event_payload(event), event_received_at(event), event.metadata.name)
+
+
+def child_result(step: str, child: WorkflowRun) -> ChildResult:
+    """The state of an invoked child run."""
+    return ChildResult(step, child.status.phase, child.status.output, child.status.error)
+
+
+def missing_workflow(step: str, workflow: str) -> ChildResult:
+    """A child that cannot start because its workflow does not exist: the invoke fails at once."""
+    error = ErrorInfo(
+        type="WorkflowNotFound",
+        message=f"no Workflow named {workflow!r} in this namespace; create it, "
+        "or fix the name given to invoke",
+    )
+    return ChildResult(step, RunPhase.FAILED, None, error)
+
+
+def is_final(report: Report | None) -> bool:
+    """Whether ``report`` ends the execution (anything but the interim ``started``)."""
+    return report is not None and report.kind is not ReportKind.STARTED

@@ -1,0 +1,212 @@
+"""Reconcile one WorkflowRun: observe its Jobs, events and children, let the engine decide, carry it out."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable
+
+from pydantic import ValidationError
+
+from kubestep.api.run import StepPhase, WorkflowRun, WorkflowRunStatus
+from kubestep.api.workflow import Workflow
+from kubestep.controller import builders, observe
+from kubestep.controller.context import Controller, Key
+from kubestep.controller.kube import (
+    RUNS,
+    WORKFLOWS,
+    AlreadyExists,
+    Conflict,
+    KubeError,
+    NotFound,
+    Obj,
+    Rejected,
+)
+from kubestep.engine.actions import (
+    Action,
+    CancelChild,
+    Note,
+    PublishEvents,
+    RequeueAt,
+    StartChild,
+    StartExecution,
+    StopExecution,
+)
+from kubestep.engine.decide import decide
+from kubestep.engine.observations import ArrivedEvent, ChildResult, Observed, Outcome
+
+log = logging.getLogger(__name__)
+
+#: Lines of a step's log read for its report (when too large for the termination message) or its tail.
+LOG_LINES = 60
+
+
+async def reconcile_run(ctl: Controller, key: Key) -> None:
+    """One level-triggered pass over the run ``key``."""
+    try:
+        obj = await ctl.kube.get(RUNS, key.namespace, key.name)
+    except NotFound:
+        return
+    if obj["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        run = WorkflowRun.model_validate(obj)
+    except ValidationError as exc:
+        # The CRD's schema makes this unlikely; never crash on a user's object, say it once per change.
+        log.warning("run %s/%s is unusable and is left alone: %s", key.namespace, key.name, exc)
+        return
+    observed = await _observe(ctl, run)
+    decision = decide(run, observed, ctl.clock())
+    for action in decision.actions:
+        await _apply(ctl, obj, run, action)
+    if decision.status == run.status:
+        return
+    try:
+        await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
+    except (Conflict, NotFound):
+        ctl.queue.add(key)  # changed meanwhile: decide again from what is there now
+        return
+    await _after_save(ctl, key, run, decision.status)
+
+
+async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
+    outcomes: list[Outcome] = []
+    for execution in run.status.active:
+        ended = await _execution_outcome(ctl, run, execution.name)
+        if ended is not None:
+            outcomes.append(ended)
+    namespace = run.metadata.namespace or ""
+    events: list[ArrivedEvent] = []
+    awaited = {s.wait.event for s in run.status.steps if s.phase is StepPhase.WAITING and s.wait is not None}
+    for name in sorted(awaited):
+        events.extend(observe.arrived(e) for e in ctl.indices.events_named(namespace, name))
+    children: list[ChildResult] = []
+    for step in run.status.steps:
+        if step.invoke is None or step.phase is not StepPhase.WAITING:
+            continue
+        try:
+            child = WorkflowRun.model_validate(await ctl.kube.get(RUNS, namespace, step.invoke.run))
+        except NotFound:
+            if not await _exists(ctl, WORKFLOWS, namespace, step.invoke.workflow):
+                children.append(observe.missing_workflow(step.id, step.invoke.workflow))
+            continue
+        children.append(observe.child_result(step.id, child))
+    return Observed(outcomes, events, children)
+
+
+async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Outcome | None:
+    namespace = run.metadata.namespace or ""
+    try:
+        job: Obj | None = await ctl.kube.get_job(namespace, name)
+    except NotFound:
+        job = None
+    if job is not None and observe.job_finished(job) is None:
+        return None
+    pod = observe.newest_pod(await ctl.kube.job_pods(namespace, name)) if job is not None else None
+    log_text = None
+    ended = observe.outcome(name, job, pod)
+    wants_log = observe.report_needs_log(pod) or (ended is not None and not observe.is_final(ended.report))
+    if pod is not None and wants_log:
+        try:
+            log_text = await ctl.kube.pod_log_tail(
+                namespace, pod["metadata"]["name"], builders.CONTAINER, LOG_LINES
+            )
+        except KubeError:
+            log_text = None
+        ended = observe.outcome(name, job, pod, log_text)
+    return ended
+
+
+async def _exists(ctl: Controller, plural: str, namespace: str, name: str) -> bool:
+    try:
+        await ctl.kube.get(plural, namespace, name)
+    except NotFound:
+        return False
+    return True
+
+
+async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) -> None:
+    namespace = run.metadata.namespace or ""
+    key = Key("run", namespace, run.metadata.name)
+    if isinstance(action, StartExecution):
+        await _start_execution(ctl, obj, run, action)
+    elif isinstance(action, StopExecution):
+        await _ignore_missing(ctl.kube.delete_job(namespace, action.name))
+        await _ignore_missing(ctl.kube.delete_secret(namespace, action.name))
+    elif isinstance(action, StartChild):
+        await _start_child(ctl, run, action)
+    elif isinstance(action, CancelChild):
+        await _ignore_missing(ctl.kube.merge_patch(RUNS, namespace, action.name, {"spec": {"cancel": True}}))
+    elif isinstance(action, PublishEvents):
+        for event_id, payload in zip(action.ids, action.events, strict=True):
+            with contextlib.suppress(AlreadyExists):
+                await ctl.kube.create("events", namespace, builders.sent_event(run, event_id, payload))
+    elif isinstance(action, RequeueAt):
+        ctl.queue.add_at(key, action.when)
+    elif isinstance(action, Note):
+        await _note(ctl, obj, action)
+
+
+async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: StartExecution) -> None:
+    namespace = run.metadata.namespace or ""
+    job = builders.step_job(run, action)
+    # A previous pass may have created it before a crash or a conflict: same name, same content.
+    with contextlib.suppress(AlreadyExists):
+        await ctl.kube.create_secret(namespace, builders.state_secret(run, action))
+    try:
+        await ctl.kube.create_job(namespace, job)
+    except AlreadyExists:
+        pass
+    except Rejected as exc:
+        # Retrying the same Job cannot help; say so where the user looks, and try again later in case the
+        # cause (a quota, an admission policy) is fixed.
+        await _note(ctl, obj, Note("JobRejected", f"Job {action.name} was rejected: {exc}", warning=True))
+        raise
+
+
+async def _start_child(ctl: Controller, run: WorkflowRun, action: StartChild) -> None:
+    namespace = run.metadata.namespace or ""
+    try:
+        workflow = Workflow.model_validate(await ctl.kube.get(WORKFLOWS, namespace, action.workflow))
+    except (NotFound, ValidationError):
+        return  # observed on the next pass as a child that failed at once
+    with contextlib.suppress(AlreadyExists):
+        await ctl.kube.create(RUNS, namespace, builders.child_run(run, workflow, action))
+
+
+async def _ignore_missing(call: Awaitable[object]) -> None:
+    with contextlib.suppress(NotFound):
+        await call
+
+
+async def _note(ctl: Controller, obj: Obj, note: Note) -> None:
+    (log.warning if note.warning else log.info)(
+        "%s/%s: %s: %s", obj["metadata"]["namespace"], obj["metadata"]["name"], note.reason, note.message
+    )
+    try:
+        await ctl.kube.post_event(obj["metadata"]["namespace"], builders.note_event(obj, note, ctl.clock()))
+    except KubeError as exc:
+        log.debug("could not record event %s: %s", note.reason, exc)
+
+
+async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: WorkflowRunStatus) -> None:
+    namespace = key.namespace
+    still = {e.name for e in status.active}
+    for execution in before.status.active:
+        if execution.name not in still:
+            # Its outcome is recorded: the input it was given is no longer needed.
+            await _ignore_missing_quiet(ctl, namespace, execution.name)
+    if status.phase != before.status.phase:
+        ctl.queue.add(Key("workflow", namespace, before.spec.workflow_ref.name))
+        if status.phase.finished and before.spec.parent is not None:
+            ctl.queue.add(Key("run", namespace, before.spec.parent.run))
+    matched_before = {s.id: s.wait.matched for s in before.status.steps if s.wait is not None}
+    for step in status.steps:
+        if step.wait is not None and step.wait.matched and matched_before.get(step.id) != step.wait.matched:
+            ctl.queue.add(Key("event", namespace, step.wait.matched))
+
+
+async def _ignore_missing_quiet(ctl: Controller, namespace: str, secret: str) -> None:
+    # Owned by the run: garbage-collected with it at the latest.
+    with contextlib.suppress(KubeError):
+        await ctl.kube.delete_secret(namespace, secret)

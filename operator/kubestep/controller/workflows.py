@@ -1,0 +1,87 @@
+"""Reconcile one Workflow: is it usable (Ready), and how many of its runs are active, succeeded, failed."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from kubestep.api.base import Condition, set_condition
+from kubestep.api.run import RunPhase
+from kubestep.api.workflow import Workflow, WorkflowStatus
+from kubestep.controller.context import Controller, Key
+from kubestep.controller.kube import WORKFLOWS, Conflict, NotFound
+from kubestep.engine.cel import check
+
+READY = "Ready"
+
+
+def readiness(workflow: Workflow) -> Condition:
+    """``Ready`` True, or False naming the first expression that does not compile."""
+    generation = workflow.metadata.generation
+    for index, trigger in enumerate(workflow.spec.triggers):
+        if trigger.if_ is None:
+            continue
+        problem = check(trigger.if_)
+        if problem is not None:
+            return Condition(
+                type=READY,
+                status="False",
+                reason="InvalidExpression",
+                observed_generation=generation,
+                message=f"spec.triggers[{index}].if: {problem}; fix the expression (CEL over `event`)",
+            )
+    return Condition(
+        type=READY,
+        status="True",
+        reason="Valid",
+        observed_generation=generation,
+        message="the workflow's triggers are valid; matching events start runs",
+    )
+
+
+async def reconcile_workflow(ctl: Controller, key: Key) -> None:
+    """Write the workflow's status from its spec and from the runs index."""
+    try:
+        obj = await ctl.kube.get(WORKFLOWS, key.namespace, key.name)
+    except NotFound:
+        return
+    try:
+        workflow = Workflow.model_validate(obj)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        condition = Condition(
+            type=READY,
+            status="False",
+            reason="InvalidSpec",
+            message=f"{where}: {first['msg']}",
+            observed_generation=obj["metadata"].get("generation"),
+        )
+        current = WorkflowStatus.model_validate(obj.get("status") or {})
+        status = current.model_copy(update={"observed_generation": obj["metadata"].get("generation")})
+        status.conditions = set_condition(current.conditions, condition, ctl.clock())
+        if status != current:
+            await _save(ctl, key, obj, status)
+        return
+    phases = [
+        RunPhase(p)
+        for p in ctl.indices.run_phases(key.namespace, key.name)
+        if p in RunPhase.__members__.values()
+    ]
+    status = workflow.status.model_copy(
+        update={
+            "observed_generation": workflow.metadata.generation,
+            "active": sum(1 for p in phases if not p.finished),
+            "succeeded": sum(1 for p in phases if p is RunPhase.SUCCEEDED),
+            "failed": sum(1 for p in phases if p.finished and p is not RunPhase.SUCCEEDED),
+        }
+    )
+    status.conditions = set_condition(workflow.status.conditions, readiness(workflow), ctl.clock())
+    if status != workflow.status:
+        await _save(ctl, key, obj, status)
+
+
+async def _save(ctl: Controller, key: Key, obj: dict, status: WorkflowStatus) -> None:  # type: ignore[type-arg]
+    try:
+        await ctl.kube.replace_status(WORKFLOWS, obj, status.to_dict())
+    except (Conflict, NotFound):
+        ctl.queue.add(key)
