@@ -62,7 +62,7 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
 
     # Indices -----------------------------------------------------------------------------------------
 
-    @kopf.index(GROUP, VERSION, "workflowruns", **on)  # type: ignore[arg-type]
+    @kopf.index(GROUP, VERSION, "workflowruns", id="waiting_runs", **on)  # type: ignore[arg-type]
     def waiting_runs(namespace: str, name: str, status: dict[str, Any], **_: Any) -> dict[Hashable, str]:
         return {
             (namespace, step["wait"]["event"]): name
@@ -70,13 +70,13 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
             if step.get("phase") == "Waiting" and step.get("wait")
         }
 
-    @kopf.index(GROUP, VERSION, "workflowruns", **on)  # type: ignore[arg-type]
+    @kopf.index(GROUP, VERSION, "workflowruns", id="runs_by_workflow", **on)  # type: ignore[arg-type]
     def runs_by_workflow(
         namespace: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
     ) -> dict[Hashable, str]:
         return {(namespace, spec.get("workflowRef", {}).get("name", "")): status.get("phase") or "Pending"}
 
-    @kopf.index(GROUP, VERSION, "workflowruns", **on)  # type: ignore[arg-type]
+    @kopf.index(GROUP, VERSION, "workflowruns", id="resumed_by", **on)  # type: ignore[arg-type]
     def resumed_by(
         namespace: str, name: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
     ) -> dict[Hashable, tuple[str, str]]:
@@ -87,11 +87,16 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
             if (step.get("wait") or {}).get("matched")
         }
 
-    @kopf.index(GROUP, VERSION, "events", **on)  # type: ignore[arg-type]
+    @kopf.index(GROUP, VERSION, "events", id="events_by_name", **on)  # type: ignore[arg-type]
     def events_by_name(
         namespace: str, body: kopf.Body, spec: dict[str, Any], **_: Any
     ) -> dict[Hashable, dict[str, Any]]:
         return {(namespace, spec.get("name", "")): {"metadata": dict(body["metadata"]), "spec": dict(spec)}}
+
+    @kopf.on.login(**on)  # type: ignore[arg-type]
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # The same credentials as the API module: in-cluster ServiceAccount, else the kubeconfig.
+        return kopf.login_via_client(**kwargs)
 
     # Startup and the workers ---------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable
+from datetime import timedelta
 
 from pydantic import ValidationError
 
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 #: Lines of a step's log read for its report (when too large for the termination message) or its tail.
 LOG_LINES = 60
+_RECENT = timedelta(seconds=2)
 
 
 async def reconcile_run(ctl: Controller, key: Key) -> None:
@@ -114,6 +117,10 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
         except KubeError:
             log_text = None
         ended = observe.outcome(name, job, pod, log_text)
+    now = ctl.clock()
+    if ended is not None and ended.finished_at is not None and now - ended.finished_at < _RECENT:
+        # Kubernetes stamps whole seconds; an end seen just now is timed by the operator's finer clock.
+        ended = dataclasses.replace(ended, finished_at=now)
     return ended
 
 

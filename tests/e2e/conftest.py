@@ -1,0 +1,205 @@
+"""End to end: the operator as a process, the CRDs and kubectl, on the real control plane.
+
+Every test gets a fresh namespace that enforces the ``restricted`` Pod Security profile and its own
+operator process watching only that namespace, so a test can kill and restart "its" operator.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubecp.cluster import ControlPlane
+from kubecp.testing import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CRDS = ROOT / "crds"
+CONTACTS = ROOT / "examples" / "contacts"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark this directory's tests ``controlplane`` (``make test-unit`` deselects them)."""
+    here = str(config.rootpath / "tests" / "e2e")
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.controlplane)
+
+
+@pytest.fixture(scope="session")
+def kubestep_crds(control_plane: ControlPlane) -> ControlPlane:
+    """The kubestep CRDs, installed once and Established."""
+    control_plane.kubectl("apply", "-f", str(CRDS))
+    for path in sorted(CRDS.glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    return control_plane
+
+
+@pytest.fixture
+def restricted(control_plane: ControlPlane, namespace: str) -> str:
+    """A fresh namespace enforcing the ``restricted`` Pod Security profile."""
+    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    return namespace
+
+
+class Operator:
+    """``kubestep operator -n NAMESPACE`` as a child process, with its log in a file."""
+
+    def __init__(self, control_plane: ControlPlane, namespace: str, log: Path) -> None:
+        self.control_plane = control_plane
+        self.namespace = namespace
+        self.log_path = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        """Start the operator (again)."""
+        assert self.process is None or self.process.poll() is not None, "the operator is already running"
+        env = {**os.environ, "KUBECONFIG": str(self.control_plane.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        self.starts += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- operator start #{self.starts}\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "kubestep.cli.main", "operator", "--namespace", self.namespace],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no goodbye — a crash."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        """Everything the operator printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def operator(kubestep_crds: ControlPlane, restricted: str, tmp_path: Path) -> Iterator[Operator]:
+    """A started operator for the test's namespace; stopped after the test (its log shown on failure)."""
+    op = Operator(kubestep_crds, restricted, tmp_path / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+class Cluster:
+    """kubectl in the test's namespace, with helpers for kubestep objects."""
+
+    def __init__(self, control_plane: ControlPlane, namespace: str) -> None:
+        self.cp = control_plane
+        self.namespace = namespace
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl in the namespace."""
+        return self.cp.kubectl("-n", self.namespace, *args, input=input, check=check)
+
+    def apply(self, *manifests: dict[str, Any]) -> None:
+        """``kubectl apply`` the manifests."""
+        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        """One object as JSON."""
+        return yaml.safe_load(self.kubectl("get", kind, name, "-o", "json").stdout)
+
+    def items(self, kind: str, selector: str | None = None) -> list[dict[str, Any]]:
+        """All objects of a kind (optionally with a label selector)."""
+        args = ["get", kind, "-o", "json"] + (["-l", selector] if selector else [])
+        return list(yaml.safe_load(self.kubectl(*args).stdout)["items"])
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every WorkflowRun in the namespace."""
+        return self.items("workflowruns.kubestep.dev")
+
+    def wait_run(
+        self, timeout: float = 120.0, phases: tuple[str, ...] = ("Succeeded", "Failed", "Cancelled")
+    ) -> dict[str, Any]:
+        """The namespace's only run, once it reached one of ``phases``."""
+
+        def finished() -> dict[str, Any] | None:
+            runs = self.runs()
+            assert len(runs) <= 1, f"more than one run: {[r['metadata']['name'] for r in runs]}"
+            if runs and runs[0].get("status", {}).get("phase") in phases:
+                return runs[0]
+            return None
+
+        return wait_for(finished, timeout=timeout, interval=0.5, what=f"a run in phase {phases}")
+
+
+@pytest.fixture
+def cluster(kubestep_crds: ControlPlane, restricted: str) -> Cluster:
+    """kubectl in the test's restricted namespace."""
+    return Cluster(kubestep_crds, restricted)
+
+
+def contacts_workflow(data_dir: Path, enrich_failures: int = 0, **spec: Any) -> dict[str, Any]:
+    """The example's Workflow, with the CRM/outbox in ``data_dir`` and a flaky enrichment service."""
+    manifest = yaml.safe_load((CONTACTS / "workflow.yaml").read_text())
+    env = [{"name": "CONTACTS_DATA_DIR", "value": str(data_dir)}]
+    if enrich_failures:
+        env.append({"name": "CONTACTS_ENRICH_FAILURES", "value": str(enrich_failures)})
+    manifest["spec"]["podTemplate"] = {"env": env}
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def contacts_event(name: str = "contact-list-uploaded-1", **spec: Any) -> dict[str, Any]:
+    """The example's Event (optionally renamed or changed)."""
+    manifest = yaml.safe_load((CONTACTS / "event.yaml").read_text())
+    manifest["metadata"]["name"] = name
+    manifest["spec"].update(spec)
+    return manifest
+
+
+def step(run: dict[str, Any], step_id: str) -> dict[str, Any]:
+    """One step's status."""
+    for candidate in run["status"]["steps"]:
+        if candidate["id"] == step_id:
+            return dict(candidate)
+    raise AssertionError(f"no step {step_id!r} in {[s['id'] for s in run['status']['steps']]}")
+
+
+def assert_clean_log(op: Operator) -> None:
+    """The operator is alive and printed no traceback."""
+    text = op.log()
+    assert "Traceback" not in text, text[-4000:]
+    assert op.alive, text[-4000:]
+
+
+def pause(seconds: float) -> None:
+    """Let time pass (a test waiting for a real-time backoff)."""
+    time.sleep(seconds)
