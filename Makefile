@@ -55,7 +55,8 @@ demo-local: $(STAMP) ## Run the contacts example on this machine, no cluster
 	cd examples/contacts && ../../$(VENV)/bin/kubestep run workflow.yaml --event event.yaml
 
 .PHONY: demo
-demo: demo-local ## Run the contacts example (today: locally; see README)
+demo: $(STAMP) controlplane-binaries ## Run the contacts example on a local control plane with the operator
+	PYTHONPATH=controlplane $(PY) examples/contacts/cluster_demo.py
 
 .PHONY: bench
 bench: $(STAMP) ## Benchmarks, printing figures
