@@ -59,8 +59,8 @@ demo: $(STAMP) controlplane-binaries ## Run the contacts example on a local cont
 	PYTHONPATH=controlplane $(PY) examples/contacts/cluster_demo.py
 
 .PHONY: bench
-bench: $(STAMP) ## Benchmarks, printing figures
-	$(PY) -m benchmarks
+bench: $(STAMP) controlplane-binaries ## Benchmarks, printing figures
+	PYTHONPATH=controlplane $(PY) -m benchmarks
 
 .PHONY: clean
 clean: ## Remove the virtual environment and local run state

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from benchmarks.operator_bench import bench_operator
 from kubestep.api.base import ObjectMeta
 from kubestep.api.report import Report, ReportKind, RunnerState, StepRef
 from kubestep.api.run import RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
@@ -151,6 +152,7 @@ def main() -> None:
     bench_replay()
     bench_cel()
     bench_local_run()
+    bench_operator()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""The operator on a local control plane: how long a run of ten trivial steps takes, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bench_operator() -> None:
+    """Print the wall time of a 10-step run and the operator's reaction time between steps."""
+    from kubecp.cluster import ControlPlane, NodeOptions
+
+    with tempfile.TemporaryDirectory(prefix="kubestep-bench-") as tmp:
+        plane = ControlPlane(Path(tmp) / "cluster", node=NodeOptions(pythonpath=[str(REPO / "benchmarks")]))
+        with plane:
+            plane.kubectl("apply", "-f", str(REPO / "crds"))
+            plane.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            plane.kubectl("create", "namespace", "bench")
+            env = {**os.environ, "KUBECONFIG": str(plane.kubeconfig)}
+            log = (Path(tmp) / "operator.log").open("wb")
+            operator = subprocess.Popen(
+                [sys.executable, "-m", "kubestep.cli.main", "operator", "-n", "bench"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+            try:
+                workflow = {
+                    "apiVersion": "kubestep.dev/v1alpha1",
+                    "kind": "Workflow",
+                    "metadata": {"name": "ten-steps"},
+                    "spec": {
+                        "triggers": [{"event": "bench/go"}],
+                        "image": "bench",
+                        "function": "bench_flows:ten_steps",
+                    },
+                }
+                event = {
+                    "apiVersion": "kubestep.dev/v1alpha1",
+                    "kind": "Event",
+                    "metadata": {"name": "go"},
+                    "spec": {"name": "bench/go"},
+                }
+                plane.kubectl("-n", "bench", "apply", "-f", "-", input=yaml.safe_dump(workflow))
+                time.sleep(2)  # the operator is up and has seen the Workflow
+                started = time.monotonic()
+                plane.kubectl("-n", "bench", "apply", "-f", "-", input=yaml.safe_dump(event))
+                run = _wait_finished(plane)
+                wall = time.monotonic() - started
+            finally:
+                operator.send_signal(signal.SIGTERM)
+                operator.wait(timeout=20)
+                log.close()
+    steps = run["status"]["steps"]
+    jobs = len(steps) + 1  # each step is reached by a new execution, plus the one that returns the output
+    print(
+        f"operator, 10-step run on the local control plane: {wall:5.1f} s from kubectl apply of the Event "
+        f"to {run['status']['phase']} ({wall / jobs:.2f} s per Job, {jobs} Jobs; a step pod here is a "
+        "Python process)"
+    )
+
+
+def _wait_finished(plane: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        items = json.loads(
+            plane.kubectl("-n", "bench", "get", "workflowruns.kubestep.dev", "-o", "json").stdout
+        )
+        for run in items["items"]:
+            if (run.get("status") or {}).get("phase") in ("Succeeded", "Failed", "Cancelled"):
+                return dict(run)
+        time.sleep(0.2)
+    raise TimeoutError("the benchmark run did not finish within 5 minutes")
