@@ -401,10 +401,6 @@ def test_a_report_in_the_message_is_not_repeated_as_the_log_tail() -> None:
     assert ended.log_tail == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: observe.outcome keeps the ::kubestep-report:: marker line (a base64 blob) in log_tail",
-)
 def test_the_report_line_in_the_log_is_not_part_of_the_log_tail() -> None:
     # A failed step whose report is too large for the termination message: the runner prints it as the
     # last log line. The attempt's log tail must show what the step printed, not the encoded report.

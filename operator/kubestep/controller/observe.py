@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubestep.api.event import Event
-from kubestep.api.report import Report, ReportKind, decode_report
+from kubestep.api.report import LOG_REPORT_MARKER, Report, ReportKind, decode_report
 from kubestep.api.run import ErrorInfo, RunPhase, WorkflowRun
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Outcome
 
@@ -141,7 +141,9 @@ def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None)
 
 
 def _tail(text: str, lines: int = 20) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+    # The report line (large reports travel in the log) is data, not output anyone wants to read.
+    kept = [line for line in text.strip().splitlines() if not line.startswith(LOG_REPORT_MARKER)]
+    return "\n".join(kept[-lines:])
 
 
 def event_received_at(event: Event) -> datetime:
