@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from kubestep.api.event import Event
 from kubestep.controller.kube import Kube
@@ -53,3 +53,9 @@ class Controller:
     indices: Indices
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
     clock: Callable[[], datetime] = field(default=utcnow)
+    pod_endings: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """The last state seen of step pods that ended or are being deleted, by (namespace, Job name).
+
+    A deleted pod can be gone by the time its Job is marked failed; what it reported (the step it had
+    started) is kept here until the attempt is recorded.
+    """

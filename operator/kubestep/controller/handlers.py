@@ -16,7 +16,7 @@ import kopf
 
 from kubestep.api.base import GROUP, VERSION
 from kubestep.api.event import Event
-from kubestep.controller import builders
+from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.events import reconcile_event
 from kubestep.controller.kube import Kube, KubeError, Rejected, Unavailable, load_configuration
@@ -147,6 +147,29 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
         for owner in meta.get("ownerReferences") or []:
             if queue is not None and owner.get("kind") == "WorkflowRun":
                 queue.add(Key("run", namespace, owner["name"]))
+
+    @kopf.on.event("", "v1", "pods", labels={builders.LABEL_MANAGED: builders.MANAGER}, **on)  # type: ignore[arg-type]
+    def pod_changed(
+        event: dict[str, Any],
+        namespace: str,
+        body: kopf.Body,
+        labels: dict[str, str],
+        memo: kopf.Memo,
+        **_: Any,
+    ) -> None:
+        controller: Controller | None = memo.get("controller")
+        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        if controller is None or not job:
+            return
+        pod = {"metadata": dict(body["metadata"]), "status": dict(body.get("status") or {})}
+        ending = event.get("type") == "DELETED" or pod["metadata"].get("deletionTimestamp")
+        if ending or observe.terminated_state(pod):
+            # Remember how it ended: once deleted, the pod (and the step its report named) is gone.
+            if observe.terminated_state(pod) or (namespace, job) not in controller.pod_endings:
+                controller.pod_endings[(namespace, job)] = pod
+            run = labels.get(builders.LABEL_RUN)
+            if run:
+                controller.queue.add(Key("run", namespace, run))
 
     @kopf.on.event(GROUP, VERSION, "events", **on)  # type: ignore[arg-type]
     def event_changed(

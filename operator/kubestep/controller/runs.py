@@ -106,6 +106,9 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
     if job is not None and observe.job_finished(job) is None:
         return None
     pod = observe.newest_pod(await ctl.kube.job_pods(namespace, name)) if job is not None else None
+    seen = ctl.pod_endings.get((namespace, name))
+    if seen is not None and not observe.terminated_state(pod):
+        pod = seen  # the pod went away (or has not said how it ended); what it said before is what counts
     log_text = None
     ended = observe.outcome(name, job, pod)
     wants_log = observe.report_needs_log(pod) or (ended is not None and not observe.is_final(ended.report))
@@ -202,6 +205,7 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
     for execution in before.status.active:
         if execution.name not in still:
             # Its outcome is recorded: the input it was given is no longer needed.
+            ctl.pod_endings.pop((namespace, execution.name), None)
             await _ignore_missing_quiet(ctl, namespace, execution.name)
     if status.phase != before.status.phase:
         ctl.queue.add(Key("workflow", namespace, before.spec.workflow_ref.name))
