@@ -6,6 +6,7 @@ operator process watching only that namespace, so a test can kill and restart "i
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -129,8 +130,10 @@ class Cluster:
         return self.cp.kubectl("-n", self.namespace, *args, input=input, check=check)
 
     def apply(self, *manifests: dict[str, Any]) -> None:
-        """``kubectl apply`` the manifests."""
-        self.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(manifests))
+        """``kubectl apply`` the manifests (as JSON: YAML 1.1 would read a key such as `n` as false)."""
+        self.kubectl(
+            "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": manifests})
+        )
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
         """One object as JSON."""

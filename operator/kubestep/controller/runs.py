@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 #: Lines of a step's log read for its report (when too large for the termination message) or its tail.
 LOG_LINES = 60
 _RECENT = timedelta(seconds=2)
+_SECOND = timedelta(seconds=1) - timedelta(microseconds=1)
 
 
 async def reconcile_run(ctl: Controller, key: Key) -> None:
@@ -121,9 +122,12 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
             log_text = None
         ended = observe.outcome(name, job, pod, log_text)
     now = ctl.clock()
-    if ended is not None and ended.finished_at is not None and now - ended.finished_at < _RECENT:
-        # Kubernetes stamps whole seconds; an end seen just now is timed by the operator's finer clock.
-        ended = dataclasses.replace(ended, finished_at=now)
+    if ended is not None and ended.finished_at is not None:
+        # Kubernetes stamps whole seconds: an end seen just now is timed by the operator's finer clock, an
+        # end seen late (after a restart) by the end of its second, so no attempt looks shorter than it was.
+        late = now - ended.finished_at >= _RECENT
+        finished = min(now, ended.finished_at + _SECOND) if late else now
+        ended = dataclasses.replace(ended, finished_at=finished)
     return ended
 
 
