@@ -23,8 +23,9 @@ STATE_DIR = "/var/run/kubestep/state"
 STATE_KEY = "state.json"
 #: The container that runs the step.
 CONTAINER = "step"
-#: How much longer than the step timeout the Job itself lives (a pod that never gets created or started).
-JOB_DEADLINE_GRACE_SECONDS = 60
+#: How much longer than the step timeout the Job itself lives: long enough for a pod to wait for a node
+#: (the pod's own deadline counts from its start), short enough that a pod never created ends the attempt.
+JOB_DEADLINE_GRACE_SECONDS = 600
 #: An unprivileged user for step pods; images built FROM the runner image can read their code as it.
 STEP_UID = 65532
 

@@ -53,9 +53,11 @@ class Controller:
     indices: Indices
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
     clock: Callable[[], datetime] = field(default=utcnow)
-    pod_endings: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    """The last state seen of step pods that ended or are being deleted, by (namespace, Job name).
+    pod_endings: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """The last state seen of step pods being deleted, by (namespace, run), then Job name.
 
     A deleted pod can be gone by the time its Job is marked failed; what it reported (the step it had
     started) is kept here until the attempt is recorded.
     """
+    rejected: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Jobs the API server refused to create, by (namespace, Job name): why. Recorded as failed attempts."""

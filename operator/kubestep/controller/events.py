@@ -5,22 +5,24 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydantic import ValidationError
 
 from kubestep.api.base import Condition, set_condition
-from kubestep.api.event import Event, EventRunRef
-from kubestep.api.run import WorkflowRun
+from kubestep.api.event import Event, EventRunRef, EventStatus
 from kubestep.api.workflow import Workflow
 from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
-from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound
+from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
 from kubestep.engine import names
 from kubestep.engine.triggers import match
 
 log = logging.getLogger(__name__)
 
 PROCESSED = "Processed"
+#: Dedupe windows an idempotency key can span: after this many, its events start nothing.
+_GENERATIONS = 64
 
 
 @dataclass
@@ -36,8 +38,12 @@ async def reconcile_event(ctl: Controller, key: Key) -> None:
         obj = await ctl.kube.get(EVENTS, key.namespace, key.name)
     except NotFound:
         return
-    event = Event.model_validate(obj)
     now = ctl.clock()
+    try:
+        event = Event.model_validate(obj)
+    except ValidationError as exc:
+        await _refuse(ctl, key, obj, exc, now)
+        return
     status = event.status.model_copy(deep=True)
     if not any(c.type == PROCESSED for c in status.conditions):
         verdict = await _start_runs(ctl, event)
@@ -84,29 +90,67 @@ async def _start_run(
 ) -> None:
     namespace = event.metadata.namespace or ""
     wf = workflow.metadata.name
-    # With an idempotency key, every event carrying it maps to the same run name: whichever of them is
-    # handled first creates the run, the API server refuses the others. Without one, the event's uid.
-    candidates = []
-    if event.spec.id:
-        candidates.append(names.run_name(wf, f"id:{event.spec.name}:{event.spec.id}"))
-    candidates.append(names.run_name(wf, event.metadata.uid or event.metadata.name))
-    for name in candidates:
+    if not event.spec.id:
+        names_ = [names.run_name(wf, event.metadata.uid or event.metadata.name)]
+    else:
+        # Every event with this name and id maps to the same run name: whichever is handled first creates
+        # the run and the API server refuses the others. Once that run is older than the dedupe window, the
+        # next generation of the name is used.
+        names_ = [
+            names.run_name(wf, f"id:{event.spec.name}:{event.spec.id}:{n}") for n in range(_GENERATIONS)
+        ]
+    for name in names_:
         try:
             await ctl.kube.create(RUNS, namespace, builders.event_run(workflow, event, name, created))
         except AlreadyExists:
-            existing = WorkflowRun.model_validate(await ctl.kube.get(RUNS, namespace, name))
-            if existing.spec.event.source == event.metadata.name:
+            existing_obj = await ctl.kube.get(RUNS, namespace, name)
+            source = ((existing_obj.get("spec") or {}).get("event") or {}).get("source")
+            if source == event.metadata.name:
                 break  # started by this event before a crash or a conflict
-            first = existing.metadata.creation_timestamp
-            if first is not None and created - first < ctl.dedupe_window:
+            first = _created(existing_obj)
+            if event.spec.id and (first is None or created - first < ctl.dedupe_window):
                 verdict.duplicates.append(
-                    f"event {existing.spec.event.source} with the same id {event.spec.id!r} started run "
-                    f"{name} of workflow {wf} at {first.isoformat()}"
+                    f"event {source} with the same id {event.spec.id!r} started run {name} of workflow {wf}"
+                    + (f" at {first.isoformat()}" if first else "")
                 )
                 return
-            continue  # the earlier event is older than the dedupe window: this one starts its own run
+            continue
+        except Rejected as exc:
+            verdict.errors.append(f"workflow {wf}: the run could not be created: {exc}")
+            return
         break
+    else:
+        verdict.errors.append(f"workflow {wf}: every run name for this event is taken")
+        return
     verdict.started.append(EventRunRef(workflow=wf, run=name))
+
+
+def _created(obj: dict[str, Any]) -> datetime | None:
+    stamp = obj.get("metadata", {}).get("creationTimestamp")
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
+
+
+async def _refuse(
+    ctl: Controller, key: Key, obj: dict[str, Any], exc: ValidationError, now: datetime
+) -> None:
+    """An Event the models cannot read (the schema let it through): say why, once."""
+    status = EventStatus.model_validate(obj.get("status") or {})
+    if any(c.type == PROCESSED for c in status.conditions):
+        return
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    condition = Condition(
+        type=PROCESSED,
+        status="False",
+        reason="InvalidEvent",
+        message=f"{where}: {first['msg']} (value {first.get('input')!r}); "
+        "fix the field and publish a new Event",
+    )
+    status.conditions = set_condition(status.conditions, condition, now)
+    try:
+        await ctl.kube.replace_status(EVENTS, obj, status.to_dict())
+    except (Conflict, NotFound):
+        ctl.queue.add(key)
 
 
 def _condition(event: Event, verdict: _Verdict) -> Condition:

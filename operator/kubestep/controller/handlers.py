@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from kubestep.api.base import GROUP, VERSION
 from kubestep.api.event import Event
@@ -47,7 +48,13 @@ class KopfIndices:
         return self._get("waiting_runs", (namespace, event))
 
     def events_named(self, namespace: str, event: str) -> list[Event]:
-        return [Event.model_validate(body) for body in self._get("events_by_name", (namespace, event))]
+        events = []
+        for body in self._get("events_by_name", (namespace, event)):
+            try:
+                events.append(Event.model_validate(body))
+            except ValidationError:
+                continue  # its own reconcile says what is wrong with it; it resumes no one
+        return events
 
     def run_phases(self, namespace: str, workflow: str) -> list[str]:
         return self._get("runs_by_workflow", (namespace, workflow))
@@ -91,7 +98,9 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
     def events_by_name(
         namespace: str, body: kopf.Body, spec: dict[str, Any], **_: Any
     ) -> dict[Hashable, dict[str, Any]]:
-        return {(namespace, spec.get("name", "")): {"metadata": dict(body["metadata"]), "spec": dict(spec)}}
+        meta = body["metadata"]
+        slim = {k: meta.get(k) for k in ("name", "namespace", "uid", "creationTimestamp")}
+        return {(namespace, spec.get("name", "")): {"metadata": slim, "spec": dict(spec)}}
 
     @kopf.on.login(**on)  # type: ignore[arg-type]
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -129,7 +138,13 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
 
     @kopf.on.event(GROUP, VERSION, "workflowruns", **on)  # type: ignore[arg-type]
     def run_changed(
-        event: dict[str, Any], namespace: str, name: str, spec: dict[str, Any], memo: kopf.Memo, **_: Any
+        event: dict[str, Any],
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        status: dict[str, Any],
+        memo: kopf.Memo,
+        **_: Any,
     ) -> None:
         queue = _queue(memo)
         if queue is None:
@@ -140,6 +155,11 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
         parent = spec.get("parent") or {}
         if parent.get("run"):
             queue.add(Key("run", namespace, parent["run"]))
+        # Events whose waits this run matched list it in `status.resumed`, read from the index just updated.
+        for step in status.get("steps") or []:
+            matched = (step.get("wait") or {}).get("matched")
+            if matched:
+                queue.add(Key("event", namespace, matched))
 
     @kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_MANAGED: builders.MANAGER}, **on)  # type: ignore[arg-type]
     def job_changed(namespace: str, meta: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
@@ -159,17 +179,21 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
     ) -> None:
         controller: Controller | None = memo.get("controller")
         job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
-        if controller is None or not job:
+        run = labels.get(builders.LABEL_RUN)
+        if controller is None or not job or not run:
             return
-        pod = {"metadata": dict(body["metadata"]), "status": dict(body.get("status") or {})}
-        ending = event.get("type") == "DELETED" or pod["metadata"].get("deletionTimestamp")
-        if ending or observe.terminated_state(pod):
-            # Remember how it ended: once deleted, the pod (and the step its report named) is gone.
-            if observe.terminated_state(pod) or (namespace, job) not in controller.pod_endings:
-                controller.pod_endings[(namespace, job)] = pod
-            run = labels.get(builders.LABEL_RUN)
-            if run:
-                controller.queue.add(Key("run", namespace, run))
+        meta = body["metadata"]
+        if event.get("type") != "DELETED" and not meta.get("deletionTimestamp"):
+            return  # a pod that is not going away can be read when its Job ends
+        # Remember how it ended: once deleted, the pod (and the step its report named) is gone.
+        pod = {
+            "metadata": {k: meta.get(k) for k in ("name", "creationTimestamp", "deletionTimestamp")},
+            "status": {k: v for k, v in (body.get("status") or {}).items() if k != "initContainerStatuses"},
+        }
+        endings = controller.pod_endings.setdefault((namespace, run), {})
+        if observe.terminated_state(pod) or job not in endings:
+            endings[job] = pod
+        controller.queue.add(Key("run", namespace, run))
 
     @kopf.on.event(GROUP, VERSION, "events", **on)  # type: ignore[arg-type]
     def event_changed(

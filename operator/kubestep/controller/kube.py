@@ -19,6 +19,9 @@ from kubestep.api.base import GROUP, VERSION
 
 Obj = dict[str, Any]
 
+#: (connect, read) seconds of every API call.
+REQUEST_TIMEOUT = (10, 60)
+
 RUNS = "workflowruns"
 EVENTS = "events"
 WORKFLOWS = "workflows"
@@ -101,6 +104,9 @@ class Kube:
         self.batch = client.BatchV1Api(self.api_client)
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        # Without a timeout a half-open connection would block a worker, and its key, forever.
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+
         def call() -> Any:
             try:
                 return fn(*args, **kwargs)
@@ -189,6 +195,18 @@ class Kube:
     async def create_job(self, namespace: str, body: Obj) -> None:
         """Create a Job."""
         await self._call(self.batch.create_namespaced_job, namespace, body)
+
+    async def run_jobs(self, namespace: str, run: str) -> list[Obj]:
+        """The Jobs labelled as the run's."""
+        jobs = await self._call(
+            self.batch.list_namespaced_job, namespace, label_selector=f"kubestep.dev/run={run}"
+        )
+        return [self._plain(j) for j in jobs.items]
+
+    async def get_secret_owners(self, namespace: str, name: str) -> list[str]:
+        """The uids of the owners of a Secret."""
+        secret = await self._call(self.core.read_namespaced_secret, name, namespace)
+        return [ref.uid for ref in secret.metadata.owner_references or []]
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods."""

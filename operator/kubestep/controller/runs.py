@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from pydantic import ValidationError
 
+from kubestep.api.report import Report, ReportError, ReportKind
 from kubestep.api.run import StepPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import Workflow
 from kubestep.controller import builders, observe
@@ -23,6 +24,7 @@ from kubestep.controller.kube import (
     NotFound,
     Obj,
     Rejected,
+    Unavailable,
 )
 from kubestep.engine.actions import (
     Action,
@@ -35,7 +37,7 @@ from kubestep.engine.actions import (
     StopExecution,
 )
 from kubestep.engine.decide import decide
-from kubestep.engine.observations import ArrivedEvent, ChildResult, Observed, Outcome
+from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,10 @@ async def reconcile_run(ctl: Controller, key: Key) -> None:
     try:
         obj = await ctl.kube.get(RUNS, key.namespace, key.name)
     except NotFound:
+        ctl.pod_endings.pop((key.namespace, key.name), None)
         return
     if obj["metadata"].get("deletionTimestamp"):
+        ctl.pod_endings.pop((key.namespace, key.name), None)
         return
     try:
         run = WorkflowRun.model_validate(obj)
@@ -90,6 +94,8 @@ async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
             continue
         try:
             child = WorkflowRun.model_validate(await ctl.kube.get(RUNS, namespace, step.invoke.run))
+        except ValidationError:
+            continue  # a child no one can read is not observed; the invoke's timeout still applies
         except NotFound:
             if not await _exists(ctl, WORKFLOWS, namespace, step.invoke.workflow):
                 children.append(observe.missing_workflow(step.id, step.invoke.workflow))
@@ -100,6 +106,12 @@ async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
 
 async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Outcome | None:
     namespace = run.metadata.namespace or ""
+    rejected = ctl.rejected.get((namespace, name))
+    if rejected is not None:
+        error = ReportError(type="JobRejected", message=rejected, retriable=False)
+        return Outcome(
+            name, ExitKind.EXITED, Report(kind=ReportKind.FAILED, error=error), reason="JobRejected"
+        )
     try:
         job: Obj | None = await ctl.kube.get_job(namespace, name)
     except NotFound:
@@ -107,19 +119,20 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
     if job is not None and observe.job_finished(job) is None:
         return None
     pod = observe.newest_pod(await ctl.kube.job_pods(namespace, name)) if job is not None else None
-    seen = ctl.pod_endings.get((namespace, name))
+    seen = ctl.pod_endings.get((namespace, run.metadata.name), {}).get(name)
     if seen is not None and not observe.terminated_state(pod):
         pod = seen  # the pod went away (or has not said how it ended); what it said before is what counts
     log_text = None
     ended = observe.outcome(name, job, pod)
-    wants_log = observe.report_needs_log(pod) or (ended is not None and not observe.is_final(ended.report))
-    if pod is not None and wants_log:
+    needs_log = observe.report_needs_log(pod)
+    if pod is not None and (needs_log or (ended is not None and not observe.is_final(ended.report))):
         try:
             log_text = await ctl.kube.pod_log_tail(
                 namespace, pod["metadata"]["name"], builders.CONTAINER, LOG_LINES
             )
         except KubeError:
-            log_text = None
+            if needs_log:
+                raise  # the report is in the log: decide once it can be read, never without it
         ended = observe.outcome(name, job, pod, log_text)
     now = ctl.clock()
     if ended is not None and ended.finished_at is not None:
@@ -153,8 +166,13 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
         await _ignore_missing(ctl.kube.merge_patch(RUNS, namespace, action.name, {"spec": {"cancel": True}}))
     elif isinstance(action, PublishEvents):
         for event_id, payload in zip(action.ids, action.events, strict=True):
-            with contextlib.suppress(AlreadyExists):
+            try:
                 await ctl.kube.create("events", namespace, builders.sent_event(run, event_id, payload))
+            except AlreadyExists:
+                pass
+            except Rejected as exc:
+                message = f"step {action.step!r}: event {payload.get('name')!r} cannot be published: {exc}"
+                await _note(ctl, obj, Note("EventRejected", message, warning=True))
     elif isinstance(action, RequeueAt):
         ctl.queue.add_at(key, action.when)
     elif isinstance(action, Note):
@@ -164,18 +182,32 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
 async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: StartExecution) -> None:
     namespace = run.metadata.namespace or ""
     job = builders.step_job(run, action)
-    # A previous pass may have created it before a crash or a conflict: same name, same content.
-    with contextlib.suppress(AlreadyExists):
+    try:
         await ctl.kube.create_secret(namespace, builders.state_secret(run, action))
+    except AlreadyExists:
+        # Created by a previous pass before a crash or a conflict (same name, same content) — unless it is
+        # left over from an earlier run of the same name that is still being garbage-collected.
+        if run.metadata.uid not in await ctl.kube.get_secret_owners(namespace, action.name):
+            raise Unavailable(
+                f"Secret {action.name} of an earlier run of this name is still being deleted"
+            ) from None
     try:
         await ctl.kube.create_job(namespace, job)
     except AlreadyExists:
-        pass
+        existing = await ctl.kube.get_job(namespace, action.name)
+        owners = [ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []]
+        if run.metadata.uid not in owners:
+            raise Unavailable(
+                f"Job {action.name} of an earlier run of this name is still being deleted"
+            ) from None
     except Rejected as exc:
-        # Retrying the same Job cannot help; say so where the user looks, and try again later in case the
-        # cause (a quota, an admission policy) is fixed.
-        await _note(ctl, obj, Note("JobRejected", f"Job {action.name} was rejected: {exc}", warning=True))
-        raise
+        message = f"the API server refused Job {action.name}: {exc}; check spec.podTemplate"
+        await _note(ctl, obj, Note("JobRejected", message, warning=True))
+        if exc.status == 403:
+            raise  # forbidden, e.g. by a quota: may pass later, so try again with backoff
+        # Invalid: the same Job would be refused again, so the run fails at once with the reason.
+        ctl.rejected[(namespace, action.name)] = message
+        ctl.queue.add(Key("run", namespace, run.metadata.name))
 
 
 async def _start_child(ctl: Controller, run: WorkflowRun, action: StartChild) -> None:
@@ -206,11 +238,17 @@ async def _note(ctl: Controller, obj: Obj, note: Note) -> None:
 async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: WorkflowRunStatus) -> None:
     namespace = key.namespace
     still = {e.name for e in status.active}
+    endings = ctl.pod_endings.get((namespace, key.name), {})
     for execution in before.status.active:
         if execution.name not in still:
             # Its outcome is recorded: the input it was given is no longer needed.
-            ctl.pod_endings.pop((namespace, execution.name), None)
+            endings.pop(execution.name, None)
+            ctl.rejected.pop((namespace, execution.name), None)
             await _ignore_missing_quiet(ctl, namespace, execution.name)
+    if status.phase.finished:
+        ctl.pod_endings.pop((namespace, key.name), None)
+        if not before.status.phase.finished:
+            await _stop_strays(ctl, namespace, before)
     if status.phase != before.status.phase:
         ctl.queue.add(Key("workflow", namespace, before.spec.workflow_ref.name))
         if status.phase.finished and before.spec.parent is not None:
@@ -219,6 +257,16 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
     for step in status.steps:
         if step.wait is not None and step.wait.matched and matched_before.get(step.id) != step.wait.matched:
             ctl.queue.add(Key("event", namespace, step.wait.matched))
+
+
+async def _stop_strays(ctl: Controller, namespace: str, run: WorkflowRun) -> None:
+    # A Job created by a pass whose status was never saved (a conflict with a cancel, a crash) is in no
+    # status: once the run is over, nothing of it may keep running.
+    for job in await ctl.kube.run_jobs(namespace, run.metadata.name):
+        owners = [ref.get("uid") for ref in job["metadata"].get("ownerReferences") or []]
+        if run.metadata.uid in owners and observe.job_finished(job) is None:
+            await _ignore_missing(ctl.kube.delete_job(namespace, job["metadata"]["name"]))
+            await _ignore_missing_quiet(ctl, namespace, job["metadata"]["name"])
 
 
 async def _ignore_missing_quiet(ctl: Controller, namespace: str, secret: str) -> None:

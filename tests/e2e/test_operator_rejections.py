@@ -1,0 +1,52 @@
+"""Objects the API server admits but that cannot work: the user is told where, the operator carries on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Cluster, Operator, assert_clean_log, contacts_event, contacts_workflow
+from kubecp.testing import wait_for
+
+
+def test_a_step_job_the_api_server_refuses_fails_the_run_with_the_reason(
+    operator: Operator, cluster: Cluster, tmp_path: Path
+) -> None:
+    workflow = contacts_workflow(tmp_path)
+    # Admitted by the Workflow's schema (resources are free-form), refused in a Job by the API server.
+    workflow["spec"]["podTemplate"]["resources"] = {"limits": {"memory": "lots"}}
+    workflow["spec"]["retries"] = {"limit": 1, "backoff": {"initial": "1s", "jitter": "0s"}}
+    cluster.apply(workflow)
+    cluster.apply(contacts_event())
+
+    run = cluster.wait_run(timeout=120)
+
+    status = run["status"]
+    assert status["phase"] == "Failed", status
+    assert status["error"]["type"] == "JobRejected", status["error"]
+    assert "quantities must match" in status["error"]["message"], status["error"]
+    assert "spec.podTemplate" in status["error"]["message"], status["error"]
+    assert cluster.items("jobs", f"kubestep.dev/run={run['metadata']['name']}") == []
+    # Not retried: the same Job would be refused again.
+    assert status["discoveryFailures"] <= 1, status
+    assert_clean_log(operator)
+
+
+def test_an_event_the_models_cannot_read_says_why_and_starts_nothing(
+    operator: Operator, cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.apply(contacts_workflow(tmp_path))
+    # The CRD's `date-time` format lets year 0 through; no run can be given such a timestamp.
+    cluster.apply(contacts_event("year-zero", ts="0000-01-01T00:00:00Z"))
+
+    def refused() -> dict[str, str] | None:
+        conditions = cluster.get("events.kubestep.dev", "year-zero").get("status", {}).get("conditions", [])
+        return next((c for c in conditions if c["type"] == "Processed"), None)
+
+    condition = wait_for(refused, timeout=30, what="the Event's Processed condition")
+    assert (condition["status"], condition["reason"]) == ("False", "InvalidEvent"), condition
+    assert "ts" in condition["message"], condition
+    assert cluster.runs() == []
+    # The operator still works: a good event afterwards starts its run.
+    cluster.apply(contacts_event("good-one", id="another-upload"))
+    assert cluster.wait_run()["status"]["phase"] == "Succeeded"
+    assert_clean_log(operator)
