@@ -219,6 +219,10 @@ class Kube:
         )
         return [self._plain(p) for p in pods.items]
 
+    async def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a pod (its containers get their grace period)."""
+        await self._call(self.core.delete_namespaced_pod, name, namespace)
+
     async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
         """The last ``lines`` lines a container printed."""
         return cast(

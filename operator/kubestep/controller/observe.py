@@ -80,8 +80,26 @@ def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None)
     failed by itself.
     """
     if job is None:
+        # The Job is gone; what its pod said before going (the step it had started) still counts.
+        terminated = terminated_state(pod)
+        report = decode_report(terminated.get("message") or "", log)
+        if is_final(report):
+            return Outcome(
+                name,
+                ExitKind.EXITED,
+                report,
+                terminated.get("exitCode") or 0,
+                "",
+                "",
+                "",
+                _time(terminated.get("finishedAt")),
+            )
         return Outcome(
-            name, ExitKind.LOST, reason="JobDeleted", message=f"Job {name} was deleted before it ended"
+            name,
+            ExitKind.LOST,
+            report,
+            reason="JobDeleted",
+            message=f"Job {name} was deleted before it ended",
         )
     finished = job_finished(job)
     if finished is None:

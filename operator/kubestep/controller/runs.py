@@ -118,7 +118,13 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
         job = None
     if job is not None and observe.job_finished(job) is None:
         return None
-    pod = observe.newest_pod(await ctl.kube.job_pods(namespace, name)) if job is not None else None
+    pod = observe.newest_pod(await ctl.kube.job_pods(namespace, name))
+    if job is None and pod is not None and not observe.terminated_state(pod):
+        # The Job vanished but its pod still runs the step: stop it, and record the attempt once it ended,
+        # so that its retry never runs beside it.
+        if not pod["metadata"].get("deletionTimestamp"):
+            await _ignore_missing(ctl.kube.delete_pod(namespace, pod["metadata"]["name"]))
+        return None
     seen = ctl.pod_endings.get((namespace, run.metadata.name), {}).get(name)
     if seen is not None and not observe.terminated_state(pod):
         pod = seen  # the pod went away (or has not said how it ended); what it said before is what counts

@@ -96,3 +96,21 @@ def parent_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
     """Invoke ``child-flow`` with ``event.data.number`` and return its output."""
     result = step.invoke("call-child", "child-flow", {"number": int(ctx.event.data["number"])}, timeout="2m")
     return {"child": result}
+
+
+def timed_nap(seconds: float) -> dict[str, float]:
+    """Sleep ``seconds`` and say when it began and ended (wall clock)."""
+    began = time.time()
+    time.sleep(seconds)
+    return {"began": began, "ended": time.time()}
+
+
+@kubestep.workflow("parallel-flow", trigger="test/parallel.requested")
+def parallel_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
+    """Two steps of ``event.data.seconds`` each, planned together: they should run at the same time."""
+    seconds = float(ctx.event.data.get("seconds", 3))
+    left, right = step.parallel(
+        lambda: step.run("left", timed_nap, seconds),
+        lambda: step.run("right", timed_nap, seconds),
+    )
+    return {"left": left, "right": right}
