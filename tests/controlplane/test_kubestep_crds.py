@@ -12,17 +12,7 @@ import yaml
 from kubecp.cluster import ControlPlane
 
 REPO = Path(__file__).resolve().parents[2]
-CRDS = REPO / "crds"
 EXAMPLE = REPO / "examples" / "contacts"
-
-
-@pytest.fixture(scope="module")
-def crds(control_plane: ControlPlane) -> ControlPlane:
-    control_plane.kubectl("apply", "-f", str(CRDS))
-    for path in sorted(CRDS.glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-    return control_plane
 
 
 def apply(cp: ControlPlane, namespace: str, manifest: dict[str, Any]) -> Any:
@@ -38,20 +28,22 @@ def workflow(**spec: Any) -> dict[str, Any]:
     }
 
 
-def test_the_examples_are_accepted_and_listed_with_short_names(crds: ControlPlane, namespace: str) -> None:
+def test_the_examples_are_accepted_and_listed_with_short_names(
+    kubestep_crds: ControlPlane, namespace: str
+) -> None:
     for name in ("workflow.yaml", "event.yaml", "event-invalid.yaml"):
-        crds.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE / name))
-    table = crds.kubectl("get", "ksw", "-n", namespace).stdout
+        kubestep_crds.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE / name))
+    table = kubestep_crds.kubectl("get", "ksw", "-n", namespace).stdout
     assert "process-contacts-csv-upload" in table and "READY" in table
-    events = crds.kubectl("get", "kse", "-n", namespace).stdout
+    events = kubestep_crds.kubectl("get", "kse", "-n", namespace).stdout
     assert "api/contact_list.uploaded" in events
-    everything = crds.kubectl("get", "kubestep", "-n", namespace, "-o", "name").stdout.split()
+    everything = kubestep_crds.kubectl("get", "kubestep", "-n", namespace, "-o", "name").stdout.split()
     assert len(everything) == 3
 
 
-def test_defaults_are_applied_by_the_api_server(crds: ControlPlane, namespace: str) -> None:
-    assert apply(crds, namespace, workflow()).returncode == 0
-    stored = json.loads(crds.kubectl("get", "ksw", "wf", "-n", namespace, "-o", "json").stdout)
+def test_defaults_are_applied_by_the_api_server(kubestep_crds: ControlPlane, namespace: str) -> None:
+    assert apply(kubestep_crds, namespace, workflow()).returncode == 0
+    stored = json.loads(kubestep_crds.kubectl("get", "ksw", "wf", "-n", namespace, "-o", "json").stdout)
     retries = stored["spec"]["retries"]
     assert retries["limit"] == 4 and retries["disruptionLimit"] == 10
     assert retries["backoff"] == {"initial": "15s", "factor": 2, "max": "1h", "jitter": "30s"}
@@ -76,23 +68,25 @@ def test_defaults_are_applied_by_the_api_server(crds: ControlPlane, namespace: s
     ],
 )
 def test_invalid_workflows_are_rejected_with_a_message_naming_the_problem(
-    crds: ControlPlane, namespace: str, spec: dict[str, Any], expected: str
+    kubestep_crds: ControlPlane, namespace: str, spec: dict[str, Any], expected: str
 ) -> None:
-    proc = apply(crds, namespace, workflow(**spec))
+    proc = apply(kubestep_crds, namespace, workflow(**spec))
     assert proc.returncode != 0, f"accepted: {spec}"
     assert expected in proc.stderr
 
 
-def test_kubectl_explain_documents_every_level(crds: ControlPlane) -> None:
-    text = crds.kubectl("explain", "ksw.spec.retries.backoff.jitter").stdout
+def test_kubectl_explain_documents_every_level(kubestep_crds: ControlPlane) -> None:
+    text = kubestep_crds.kubectl("explain", "ksw.spec.retries.backoff.jitter").stdout
     assert "random time is added to each delay" in text
-    text = crds.kubectl("explain", "ksr.status.steps.attempts.result").stdout
+    text = kubestep_crds.kubectl("explain", "ksr.status.steps.attempts.result").stdout
     assert "Disruption" in text
-    text = crds.kubectl("explain", "kse.spec.id").stdout
+    text = kubestep_crds.kubectl("explain", "kse.spec.id").stdout
     assert "Idempotency key" in text
 
 
-def test_a_runs_frozen_inputs_cannot_change_but_cancel_can(crds: ControlPlane, namespace: str) -> None:
+def test_a_runs_frozen_inputs_cannot_change_but_cancel_can(
+    kubestep_crds: ControlPlane, namespace: str
+) -> None:
     run = {
         "apiVersion": "kubestep.dev/v1alpha1",
         "kind": "WorkflowRun",
@@ -103,17 +97,19 @@ def test_a_runs_frozen_inputs_cannot_change_but_cancel_can(crds: ControlPlane, n
             "event": {"name": "app/go", "data": {"n": 1}},
         },
     }
-    assert apply(crds, namespace, run).returncode == 0
+    assert apply(kubestep_crds, namespace, run).returncode == 0
     changed = json.dumps({"spec": {"event": {"name": "app/go", "data": {"n": 2}}}})
-    proc = crds.kubectl("patch", "ksr", "r1", "-n", namespace, "--type=merge", "-p", changed, check=False)
+    proc = kubestep_crds.kubectl(
+        "patch", "ksr", "r1", "-n", namespace, "--type=merge", "-p", changed, check=False
+    )
     assert proc.returncode != 0 and "spec.event" in proc.stderr and "immutable" in proc.stderr
     cancel = json.dumps({"spec": {"cancel": True}})
-    crds.kubectl("patch", "ksr", "r1", "-n", namespace, "--type=merge", "-p", cancel)
+    kubestep_crds.kubectl("patch", "ksr", "r1", "-n", namespace, "--type=merge", "-p", cancel)
     # Status is a subresource: a write to the main resource does not touch it.
     phase = json.dumps({"status": {"phase": "Succeeded"}})
-    crds.kubectl("patch", "ksr", "r1", "-n", namespace, "--type=merge", "-p", phase)
-    stored = json.loads(crds.kubectl("get", "ksr", "r1", "-n", namespace, "-o", "json").stdout)
+    kubestep_crds.kubectl("patch", "ksr", "r1", "-n", namespace, "--type=merge", "-p", phase)
+    stored = json.loads(kubestep_crds.kubectl("get", "ksr", "r1", "-n", namespace, "-o", "json").stdout)
     assert stored["spec"]["cancel"] is True
     assert stored.get("status", {}).get("phase") != "Succeeded"
-    columns = crds.kubectl("get", "ksr", "-n", namespace).stdout.splitlines()[0].split()
+    columns = kubestep_crds.kubectl("get", "ksr", "-n", namespace).stdout.splitlines()[0].split()
     assert columns[:6] == ["NAME", "WORKFLOW", "PHASE", "PROGRESS", "STEP", "ATTEMPT"]

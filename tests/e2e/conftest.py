@@ -23,7 +23,6 @@ from kubecp.cluster import ControlPlane
 from kubecp.testing import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CRDS = ROOT / "crds"
 CONTACTS = ROOT / "examples" / "contacts"
 
 
@@ -34,16 +33,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if str(item.path).startswith(here):
             item.add_marker(pytest.mark.controlplane)
-
-
-@pytest.fixture(scope="session")
-def kubestep_crds(control_plane: ControlPlane) -> ControlPlane:
-    """The kubestep CRDs, installed once and Established."""
-    control_plane.kubectl("apply", "-f", str(CRDS))
-    for path in sorted(CRDS.glob("*.yaml")):
-        name = yaml.safe_load(path.read_text())["metadata"]["name"]
-        control_plane.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-    return control_plane
 
 
 @pytest.fixture

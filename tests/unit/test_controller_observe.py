@@ -33,6 +33,7 @@ from kubestep.api.run import (
 from kubestep.api.workflow import Trigger, WorkflowSpec
 from kubestep.controller import observe
 from kubestep.engine import ExitKind
+from kubestep.engine.observations import Outcome
 
 Obj = dict[str, Any]
 NAME = "contacts-7f3a9c2e41-5d1c0e9ab2f4-1"
@@ -574,3 +575,14 @@ def test_invoking_a_missing_workflow_fails_at_once_naming_it() -> None:
     assert result.error is not None
     assert result.error.type == "WorkflowNotFound"
     assert "'enrich'" in result.error.message
+
+
+def test_an_end_seen_now_is_timed_by_the_operators_clock_and_a_late_one_by_the_end_of_its_second() -> None:
+    stamped = datetime(2026, 1, 1, 12, 0, 5, tzinfo=UTC)  # Kubernetes' whole second
+    ended = Outcome("job-1", ExitKind.EXITED, finished_at=stamped)
+    just_now = stamped + timedelta(seconds=0, milliseconds=700)
+    assert observe.timed(ended, just_now).finished_at == just_now
+    after_restart = stamped + timedelta(minutes=3)
+    late = observe.timed(ended, after_restart).finished_at
+    assert late is not None and stamped < late < stamped + timedelta(seconds=1)
+    assert observe.timed(Outcome("job-1", ExitKind.LOST), after_restart).finished_at is None

@@ -282,6 +282,17 @@ def test_a_crash_mid_step_keeps_exit_code_reason_and_log_tail() -> None:
     assert attempt.log_tail == "allocating\n"
 
 
+def test_a_refused_execution_fails_the_run_at_once_with_the_platforms_reason() -> None:
+    sim = Sim(make_run(retries=RetryPolicy(limit=4)))
+    sim.finish(None, kind=ExitKind.REFUSED, reason="JobRejected", message="quantities must match")
+    assert sim.status.phase is RunPhase.FAILED
+    assert sim.status.error is not None
+    assert (sim.status.error.type, sim.status.error.message) == ("JobRejected", "quantities must match")
+    assert sim.started() == [] and sim.status.active == []  # not retried: it would be refused again
+    cond = next(c for c in sim.status.conditions if c.type == "Succeeded")
+    assert cond.status == "False" and "quantities must match" in cond.message
+
+
 @pytest.mark.parametrize("kind", [ExitKind.DISRUPTED, ExitKind.LOST])
 def test_disruptions_retry_at_once_without_spending_the_budget(kind: ExitKind) -> None:
     sim = Sim(make_run(retries=RetryPolicy(limit=0, disruption_limit=2)))

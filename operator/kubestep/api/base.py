@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 GROUP: Final = "kubestep.dev"
@@ -93,3 +93,14 @@ def set_condition(conditions: list[Condition], new: Condition, now: datetime) ->
     if not found:
         out.append(new.model_copy(update={"last_transition_time": now}))
     return out
+
+
+def validation_problems(exc: ValidationError) -> list[str]:
+    """Each problem of ``exc`` as ``field.path: message (got value)``, the way users are told."""
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
+        problems.append(f"{where}: {err['msg']}{shown}")
+    return problems

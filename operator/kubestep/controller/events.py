@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubestep.api.base import Condition, set_condition
+from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.event import Event, EventRunRef, EventStatus
 from kubestep.api.workflow import Workflow
 from kubestep.controller import builders, observe
@@ -73,7 +73,7 @@ async def _start_runs(ctl: Controller, event: Event) -> _Verdict:
             workflow = Workflow.model_validate(wf_obj)
         except ValidationError as exc:
             verdict.errors.append(
-                f"workflow {wf_obj['metadata']['name']}: unusable spec: {exc.errors()[0]['msg']}"
+                f"workflow {wf_obj['metadata']['name']}: unusable spec: {validation_problems(exc)[0]}"
             )
             continue
         found = match(workflow.spec, payload)
@@ -137,14 +137,11 @@ async def _refuse(
     status = EventStatus.model_validate(obj.get("status") or {})
     if any(c.type == PROCESSED for c in status.conditions):
         return
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
     condition = Condition(
         type=PROCESSED,
         status="False",
         reason="InvalidEvent",
-        message=f"{where}: {first['msg']} (value {first.get('input')!r}); "
-        "fix the field and publish a new Event",
+        message=f"{validation_problems(exc)[0]}; fix the field and publish a new Event",
     )
     status.conditions = set_condition(status.conditions, condition, now)
     try:

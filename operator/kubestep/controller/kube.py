@@ -203,10 +203,9 @@ class Kube:
         )
         return [self._plain(j) for j in jobs.items]
 
-    async def get_secret_owners(self, namespace: str, name: str) -> list[str]:
-        """The uids of the owners of a Secret."""
-        secret = await self._call(self.core.read_namespaced_secret, name, namespace)
-        return [ref.uid for ref in secret.metadata.owner_references or []]
+    async def get_secret(self, namespace: str, name: str) -> Obj:
+        """Read a Secret."""
+        return self._plain(await self._call(self.core.read_namespaced_secret, name, namespace))
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -156,6 +157,28 @@ def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None)
     return Outcome(
         name, ExitKind.EXITED, report, exit_code, str(terminated.get("reason") or "Error"), "", tail, ended
     )
+
+
+def owned_by(obj: Obj, uid: str | None) -> bool:
+    """Whether ``obj`` is owned by the object with this uid (and not by an earlier one of the same name)."""
+    return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
+
+
+#: An end seen within this long of now is timed by the operator's clock.
+_RECENT = timedelta(seconds=2)
+_SECOND = timedelta(seconds=1) - timedelta(microseconds=1)
+
+
+def timed(ended: Outcome, now: datetime) -> Outcome:
+    """``ended`` with an end time as precise as can be known.
+
+    Kubernetes stamps whole seconds: an end seen just now is timed by the operator's finer clock, an end
+    seen late (after a restart) by the end of its second, so no attempt looks shorter than it was.
+    """
+    if ended.finished_at is None:
+        return ended
+    late = now - ended.finished_at >= _RECENT
+    return dataclasses.replace(ended, finished_at=min(now, ended.finished_at + _SECOND) if late else now)
 
 
 def _tail(text: str, lines: int = 20) -> str:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable
-from datetime import timedelta
 
 from pydantic import ValidationError
 
-from kubestep.api.report import Report, ReportError, ReportKind
 from kubestep.api.run import StepPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import Workflow
 from kubestep.controller import builders, observe
@@ -43,8 +40,6 @@ log = logging.getLogger(__name__)
 
 #: Lines of a step's log read for its report (when too large for the termination message) or its tail.
 LOG_LINES = 60
-_RECENT = timedelta(seconds=2)
-_SECOND = timedelta(seconds=1) - timedelta(microseconds=1)
 
 
 async def reconcile_run(ctl: Controller, key: Key) -> None:
@@ -108,10 +103,7 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
     namespace = run.metadata.namespace or ""
     rejected = ctl.rejected.get((namespace, name))
     if rejected is not None:
-        error = ReportError(type="JobRejected", message=rejected, retriable=False)
-        return Outcome(
-            name, ExitKind.EXITED, Report(kind=ReportKind.FAILED, error=error), reason="JobRejected"
-        )
+        return Outcome(name, ExitKind.REFUSED, reason="JobRejected", message=rejected)
     try:
         job: Obj | None = await ctl.kube.get_job(namespace, name)
     except NotFound:
@@ -140,14 +132,7 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
             if needs_log:
                 raise  # the report is in the log: decide once it can be read, never without it
         ended = observe.outcome(name, job, pod, log_text)
-    now = ctl.clock()
-    if ended is not None and ended.finished_at is not None:
-        # Kubernetes stamps whole seconds: an end seen just now is timed by the operator's finer clock, an
-        # end seen late (after a restart) by the end of its second, so no attempt looks shorter than it was.
-        late = now - ended.finished_at >= _RECENT
-        finished = min(now, ended.finished_at + _SECOND) if late else now
-        ended = dataclasses.replace(ended, finished_at=finished)
-    return ended
+    return None if ended is None else observe.timed(ended, ctl.clock())
 
 
 async def _exists(ctl: Controller, plural: str, namespace: str, name: str) -> bool:
@@ -193,16 +178,14 @@ async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: 
     except AlreadyExists:
         # Created by a previous pass before a crash or a conflict (same name, same content) — unless it is
         # left over from an earlier run of the same name that is still being garbage-collected.
-        if run.metadata.uid not in await ctl.kube.get_secret_owners(namespace, action.name):
+        if not observe.owned_by(await ctl.kube.get_secret(namespace, action.name), run.metadata.uid):
             raise Unavailable(
                 f"Secret {action.name} of an earlier run of this name is still being deleted"
             ) from None
     try:
         await ctl.kube.create_job(namespace, job)
     except AlreadyExists:
-        existing = await ctl.kube.get_job(namespace, action.name)
-        owners = [ref.get("uid") for ref in existing["metadata"].get("ownerReferences") or []]
-        if run.metadata.uid not in owners:
+        if not observe.owned_by(await ctl.kube.get_job(namespace, action.name), run.metadata.uid):
             raise Unavailable(
                 f"Job {action.name} of an earlier run of this name is still being deleted"
             ) from None
@@ -211,7 +194,7 @@ async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: 
         await _note(ctl, obj, Note("JobRejected", message, warning=True))
         if exc.status == 403:
             raise  # forbidden, e.g. by a quota: may pass later, so try again with backoff
-        # Invalid: the same Job would be refused again, so the run fails at once with the reason.
+        # Invalid: observed on the next pass as an execution the cluster refused.
         ctl.rejected[(namespace, action.name)] = message
         ctl.queue.add(Key("run", namespace, run.metadata.name))
 
@@ -255,22 +238,15 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
         ctl.pod_endings.pop((namespace, key.name), None)
         if not before.status.phase.finished:
             await _stop_strays(ctl, namespace, before)
-    if status.phase != before.status.phase:
-        ctl.queue.add(Key("workflow", namespace, before.spec.workflow_ref.name))
-        if status.phase.finished and before.spec.parent is not None:
-            ctl.queue.add(Key("run", namespace, before.spec.parent.run))
-    matched_before = {s.id: s.wait.matched for s in before.status.steps if s.wait is not None}
-    for step in status.steps:
-        if step.wait is not None and step.wait.matched and matched_before.get(step.id) != step.wait.matched:
-            ctl.queue.add(Key("event", namespace, step.wait.matched))
+    # The workflow's counts, the parent of an invoked run and the Events whose waits matched are queued by
+    # the watch of this change, once the indices they read have it.
 
 
 async def _stop_strays(ctl: Controller, namespace: str, run: WorkflowRun) -> None:
     # A Job created by a pass whose status was never saved (a conflict with a cancel, a crash) is in no
     # status: once the run is over, nothing of it may keep running.
     for job in await ctl.kube.run_jobs(namespace, run.metadata.name):
-        owners = [ref.get("uid") for ref in job["metadata"].get("ownerReferences") or []]
-        if run.metadata.uid in owners and observe.job_finished(job) is None:
+        if observe.owned_by(job, run.metadata.uid) and observe.job_finished(job) is None:
             await _ignore_missing(ctl.kube.delete_job(namespace, job["metadata"]["name"]))
             await _ignore_missing_quiet(ctl, namespace, job["metadata"]["name"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from kubestep.api.base import Condition, set_condition
+from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.run import RunPhase
 from kubestep.api.workflow import Workflow, WorkflowStatus
 from kubestep.controller.context import Controller, Key
@@ -47,13 +47,11 @@ async def reconcile_workflow(ctl: Controller, key: Key) -> None:
     try:
         workflow = Workflow.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
         condition = Condition(
             type=READY,
             status="False",
             reason="InvalidSpec",
-            message=f"{where}: {first['msg']}",
+            message=validation_problems(exc)[0],
             observed_generation=obj["metadata"].get("generation"),
         )
         current = WorkflowStatus.model_validate(obj.get("status") or {})

@@ -113,6 +113,11 @@ class _Decider:
         if execution is None:
             return  # already recorded: outcomes are observed again after a crash, so ignore repeats
         self.status.active.remove(execution)
+        if outcome.kind is ExitKind.REFUSED:
+            # Nothing ran, and the same execution would be refused again: retrying cannot help.
+            error = ErrorInfo(type=outcome.reason or "Refused", message=outcome.message)
+            self.end_all(RunPhase.FAILED, error, error.type, outcome.message)
+            return
         report = outcome.report
         final = report is not None and report.kind is not ReportKind.STARTED
         if final:

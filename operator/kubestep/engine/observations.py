@@ -22,6 +22,8 @@ class ExitKind(StrEnum):
     """The cluster took it away: evicted, preempted, pod deleted, node lost."""
     LOST = "Lost"
     """It vanished: the Job is gone and nothing tells how it ended."""
+    REFUSED = "Refused"
+    """It could not be started: the platform refused it as invalid, so starting it again cannot help."""
 
 
 @dataclass(frozen=True)

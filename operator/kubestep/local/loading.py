@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from kubestep.api.base import validation_problems
 from kubestep.api.event import Event
 from kubestep.api.workflow import Workflow
 from kubestep.engine.cel import check
@@ -31,13 +32,8 @@ def _documents(path: Path) -> list[dict[str, Any]]:
 
 
 def _explain(path: Path, kind: str, exc: ValidationError) -> ManifestError:
-    problems = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"])
-        value = err.get("input")
-        shown = "" if isinstance(value, dict | list) else f" (got {value!r})"
-        problems.append(f"  {where}: {err['msg']}{shown}")
-    return ManifestError(f"{path}: invalid {kind}:\n" + "\n".join(problems))
+    problems = "\n".join(f"  {problem}" for problem in validation_problems(exc))
+    return ManifestError(f"{path}: invalid {kind}:\n{problems}")
 
 
 def load_workflows(path: Path) -> dict[str, Workflow]:
