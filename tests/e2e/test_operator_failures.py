@@ -94,6 +94,25 @@ def the_run(cluster: Cluster, timeout: float = 60.0) -> dict[str, Any]:
     return wait_for(created, timeout=timeout, interval=0.2, what="a run to be created")
 
 
+def start_slow_step(cluster: Cluster, marker: Path, seconds: float) -> str:
+    """Start ``slow_flow`` with a step of ``seconds``; return the run's name once the step is running."""
+    cluster.apply(flow_workflow("slow-flow", "slow_flow", "test/slow.requested"))
+    cluster.apply(event("slow-1", "test/slow.requested", {"marker": str(marker), "seconds": seconds}))
+    name = str(the_run(cluster)["metadata"]["name"])
+    wait_for(marker.exists, timeout=60, interval=0.1, what="the slow step to start")
+    return name
+
+
+def running_step_pods(cluster: Cluster, run: str) -> list[dict[str, Any]]:
+    """The run's pods in phase Running, once there is one."""
+    return wait_for(
+        lambda: [p for p in run_pods(cluster, run) if p.get("status", {}).get("phase") == "Running"],
+        timeout=10,
+        interval=0.1,
+        what="the slow step's pod to be Running",
+    )
+
+
 def wait_phase(
     cluster: Cluster, name: str, phases: tuple[str, ...], timeout: float = 60.0, interval: float = 0.2
 ) -> dict[str, Any]:
@@ -210,21 +229,8 @@ def test_step_pod_deleted_while_running_is_retried_as_a_disruption(
     operator: Operator, cluster: Cluster, tmp_path: Path
 ) -> None:
     marker = tmp_path / "slow.marker"
-    cluster.apply(flow_workflow("slow-flow", "slow_flow", "test/slow.requested"))
-    cluster.apply(event("slow-1", "test/slow.requested", {"marker": str(marker), "seconds": 5}))
-
-    name = the_run(cluster)["metadata"]["name"]
-    wait_for(marker.exists, timeout=60, interval=0.1, what="the slow step to start")
-    victims = wait_for(
-        lambda: [
-            p["metadata"]["name"]
-            for p in run_pods(cluster, name)
-            if p.get("status", {}).get("phase") == "Running"
-        ],
-        timeout=10,
-        interval=0.1,
-        what="the slow step's pod to be Running",
-    )
+    name = start_slow_step(cluster, marker, 5)
+    victims = [p["metadata"]["name"] for p in running_step_pods(cluster, name)]
     assert len(victims) == 1, victims
     cluster.kubectl("delete", "pod", victims[0], "--wait=false")
 
@@ -358,11 +364,7 @@ def test_cancelling_a_running_run_deletes_its_job(
     operator: Operator, cluster: Cluster, tmp_path: Path
 ) -> None:
     marker = tmp_path / "slow.marker"
-    cluster.apply(flow_workflow("slow-flow", "slow_flow", "test/slow.requested"))
-    cluster.apply(event("slow-1", "test/slow.requested", {"marker": str(marker), "seconds": 120}))
-
-    name = the_run(cluster)["metadata"]["name"]
-    wait_for(marker.exists, timeout=60, interval=0.1, what="the slow step to start")
+    name = start_slow_step(cluster, marker, 120)
     running = wait_for(
         lambda: [
             j["metadata"]["name"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_operator_failures import event, flow_workflow, run_pods, the_run
+from test_operator_failures import event, flow_workflow, running_step_pods, start_slow_step
 
 from conftest import Cluster, Operator, assert_clean_log, contacts_event, contacts_workflow, step
 from kubecp.testing import wait_for
@@ -30,17 +30,8 @@ def test_planned_parallel_steps_run_at_the_same_time(operator: Operator, cluster
 def test_a_job_deleted_while_its_step_runs_is_recorded_as_lost_and_retried(
     operator: Operator, cluster: Cluster, tmp_path: Path
 ) -> None:
-    marker = tmp_path / "slow.marker"
-    cluster.apply(flow_workflow("slow-flow", "slow_flow", "test/slow.requested"))
-    cluster.apply(event("slow-1", "test/slow.requested", {"marker": str(marker), "seconds": 4}))
-    name = the_run(cluster)["metadata"]["name"]
-    wait_for(marker.exists, timeout=60, interval=0.1, what="the slow step to start")
-    running = wait_for(
-        lambda: [p for p in run_pods(cluster, name) if p.get("status", {}).get("phase") == "Running"],
-        timeout=10,
-        interval=0.1,
-        what="the slow step's pod to be Running",
-    )
+    name = start_slow_step(cluster, tmp_path / "slow.marker", 4)
+    running = running_step_pods(cluster, name)
     job = running[0]["metadata"]["labels"]["batch.kubernetes.io/job-name"]
     cluster.kubectl("delete", "job", job, "--wait=false")
 
