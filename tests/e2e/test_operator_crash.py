@@ -22,7 +22,7 @@ import pytest
 
 from conftest import Cluster, Operator, assert_clean_log, step
 from kubecp.testing import wait_for
-from kubestep.engine import names
+from kubestep.api import names
 
 WORKFLOW = "crash-flow"
 RUN_STEPS = ("prepare", "flaky", "finish")

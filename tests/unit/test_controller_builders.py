@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -290,8 +292,9 @@ def test_jobs_pods_and_secrets_carry_the_run_labels_and_the_step_annotations() -
         "kubestep.dev/run": RUN,
         "kubestep.dev/workflow": "contacts",
     }
-    assert job["metadata"]["labels"] == expected
-    assert job["spec"]["template"]["metadata"]["labels"] == expected
+    # `kubectl get pods -l kubestep.dev/step=validate` lists a step's pods.
+    assert job["metadata"]["labels"] == {**expected, "kubestep.dev/step": "validate"}
+    assert job["spec"]["template"]["metadata"]["labels"] == {**expected, "kubestep.dev/step": "validate"}
     assert builders.state_secret(run, start)["metadata"]["labels"] == expected
     annotations = {"kubestep.dev/step": "validate", "kubestep.dev/attempt": "3"}
     assert job["metadata"]["annotations"] == annotations
@@ -301,6 +304,23 @@ def test_jobs_pods_and_secrets_carry_the_run_labels_and_the_step_annotations() -
 def test_a_discovery_execution_has_no_step_annotation() -> None:
     job = builders.step_job(make_run(), make_start(step=None))
     assert job["metadata"]["annotations"] == {"kubestep.dev/attempt": "1"}
+    assert "kubestep.dev/step" not in job["metadata"]["labels"]
+
+
+@pytest.mark.parametrize(
+    ("step_id", "label"),
+    [
+        ("enrich-address-information", "enrich-address-information"),
+        ("fetch.v2", "fetch.v2"),
+        ("fetch:1", "fetch_1-" + hashlib.sha256(b"fetch:1").hexdigest()[:8]),
+        ("adresse-prüfen", "adresse-pr_fen-" + hashlib.sha256("adresse-prüfen".encode()).hexdigest()[:8]),
+        ("-x-", "x-" + hashlib.sha256(b"-x-").hexdigest()[:8]),
+        ("s" * 70, "s" * 50 + "-" + hashlib.sha256(b"s" * 70).hexdigest()[:8]),
+    ],
+)
+def test_the_step_label_is_the_step_id_or_a_valid_value_unique_to_it(step_id: str, label: str) -> None:
+    assert builders.step_label(step_id) == label
+    assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]", label)
 
 
 def test_label_values_of_long_names_are_cut_to_a_valid_label() -> None:

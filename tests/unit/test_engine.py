@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from kubestep.api.base import ObjectMeta
+from kubestep.api.names import discovery_execution_name, step_execution_name
 from kubestep.api.report import Report, ReportError, ReportKind, StepRef
 from kubestep.api.run import (
     AttemptResult,
@@ -35,7 +36,6 @@ from kubestep.engine import (
     decide,
 )
 from kubestep.engine.decide import MAX_ATTEMPTS_KEPT
-from kubestep.engine.names import discovery_execution_name, step_execution_name
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -6,6 +6,12 @@ from datetime import timedelta
 
 from test_engine import Sim, err, make_run, ok, ref
 
+from kubestep.api.names import (
+    child_run_name,
+    discovery_execution_name,
+    sent_event_name,
+    step_execution_name,
+)
 from kubestep.api.report import Report, ReportKind, decode_report
 from kubestep.api.run import ErrorInfo, RunPhase, StepPhase, StepType
 from kubestep.api.workflow import Limits
@@ -21,12 +27,6 @@ from kubestep.engine import (
 )
 from kubestep.engine.cel import CelError, holds
 from kubestep.engine.decide import MAX_DELAY_SECONDS
-from kubestep.engine.names import (
-    child_run_name,
-    discovery_execution_name,
-    sent_event_name,
-    step_execution_name,
-)
 
 
 def test_names_of_different_runs_never_collide_even_when_cut() -> None:

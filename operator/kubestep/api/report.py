@@ -78,6 +78,8 @@ class ReportKind(StrEnum):
     SEND_EVENT = "send_event"
     COMPLETED = "completed"
     FAILED = "failed"
+    NEXT_STEP = "next_step"
+    """Only as a ``next`` report: replay reached this new ``step.run`` after the executed step returned."""
 
 
 class StepRef(Model):
@@ -133,6 +135,11 @@ class Report(Model):
     """For invoke: the child's event data."""
     events: list[dict[str, Any]] = Field(default_factory=list)
     """For send_event: events to publish (`name`, `data`, `user`, `id`)."""
+    next: Report | None = None
+    """For step_succeeded: where replay went after the step returned, without running another step body —
+    the next step to execute (next_step), a sleep, a wait, an invoke, a send (whose own ``next`` goes on),
+    a parallel plan, or the function's end. Unset when the runner stopped at the step (inside a parallel
+    group, or when replay could not go on), so the run needs another execution to find out."""
 
     @model_validator(mode="after")
     def _complete(self) -> Report:
@@ -143,6 +150,12 @@ class Report(Model):
             raise ValueError(f"a {self.kind.value} report needs {', '.join(missing)}")
         if self.until is not None and self.until.tzinfo is None:
             raise ValueError("until must carry a timezone")
+        if self.next is not None and self.kind not in (ReportKind.STEP_SUCCEEDED, ReportKind.SEND_EVENT):
+            raise ValueError(f"a {self.kind.value} report has no next report")
+        if self.next is not None and self.next.kind in _NEVER_NEXT:
+            raise ValueError(f"a {self.next.kind.value} report cannot be a next report")
+        if self.kind is ReportKind.NEXT_STEP and self.step is not None and self.step.type is not StepType.RUN:
+            raise ValueError("a next_step report names a run step")
         return self
 
 
@@ -156,7 +169,10 @@ _REQUIRED: dict[ReportKind, tuple[str, ...]] = {
     ReportKind.INVOKE: ("step", "workflow"),
     ReportKind.SEND_EVENT: ("step", "events"),
     ReportKind.FAILED: ("error",),
+    ReportKind.NEXT_STEP: ("step",),
 }
+#: Reports that only an executing step gives, never the boundary that follows one.
+_NEVER_NEXT = (ReportKind.STARTED, ReportKind.STEP_SUCCEEDED, ReportKind.STEP_FAILED)
 
 
 #: Kubelet keeps at most this many bytes of a termination message.

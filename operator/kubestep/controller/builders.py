@@ -6,7 +6,9 @@ table-style.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
 from datetime import datetime
 from typing import Any
 
@@ -34,9 +36,11 @@ LABEL_RUN = "kubestep.dev/run"
 LABEL_WORKFLOW = "kubestep.dev/workflow"
 LABEL_EVENT = "kubestep.dev/event"
 LABEL_PARENT = "kubestep.dev/parent"
+LABEL_STEP = "kubestep.dev/step"
 ANNOTATION_STEP = "kubestep.dev/step"
 ANNOTATION_ATTEMPT = "kubestep.dev/attempt"
 MANAGER = "kubestep"
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
 
 def owner_reference(obj: Obj) -> Obj:
@@ -60,6 +64,18 @@ def _run_owner(run: WorkflowRun) -> Obj:
 def _label_value(value: str) -> str:
     # Label values hold at most 63 characters; names of runs and workflows fit, others are cut.
     return value[:63].rstrip("-_.")
+
+
+def step_label(step_id: str) -> str:
+    """The value of the ``kubestep.dev/step`` label for a step: its id when that is a valid label value.
+
+    Other ids (``fetch:1``, non-ASCII, longer than 63 characters) get their invalid characters replaced
+    and a short hash of the id, so two steps never share a value; the exact id is in the annotation.
+    """
+    if _LABEL_VALUE.fullmatch(step_id):
+        return step_id
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", step_id)[:50].strip("-_.")
+    return f"{cleaned}-{hashlib.sha256(step_id.encode()).hexdigest()[:8]}".lstrip("-")
 
 
 def execution_labels(run: WorkflowRun) -> dict[str, str]:
@@ -96,6 +112,7 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
     annotations = {ANNOTATION_ATTEMPT: str(action.attempt)}
     if action.step is not None:
         annotations[ANNOTATION_STEP] = action.step
+        labels[LABEL_STEP] = step_label(action.step)
     container: Obj = {
         "name": CONTAINER,
         "image": spec.image,

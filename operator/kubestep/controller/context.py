@@ -61,3 +61,7 @@ class Controller:
     """
     rejected: dict[tuple[str, str], str] = field(default_factory=dict)
     """Jobs the API server refused to create, by (namespace, Job name): why. Recorded as failed attempts."""
+    owed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """Executions recorded in a run's status whose Job this process has not created yet, by (namespace,
+    run), then Job name: the ``StartExecution`` to carry out. A recorded execution with no Job and no debt
+    here was deleted (or a restart cut its creation short): its attempt is Lost, never created again."""

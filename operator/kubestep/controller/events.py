@@ -9,13 +9,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kubestep.api import names
 from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.event import Event, EventRunRef, EventStatus
 from kubestep.api.workflow import Workflow
 from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
-from kubestep.engine import names
 from kubestep.engine.triggers import match
 
 log = logging.getLogger(__name__)

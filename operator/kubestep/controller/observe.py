@@ -100,7 +100,7 @@ def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None)
             ExitKind.LOST,
             report,
             reason="JobDeleted",
-            message=f"Job {name} was deleted before it ended",
+            message=f"Job {name} is gone: it was deleted before its end was recorded",
         )
     finished = job_finished(job)
     if finished is None:

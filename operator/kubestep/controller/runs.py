@@ -47,10 +47,10 @@ async def reconcile_run(ctl: Controller, key: Key) -> None:
     try:
         obj = await ctl.kube.get(RUNS, key.namespace, key.name)
     except NotFound:
-        ctl.pod_endings.pop((key.namespace, key.name), None)
+        _forget(ctl, key)
         return
     if obj["metadata"].get("deletionTimestamp"):
-        ctl.pod_endings.pop((key.namespace, key.name), None)
+        _forget(ctl, key)
         return
     try:
         run = WorkflowRun.model_validate(obj)
@@ -60,16 +60,36 @@ async def reconcile_run(ctl: Controller, key: Key) -> None:
         return
     observed = await _observe(ctl, run)
     decision = decide(run, observed, ctl.clock())
+    # Executions are started only once the status that records them is saved, so a Job name is used once:
+    # a recorded execution whose Job is missing was deleted and counts as Lost, it is never created again.
+    # Every other action is idempotent by its name and is carried out first, as the engine asks.
+    starts = [a for a in decision.actions if isinstance(a, StartExecution)]
+    notes = [a for a in decision.actions if isinstance(a, Note)]
     for action in decision.actions:
-        await _apply(ctl, obj, run, action)
-    if decision.status == run.status:
-        return
-    try:
-        await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
-    except (Conflict, NotFound):
-        ctl.queue.add(key)  # changed meanwhile: decide again from what is there now
-        return
-    await _after_save(ctl, key, run, decision.status)
+        if not isinstance(action, StartExecution | Note):
+            await _apply(ctl, obj, run, action)
+    debts = ctl.owed.setdefault((key.namespace, key.name), {})
+    if decision.status != run.status:
+        debts.update((start.name, start) for start in starts)
+        try:
+            await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
+        except (Conflict, NotFound):
+            for start in starts:
+                debts.pop(start.name, None)
+            ctl.queue.add(key)  # changed meanwhile: decide again from what is there now
+            return
+    # Posted once the transition they tell of is saved: a pass that lost a conflict tells nothing.
+    for note in notes:
+        await _note(ctl, obj, note)
+    await _pay(ctl, obj, run, decision.status)
+    if decision.status != run.status:
+        await _after_save(ctl, key, run, decision.status)
+
+
+def _forget(ctl: Controller, key: Key) -> None:
+    """Drop what this process remembers of a run that is gone."""
+    ctl.pod_endings.pop((key.namespace, key.name), None)
+    ctl.owed.pop((key.namespace, key.name), None)
 
 
 async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
@@ -104,6 +124,8 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
     rejected = ctl.rejected.get((namespace, name))
     if rejected is not None:
         return Outcome(name, ExitKind.REFUSED, reason="JobRejected", message=rejected)
+    if name in ctl.owed.get((namespace, run.metadata.name), {}):
+        return None  # recorded, not created yet: this pass creates it
     try:
         job: Obj | None = await ctl.kube.get_job(namespace, name)
     except NotFound:
@@ -146,9 +168,7 @@ async def _exists(ctl: Controller, plural: str, namespace: str, name: str) -> bo
 async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) -> None:
     namespace = run.metadata.namespace or ""
     key = Key("run", namespace, run.metadata.name)
-    if isinstance(action, StartExecution):
-        await _start_execution(ctl, obj, run, action)
-    elif isinstance(action, StopExecution):
+    if isinstance(action, StopExecution):
         await _ignore_missing(ctl.kube.delete_job(namespace, action.name))
         await _ignore_missing(ctl.kube.delete_secret(namespace, action.name))
     elif isinstance(action, StartChild):
@@ -168,6 +188,20 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
         ctl.queue.add_at(key, action.when)
     elif isinstance(action, Note):
         await _note(ctl, obj, action)
+
+
+async def _pay(ctl: Controller, obj: Obj, run: WorkflowRun, status: WorkflowRunStatus) -> None:
+    """Create the Jobs of the executions ``status`` records that this process still owes.
+
+    A creation that fails stays owed (the error makes the queue try the run again); one whose execution
+    is no longer active (the run was cancelled meanwhile) is dropped.
+    """
+    debts = ctl.owed.get((run.metadata.namespace or "", run.metadata.name), {})
+    active = {e.name for e in status.active}
+    for name, start in list(debts.items()):
+        if name in active:
+            await _start_execution(ctl, obj, run, start)
+        debts.pop(name, None)
 
 
 async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: StartExecution) -> None:
@@ -235,7 +269,7 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
             ctl.rejected.pop((namespace, execution.name), None)
             await _ignore_missing_quiet(ctl, namespace, execution.name)
     if status.phase.finished:
-        ctl.pod_endings.pop((namespace, key.name), None)
+        _forget(ctl, key)
         if not before.status.phase.finished:
             await _stop_strays(ctl, namespace, before)
     # The workflow's counts, the parent of an invoked run and the Events whose waits matched are queued by

@@ -1,9 +1,17 @@
 """The decision: one level-triggered step from the whole observed state of a run.
 
 ``decide`` never mutates its input and never does I/O. Calling it again with the same input yields the
-same result, which is what makes crashes harmless — provided adapters keep one rule: **carry out the
-actions first, then save the status.** A crash in between then only repeats actions, and every action is
-idempotent by the deterministic name it carries (an execution, a child run, a sent event).
+same result, which is what makes crashes harmless — provided adapters keep two rules:
+
+- **carry out the actions first, then save the status**, so that a crash in between only repeats actions,
+  each idempotent by the deterministic name it carries (a child run, a sent event);
+- except **starting an execution, which follows the save** of the status that records it: then an
+  execution recorded but never seen (deleted, or its start cut short by a crash) is observed as ``Lost``
+  and retried under the next attempt's name, so no execution name is ever started twice.
+
+After a step returns, the runner goes on replaying to the next boundary and reports it with the output
+(``Report.next``): every execution but a run's first (and those after a wait, an invoke or a step that
+failed for good) is started for a known step, and a function that returns right after a step needs none.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from kubestep.api import names
 from kubestep.api.base import Condition, set_condition
 from kubestep.api.durations import format_duration, parse_duration
 from kubestep.api.report import MemoEntry, Report, ReportKind, RunnerState, StepRef
@@ -29,7 +38,7 @@ from kubestep.api.run import (
     WorkflowRun,
     WorkflowRunStatus,
 )
-from kubestep.engine import backoff, names
+from kubestep.engine import backoff
 from kubestep.engine.actions import (
     Action,
     CancelChild,
@@ -154,6 +163,10 @@ class _Decider:
                 f"{report.kind.value} for {reported or 'no step'}; the function must reach its steps in the "
                 "same order every time"
             )
+        return self.stray_boundary(report)
+
+    def stray_boundary(self, report: Report) -> str | None:
+        """Why ``report``, a boundary replay reached beyond the recorded steps, cannot be, if it cannot."""
         if report.kind in (ReportKind.FAILED, ReportKind.COMPLETED):
             return None
         refs = report.planned if report.kind is ReportKind.PLANNED else [report.step] if report.step else []
@@ -200,12 +213,17 @@ class _Decider:
             return
         assert report.step is not None
         # A wait listens from the moment its execution started: events published while the pod ran count.
-        step = self.ensure_step(report.step, execution.started_at)
+        step = self.ensure_step(report.step, None if kind is ReportKind.NEXT_STEP else execution.started_at)
         if kind is ReportKind.STEP_SUCCEEDED:
             attempt = self.add_attempt(step, execution, outcome)
             attempt.result = AttemptResult.SUCCEEDED
             attempt.reason = "Completed"
             self.step_done(step, output=report.output, took=_took(attempt))
+            if report.next is not None and step.phase is StepPhase.SUCCEEDED:
+                # Replay went on from this output: what it reached is known without another execution.
+                self.apply_boundary(execution, report.next, outcome)
+        elif kind is ReportKind.NEXT_STEP:
+            step.phase = StepPhase.PENDING  # `schedule` starts its first attempt, named by the step
         elif kind is ReportKind.STEP_FAILED:
             assert report.error is not None
             err = report.error
@@ -251,6 +269,17 @@ class _Decider:
             ]
             self.actions.append(PublishEvents(step.id, ids, report.events))
             self.step_done(step, output=ids)
+            if report.next is not None and step.phase is StepPhase.SUCCEEDED:
+                self.apply_boundary(execution, report.next, outcome)
+
+    def apply_boundary(self, execution: Execution, report: Report, outcome: Outcome) -> None:
+        """Act on the boundary replay reached right after a step's output (the report's ``next``)."""
+        stray = self.stray_boundary(report)
+        if stray:
+            error = ErrorInfo(type="NondeterminismError", message=stray)
+            self.end_all(RunPhase.FAILED, error, "NondeterminismError", stray)
+            return
+        self.apply_report(execution, report, outcome)
 
     def add_attempt(self, step: StepStatus, execution: Execution, outcome: Outcome) -> Attempt:
         # An execution's outcome is absorbed once (it leaves `active`), so this is always a new attempt.

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubestep.api import names
 from kubestep.api.base import ObjectMeta
 from kubestep.api.run import (
     ErrorInfo,
@@ -20,7 +21,6 @@ from kubestep.api.run import (
     WorkflowRunSpec,
 )
 from kubestep.api.workflow import Workflow
-from kubestep.engine import names
 from kubestep.engine.actions import (
     CancelChild,
     Note,

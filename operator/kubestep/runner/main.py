@@ -22,7 +22,7 @@ from kubestep.api.report import (
     encode_report,
 )
 from kubestep.sdk.errors import Interrupt
-from kubestep.sdk.step import Replay, classify
+from kubestep.sdk.step import Replay, classify, encodable
 from kubestep.sdk.workflow import WorkflowFunction
 
 #: Where the operator mounts the run's state in a step pod.
@@ -88,19 +88,46 @@ def run(state: RunnerState, report_path: Path) -> Report:
             # Raised inside user code (step.run); an interrupt cannot be swallowed by `except Exception`.
             raise ReportUnwritable(exc) from exc
 
+    def persist(succeeded: Report) -> None:
+        # Replay goes on to the next boundary after this; whatever happens there, the output is kept.
+        try:
+            write_report(succeeded, report_path)
+        except OSError as exc:
+            raise ReportUnwritable(exc) from exc
+
     replay.on_start = announce
+    replay.on_succeeded = persist
     report = replay.run(workflow)
     try:
         write_report(report, report_path)
     except OSError:
         raise
     except Exception as exc:  # a value that passed the JSON checks yet cannot be encoded: still report
-        error = ReportError(
-            type=type(exc).__name__, message=f"the report could not be encoded: {exc}", retriable=False
-        )
-        report = Report(kind=ReportKind.FAILED, error=error)
+        report = unencodable(report, exc)
         write_report(report, report_path)
     return report
+
+
+def unencodable(report: Report, exc: Exception) -> Report:
+    """The report to give instead of ``report``, which could not be encoded (``exc``).
+
+    What the step did is kept where it can be: the step's own result without the boundary after it
+    (the next execution finds that again), else a non-retriable failure of the step that names it.
+    """
+    if report.next is not None:
+        try:
+            report.model_copy(update={"next": None}).model_dump_json()
+            return report.model_copy(update={"next": None})
+        except Exception:  # the step's own output is what cannot be encoded
+            pass
+    error = ReportError(
+        type=type(exc).__name__,
+        message=encodable(f"the report could not be encoded: {exc}"),
+        retriable=False,
+    )
+    if report.step is not None and report.kind in (ReportKind.STEP_SUCCEEDED, ReportKind.STEP_FAILED):
+        return Report(kind=ReportKind.STEP_FAILED, step=report.step, error=error)
+    return Report(kind=ReportKind.FAILED, error=error)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

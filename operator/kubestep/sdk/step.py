@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
 from kubestep.api.durations import parse_duration
+from kubestep.api.names import sent_event_name
 from kubestep.api.report import MemoEntry, Report, ReportError, ReportKind, RunnerState, StepRef
 from kubestep.api.run import StepType
 from kubestep.sdk.errors import (
@@ -60,6 +61,15 @@ def to_json(value: Any, what: str, limit: int) -> Any:
             f"{what} returned a value that is not JSON ({_json_problem(value, exc)}); return dicts, "
             "lists, strings, numbers, booleans or None — convert other objects before returning them"
         ) from None
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("utf-8", "backslashreplace").decode()
+        raise NonRetriableError(
+            f"{what} returned a string that is not valid Unicode (it holds {bad}, a lone surrogate such as "
+            "os.fsdecode gives for a file name that is not UTF-8); JSON cannot carry it — decode such bytes "
+            "with errors='replace', or return them as base64"
+        ) from None
     size = len(text.encode())
     if size > limit:
         raise NonRetriableError(
@@ -91,11 +101,23 @@ def _first_non_json(value: Any) -> Any:
     return value
 
 
+def encodable(text: str) -> str:
+    """``text`` with characters that UTF-8 cannot carry (lone surrogates) written as ``\\udcxx`` escapes.
+
+    Messages of user exceptions may hold them (``os.fsdecode`` of a non-UTF-8 file name); the report must
+    still be written, so that the attempt is recorded on its step.
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def classify(exc: BaseException, now: datetime) -> ReportError:
     """Turn an exception raised by a step into the report's error, with its retry class."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     tail = "\n".join(tb.rstrip().splitlines()[-_TRACEBACK_LINES:])
-    error = ReportError(type=type(exc).__name__, message=str(exc)[:_MESSAGE_CHARS], traceback=tail)
+    message = str(exc) if not isinstance(exc, SystemExit) else f"sys.exit({exc.code!r}) was called"
+    error = ReportError(
+        type=type(exc).__name__, message=encodable(message[:_MESSAGE_CHARS]), traceback=encodable(tail)
+    )
     if isinstance(exc, NonRetriableError | WorkflowDefinitionError | NondeterminismError):
         error.retriable = False
     elif isinstance(exc, RetryAfterError):
@@ -193,7 +215,7 @@ class Step:
         result = self._replay.reach(
             id,
             StepType.SEND_EVENT,
-            lambda ref: self._replay.report(Report(kind=ReportKind.SEND_EVENT, step=ref, events=[payload])),
+            lambda ref: self._replay.send(Report(kind=ReportKind.SEND_EVENT, step=ref, events=[payload])),
         )
         return list(result or [])
 
@@ -245,8 +267,13 @@ class Replay:
         self._in_parallel = False
         self._branch: list[str] | None = None  # steps reached by the current parallel branch
         self._executing: str | None = None
+        self._succeeded: Report | None = None  # the step this replay executed, once it returned
+        self._boundaries: list[Report] = []  # sends replay went past after it
         self.on_start: Callable[[Report], None] = lambda report: None
         """Called with a ``started`` report just before a step executes (the runner persists it)."""
+        self.on_succeeded: Callable[[Report], None] = lambda report: None
+        """Called with the ``step_succeeded`` report as soon as the step returns, before replay goes on to
+        the next boundary (the runner persists it, so an output is never lost to what follows)."""
         self.stubs: dict[str, Any] = {}
         """Test doubles by step id or name: a value to return, an exception to raise, or a callable."""
 
@@ -283,6 +310,11 @@ class Replay:
             if memo.error is not None:
                 raise StepError(ref.id, memo.error.get("type", "Error"), memo.error.get("message", ""))
             return memo.output
+        if self._succeeded is not None and not self._in_parallel:
+            if kind is StepType.RUN:
+                # The next step's body belongs to an execution of its own: name it, do not run it.
+                self.report(Report(kind=ReportKind.NEXT_STEP, step=ref))
+            return on_new(ref)
         executable = kind is StepType.RUN and (self.state.target in (None, ref.id))
         if self._in_parallel:
             if kind is not StepType.RUN:
@@ -332,9 +364,28 @@ class Replay:
         self._position += 1
         return expected
 
-    def report(self, report: Report) -> Any:
-        """Stop the function with ``report``."""
-        raise _Reported(report)
+    def report(self, report: Report) -> NoReturn:
+        """Stop the function with ``report`` (as the ``next`` of the step this replay executed, if any)."""
+        raise _Reported(self._after_step(report))
+
+    def send(self, report: Report) -> list[str]:
+        """Publish the events of a send step: reported now, or — right after an executed step — carried on
+        its report while replay goes on, since the ids the events get are known here already."""
+        if self._succeeded is None:
+            self.report(report)
+        assert report.step is not None
+        ids = [sent_event_name(self.state.run, report.step.id, i) for i in range(len(report.events))]
+        self._boundaries.append(report)
+        return ids
+
+    def _after_step(self, report: Report) -> Report:
+        """``report`` as the end of the chain that follows the executed step (its sends, then this)."""
+        if self._succeeded is None:
+            return report
+        chain = report
+        for send in reversed(self._boundaries):
+            chain = send.model_copy(update={"next": chain})
+        return self._succeeded.model_copy(update={"next": chain})
 
     def _nondeterministic(self, message: str) -> NoReturn:
         """Fail the run; as an interrupt, so that ``except Exception`` in user code cannot hide it."""
@@ -342,7 +393,7 @@ class Replay:
 
     def fail_run(self, exc: Exception) -> NoReturn:
         """Fail the run for a misuse of the SDK, in a way ``except Exception`` cannot swallow."""
-        raise _Reported(_failed(exc, self.now))
+        self.report(_failed(exc, self.now))
 
     def seconds(self, step_id: str, value: str | float | timedelta, what: str) -> float:
         """Parse a duration argument; a bad one fails the run with a message naming the step."""
@@ -361,11 +412,18 @@ class Replay:
             output = to_json(
                 self._call(ref, fn, args, kwargs), f"step {ref.id!r}", self.state.max_output_bytes
             )
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise _Reported(
                 Report(kind=ReportKind.STEP_FAILED, step=ref, error=classify(exc, self.now))
             ) from exc
-        raise _Reported(Report(kind=ReportKind.STEP_SUCCEEDED, step=ref, output=output))
+        succeeded = Report(kind=ReportKind.STEP_SUCCEEDED, step=ref, output=output)
+        if self._in_parallel:
+            # The group's other branches are other executions' to run: the code after it cannot go on.
+            raise _Reported(succeeded)
+        self.on_succeeded(succeeded)
+        self._executing = None
+        self._succeeded = succeeded
+        return output
 
     def _call(
         self, ref: StepRef, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -427,20 +485,34 @@ class Replay:
         except _Reported as done:
             return done.report
         except _NewStep as stray:  # a branch callable was called outside step.parallel
-            return _failed(WorkflowDefinitionError(f"step {stray.ref.id!r} escaped step.parallel"), self.now)
-        except StepError as exc:
-            return Report(
-                kind=ReportKind.FAILED,
-                error=ReportError(type=exc.error_type, message=exc.error_message, retriable=False),
-                step=_ref_of(self.state, exc.step_id),
+            failed = _failed(
+                WorkflowDefinitionError(f"step {stray.ref.id!r} escaped step.parallel"), self.now
             )
+            return self._after_step(failed)
+        except StepError as exc:
+            return self._after_step(
+                Report(
+                    kind=ReportKind.FAILED,
+                    error=ReportError(
+                        type=exc.error_type, message=encodable(exc.error_message), retriable=False
+                    ),
+                    step=_ref_of(self.state, exc.step_id),
+                )
+            )
+        except SystemExit as exc:
+            # Outside any step an exit is the function ending in failure, like any exception there.
+            error = WorkflowDefinitionError(
+                f"the workflow function called sys.exit({exc.code!r}) outside any step; raise an exception "
+                "(or return) instead — the run fails here"
+            )
+            return self._after_step(_failed(error, self.now))
         except Exception as exc:
-            return _failed(exc, self.now)
+            return self._after_step(_failed(exc, self.now))
         try:
             value = to_json(output, "the workflow function", self.state.max_output_bytes)
         except NonRetriableError as exc:
-            return _failed(exc, self.now)
-        return Report(kind=ReportKind.COMPLETED, output=value)
+            return self._after_step(_failed(exc, self.now))
+        return self._after_step(Report(kind=ReportKind.COMPLETED, output=value))
 
 
 def _failed(exc: Exception, now: datetime) -> Report:
