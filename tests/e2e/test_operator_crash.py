@@ -1,7 +1,7 @@
 """The operator killed with SIGKILL mid-run and started again.
 
-Each test runs ``crash_flows:crash_flow`` (``prepare`` → ``flaky``, failing once and retried after a 4 s
-backoff → ``step.sleep("nap", "5s")`` → ``finish``) and kills its operator at one kind of moment: while
+Each test runs ``crash_flows:crash_flow`` (``prepare`` → ``flaky``, failing once and retried after a 12 s
+backoff → ``step.sleep("nap", "12s")`` → ``finish``) and kills its operator at one kind of moment: while
 a step's Job runs, between a Job's end and the recording of that end, during the backoff wait, during
 the sleep. Whatever the moment, the run must complete, no succeeded step may run again (every step
 execution appends to a trace file in the test's data directory), and no attempt may ever have two Jobs
@@ -38,10 +38,12 @@ EXPECTED_ATTEMPTS = {
     "flaky": [(1, "Error"), (2, "Succeeded")],
     "finish": [(1, "Succeeded")],
 }
-#: Jobs that record no step attempt: the execution that reached the sleep and the one that completed.
-DISCOVERY_ONLY_JOBS = 2
-BACKOFF_SECONDS = 4.0
-NAP = "5s"
+#: Jobs that record no step attempt: none. The sleep and the function's end are reported with the output of
+#: the step before them, so every Job executes a step.
+DISCOVERY_ONLY_JOBS = 0
+#: Long enough that a restart on a busy machine still lands before the retry or the wake-up is due.
+BACKOFF_SECONDS = 12.0
+NAP = "12s"
 ANNOTATION_STEP = "kubestep.dev/step"
 ANNOTATION_ATTEMPT = "kubestep.dev/attempt"
 
@@ -67,7 +69,7 @@ def crash_workflow(data_dir: Path, gates: tuple[str, ...] = ()) -> dict[str, Any
             "function": "crash_flows:crash_flow",
             "retries": {
                 "limit": 2,
-                "backoff": {"initial": "4s", "factor": 1, "max": "4s", "jitter": "0s"},
+                "backoff": {"initial": "12s", "factor": 1, "max": "12s", "jitter": "0s"},
             },
             "timeouts": {"step": "3m", "run": "10m"},
             "podTemplate": {"env": env},
@@ -410,7 +412,7 @@ def test_killed_during_a_sleep_the_run_wakes_once(
     if restart_when == "after-wake":
         wait_for(
             lambda: datetime.now(UTC) > wake + timedelta(seconds=1.5),
-            timeout=15,
+            timeout=30,
             what="the sleep to be over",
         )
     # Nothing ran while the operator was down.

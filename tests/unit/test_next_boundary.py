@@ -267,3 +267,29 @@ def test_a_lost_job_under_a_known_step_is_lost_on_that_step_and_the_next_attempt
 def test_the_first_execution_is_still_a_discovery():
     sim = Sim(make_run(), now=T0)
     assert sim.only_start().step is None
+
+
+def test_a_status_the_platform_cannot_store_ends_the_run_with_what_fits():
+    from kubestep.engine import StopExecution
+    from kubestep.engine.observations import Observed, Outcome
+
+    sim = Sim(make_run())
+    sim.finish(with_next(ok("a", "x" * 1000), Report(kind=ReportKind.NEXT_STEP, step=ref("b"))))
+    (active,) = sim.status.active
+    out = Outcome(active.name, ExitKind.EXITED, ok("b", "y" * 1000), exit_code=0)
+    refused = Observed(outcomes=[out], status_too_large="etcdserver: request is too large")
+    decision = sim.step(refused)
+    status = decision.status
+    assert status.phase is RunPhase.FAILED
+    assert status.error is not None and status.error.type == "StatusTooLarge"
+    assert "request is too large" in status.error.message and "references" in status.error.message
+    assert [(s.id, s.phase, s.output) for s in status.steps] == [
+        ("a", StepPhase.SUCCEEDED, None),
+        ("b", StepPhase.SUCCEEDED, None),
+    ]
+    assert all(len(s.attempts) == 1 and not s.attempts[0].log_tail for s in status.steps)
+    # Nothing new starts; the execution this decision would have started is stopped (never created).
+    assert status.active == [] and sim.started() == []
+    assert [s.reason for s in decision.of(StopExecution)] == ["StatusTooLarge"]
+    condition = next(c for c in status.conditions if c.type == "Succeeded")
+    assert (condition.status, condition.reason) == ("False", "Failed")

@@ -55,10 +55,22 @@ class Unavailable(KubeError):
     """The API server could not be reached or answered with a server error; retry later."""
 
 
+class TooLarge(KubeError):
+    """The object is larger than the API server (or its storage) accepts; the same request cannot pass."""
+
+
+#: How the API server and etcd word a request that is too large (413, or a 500 passed on from etcd).
+_TOO_LARGE = ("request is too large", "request entity too large", "too large", "too long")
+
+
 def _domain_error(exc: Exception) -> KubeError:
     if not isinstance(exc, ApiException):
         return Unavailable(f"{type(exc).__name__}: {exc}")
     message = _api_message(exc)
+    if exc.status == 413 or (
+        exc.status in (400, 422, 500) and any(words in message.lower() for words in _TOO_LARGE)
+    ):
+        return TooLarge(message, exc.status)
     if exc.status == 404:
         return NotFound(message, 404)
     if exc.status == 409:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable
 
@@ -21,6 +22,7 @@ from kubestep.controller.kube import (
     NotFound,
     Obj,
     Rejected,
+    TooLarge,
     Unavailable,
 )
 from kubestep.engine.actions import (
@@ -33,7 +35,7 @@ from kubestep.engine.actions import (
     StartExecution,
     StopExecution,
 )
-from kubestep.engine.decide import decide
+from kubestep.engine.decide import Decision, decide
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome
 
 log = logging.getLogger(__name__)
@@ -60,30 +62,53 @@ async def reconcile_run(ctl: Controller, key: Key) -> None:
         return
     observed = await _observe(ctl, run)
     decision = decide(run, observed, ctl.clock())
-    # Executions are started only once the status that records them is saved, so a Job name is used once:
-    # a recorded execution whose Job is missing was deleted and counts as Lost, it is never created again.
-    # Every other action is idempotent by its name and is carried out first, as the engine asks.
-    starts = [a for a in decision.actions if isinstance(a, StartExecution)]
-    notes = [a for a in decision.actions if isinstance(a, Note)]
-    for action in decision.actions:
-        if not isinstance(action, StartExecution | Note):
-            await _apply(ctl, obj, run, action)
-    debts = ctl.owed.setdefault((key.namespace, key.name), {})
+    await _carry_out(ctl, obj, run, decision)
     if decision.status != run.status:
-        debts.update((start.name, start) for start in starts)
         try:
-            await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
+            decision = await _save(ctl, obj, run, observed, decision)
         except (Conflict, NotFound):
-            for start in starts:
-                debts.pop(start.name, None)
             ctl.queue.add(key)  # changed meanwhile: decide again from what is there now
             return
     # Posted once the transition they tell of is saved: a pass that lost a conflict tells nothing.
-    for note in notes:
+    for note in decision.of(Note):
         await _note(ctl, obj, note)
+    # Executions are started only once the status that records them is saved, so a Job name is used once:
+    # a recorded execution whose Job is missing was deleted and counts as Lost, it is never created again.
+    debts = ctl.owed.setdefault((key.namespace, key.name), {})
+    debts.update((start.name, start) for start in decision.of(StartExecution))
     await _pay(ctl, obj, run, decision.status)
     if decision.status != run.status:
         await _after_save(ctl, key, run, decision.status)
+
+
+async def _carry_out(ctl: Controller, obj: Obj, run: WorkflowRun, decision: Decision) -> None:
+    """The actions that come before the save: all but starting executions and posting notes.
+
+    Each is idempotent by the name it carries, as the engine asks.
+    """
+    for action in decision.actions:
+        if not isinstance(action, StartExecution | Note):
+            await _apply(ctl, obj, run, action)
+
+
+async def _save(
+    ctl: Controller, obj: Obj, run: WorkflowRun, observed: Observed, decision: Decision
+) -> Decision:
+    """Save the decided status and return the decision saved.
+
+    A status the API server cannot store (too large) is decided again knowing that: the run ends with
+    what still fits, and that decision is the one saved.
+    """
+    try:
+        await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
+        return decision
+    except TooLarge as exc:
+        log.warning("%s/%s: status refused as too large: %s", run.metadata.namespace, run.metadata.name, exc)
+        why = str(exc)
+    smaller = decide(run, dataclasses.replace(observed, status_too_large=why), ctl.clock())
+    await _carry_out(ctl, obj, run, smaller)
+    await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict())
+    return smaller
 
 
 def _forget(ctl: Controller, key: Key) -> None:

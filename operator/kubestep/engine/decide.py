@@ -106,7 +106,34 @@ class _Decider:
             self.check_run_timeout()
         if not status.phase.finished:
             self.schedule()
+        if observed.status_too_large:
+            self.too_large(observed.status_too_large)
         return self.finish()
+
+    def too_large(self, why: str) -> None:
+        """End the run whose status cannot be stored, keeping what still fits: each step's id, phase,
+        error and last attempt, without outputs, messages or log tails."""
+        kept = len(json.dumps(self.status.model_dump(mode="json", by_alias=True, exclude_none=True)))
+        for step in self.status.steps:
+            step.output = None
+            for attempt in step.attempts:
+                attempt.log_tail = ""
+                attempt.message = attempt.message[:200]
+            step.attempts = step.attempts[-1:]
+        self.status.output = None
+        message = (
+            f"the run's status grew to about {kept} bytes, more than the API server stores ({why}); "
+            "the steps' outputs and attempt details were dropped. Return references to large data instead "
+            "of the data, and keep spec.limits.runOutputBytes well below 1 MiB"
+        )
+        if self.status.phase.finished:
+            self.status.error = ErrorInfo(type="StatusTooLarge", message=message)
+            self.status.phase = RunPhase.FAILED
+            self.note("RunFailed", message, warning=True)
+            return
+        self.end_all(
+            RunPhase.FAILED, ErrorInfo(type="StatusTooLarge", message=message), "StatusTooLarge", message
+        )
 
     def finish(self) -> Decision:
         self.summarize()
@@ -288,7 +315,9 @@ class _Decider:
         attempt = Attempt(number=number, job=execution.name, started_at=execution.started_at)
         step.attempts.append(attempt)
         step.attempt_count += 1
-        attempt.finished_at = outcome.finished_at or self.now
+        # Kubernetes stamps ends in whole seconds and a restart may time a start late: never end before start.
+        finished = outcome.finished_at or self.now
+        attempt.finished_at = max(finished, execution.started_at) if execution.started_at else finished
         attempt.exit_code = outcome.exit_code
         return attempt
 

@@ -84,3 +84,5 @@ class Observed:
     """Events that may match waiting steps."""
     children: list[ChildResult] = field(default_factory=list)
     """Child runs of invoke steps."""
+    status_too_large: str = ""
+    """Set when the platform refused to store the status this decision would give, as too large: why."""
