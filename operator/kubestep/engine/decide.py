@@ -575,7 +575,12 @@ class _Decider:
 
     def end_all(self, phase: RunPhase, error: ErrorInfo | None, reason: str, message: str) -> None:
         status = self.status
+        # Executions this very decision started never ran: drop them rather than stop them.
+        unstarted = {a.name for a in self.actions if isinstance(a, StartExecution)}
+        self.actions = [a for a in self.actions if not isinstance(a, StartExecution)]
         for execution in status.active:
+            if execution.name in unstarted:
+                continue
             self.actions.append(StopExecution(execution.name, reason))
             step = self.target_step(execution)
             if step is not None:
