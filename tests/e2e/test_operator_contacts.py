@@ -33,9 +33,16 @@ def test_contacts_example_succeeds_with_every_step_output_in_status(
     assert step(run, "create-contacts-in-crm")["output"] == {"total_users_added": 5}
     assert status["progress"] == "5/5"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
-    # Each step ran in its own Job, in the restricted namespace, and the state Secrets were cleaned up.
+    # Each step ran in its own Job, in the restricted namespace, and the state Secrets were cleaned up. The
+    # four `step.run` steps took one Job each and nothing more: the send and the function's return were
+    # reported with the output of the step before them.
     jobs = cluster.items("jobs", f"kubestep.dev/run={run['metadata']['name']}")
-    assert len(jobs) >= 5
+    assert len(jobs) == 4, [j["metadata"]["name"] for j in jobs]
+    # Every Job but the run's first was created for a known step, and says so in a label.
+    labelled = sorted(j["metadata"]["labels"].get("kubestep.dev/step", "") for j in jobs)
+    assert labelled == ["", *sorted(HAPPY_STEPS[1:4])], labelled
+    enrich = "kubestep.dev/step=enrich-address-information"
+    assert len(cluster.items("pods", f"kubestep.dev/run={run['metadata']['name']},{enrich}")) == 1
     assert all(j["spec"]["template"]["spec"]["automountServiceAccountToken"] is False for j in jobs)
     assert cluster.items("secrets", f"kubestep.dev/run={run['metadata']['name']}") == []
     with sqlite3.connect(tmp_path / "crm.sqlite3") as db:
