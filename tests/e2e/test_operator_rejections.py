@@ -12,8 +12,8 @@ def test_a_step_job_the_api_server_refuses_fails_the_run_with_the_reason(
     operator: Operator, cluster: Cluster, tmp_path: Path
 ) -> None:
     workflow = contacts_workflow(tmp_path)
-    # Admitted by the Workflow's schema (resources are free-form), refused in a Job by the API server.
-    workflow["spec"]["podTemplate"]["resources"] = {"limits": {"memory": "lots"}}
+    # Admitted by the Workflow's schema (node selector keys are not checked there), refused in a Job.
+    workflow["spec"]["podTemplate"]["nodeSelector"] = {"not a label key!": "batch"}
     workflow["spec"]["retries"] = {"limit": 1, "backoff": {"initial": "1s", "jitter": "0s"}}
     cluster.apply(workflow)
     cluster.apply(contacts_event())
@@ -23,7 +23,7 @@ def test_a_step_job_the_api_server_refuses_fails_the_run_with_the_reason(
     status = run["status"]
     assert status["phase"] == "Failed", status
     assert status["error"]["type"] == "JobRejected", status["error"]
-    assert "quantities must match" in status["error"]["message"], status["error"]
+    assert "nodeSelector" in status["error"]["message"], status["error"]
     assert "spec.podTemplate" in status["error"]["message"], status["error"]
     assert cluster.items("jobs", f"kubestep.dev/run={run['metadata']['name']}") == []
     # Not retried: the same Job would be refused again.

@@ -414,6 +414,32 @@ def test_pod_template_env_comes_after_the_state_variable_in_order() -> None:
     assert container(job_for(PodTemplate()))["env"] == [env[0]]
 
 
+def test_a_pod_template_as_written_in_a_workflow_reaches_the_step_pod_unchanged() -> None:
+    """The typed podTemplate is a pass-through: what a user copies from a Pod is what the pod gets."""
+    written: Obj = {
+        "resources": {"limits": {"cpu": 2, "memory": "1Gi"}, "requests": {"cpu": "0.5"}},
+        "env": [
+            {"name": "A", "value": ""},
+            {"name": "B", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "b", "optional": True}}},
+            {"name": "C", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "D", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+        ],
+        "envFrom": [{"prefix": "S_", "secretRef": {"name": "s"}}],
+        "tolerations": [
+            {"key": "k", "operator": "Equal", "value": "v", "effect": "NoExecute", "tolerationSeconds": 30}
+        ],
+        "imagePullSecrets": [{"name": "regcred"}],
+    }
+    job = job_for(PodTemplate.model_validate(written))
+    assert container(job)["resources"] == written["resources"]
+    assert container(job)["env"][1:] == written["env"]
+    assert container(job)["envFrom"] == written["envFrom"]
+    assert pod_spec(job)["tolerations"] == written["tolerations"]
+    assert pod_spec(job)["imagePullSecrets"] == written["imagePullSecrets"]
+    # Resources with neither limits nor requests add nothing.
+    assert "resources" not in container(job_for(PodTemplate.model_validate({"resources": {}})))
+
+
 def test_all_overrides_together_leave_the_security_settings_alone() -> None:
     plain, full = job_for(PodTemplate()), job_for(FULL_TEMPLATE)
     assert pod_spec(full)["securityContext"] == pod_spec(plain)["securityContext"]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import cel
 import pytest
@@ -28,7 +28,13 @@ from kubestep.api.crdgen import (
     structural,
     write_crds,
 )
-from kubestep.api.durations import SPEC_DURATION_PATTERN
+from kubestep.api.durations import (
+    MAX_SPEC_DURATION_SECONDS,
+    SPEC_DURATION_PARSABLE_PATTERN,
+    SPEC_DURATION_PATTERN,
+    parse_duration,
+)
+from kubestep.api.pod import QUANTITY_PATTERN
 from kubestep.api.workflow import EVENT_NAME_PATTERN, FUNCTION_PATTERN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +75,7 @@ CRD_KEYWORDS = {
     "x-kubernetes-validations",
 }
 PRESERVE = "x-kubernetes-preserve-unknown-fields"
+INT_OR_STRING = "x-kubernetes-int-or-string"
 
 
 def load(name: str) -> dict[str, Any]:
@@ -286,8 +293,13 @@ def test_schemas_are_structural() -> None:
         unknown = set(node) - CRD_KEYWORDS
         if unknown:
             problems.append(f"{where} has non-CRD keywords {sorted(unknown)}")
-        if "type" not in node and node.get(PRESERVE) is not True:
+        if "type" not in node and node.get(PRESERVE) is not True and node.get(INT_OR_STRING) is not True:
             problems.append(f"{where} has neither a type nor x-kubernetes-preserve-unknown-fields")
+        if node.get(INT_OR_STRING) and (
+            "type" in node
+            or set(node) - {"description", "maxLength", INT_OR_STRING, "x-kubernetes-validations"}
+        ):
+            problems.append(f"{where} is an int-or-string with a type or non-string constraints")
         if node.get("type") == "null" or not isinstance(node.get("type", ""), str):
             problems.append(f"{where} has type {node.get('type')!r}")
         if node.get("additionalProperties") is False:
@@ -364,10 +376,10 @@ def test_optional_fields_are_not_required_and_have_no_null_default() -> None:
     crd = load("workflows.kubestep.dev.yaml")
     timeouts = node_at(crd, ".spec.timeouts")
     assert "required" not in timeouts
-    assert timeouts["properties"]["step"] == {
-        "description": timeouts["properties"]["step"]["description"],
+    step = timeouts["properties"]["step"]
+    assert {k: v for k, v in step.items() if k != "x-kubernetes-validations"} == {
+        "description": step["description"],
         "type": "string",
-        "pattern": SPEC_DURATION_PATTERN,
         "maxLength": 32,
     }
     assert node_at(crd, ".spec")["required"] == ["triggers", "image", "function"]
@@ -428,9 +440,10 @@ def test_nested_policies_default_to_empty_objects() -> None:
     ],
 )
 def test_function_pattern(value: str, ok: bool) -> None:
-    pattern = node_at(load("workflows.kubestep.dev.yaml"), ".spec.function")["pattern"]
-    assert pattern == FUNCTION_PATTERN
-    assert go_match(pattern, value) is ok
+    (rule,) = rules_at(load("workflows.kubestep.dev.yaml"), ".spec.function")
+    assert FUNCTION_PATTERN in rule["rule"]
+    assert go_match(FUNCTION_PATTERN, value) is ok
+    assert evaluate(rule, value) is ok
 
 
 @pytest.mark.parametrize(
@@ -446,14 +459,20 @@ def test_function_pattern(value: str, ok: bool) -> None:
         ("a//b", False),
         ("has space", False),
         ("-dash", False),
+        ("api/contact_list.hochgeladen", True),
+        ("api/liste_validée", False),
+        ("api/\u0441\u043f\u0438\u0441\u043e\u043a", False),
     ],
 )
 def test_event_name_pattern(value: str, ok: bool) -> None:
     for name, path in (("workflows.kubestep.dev.yaml", None), ("events.kubestep.dev.yaml", ".spec.name")):
         crd = load(name)
         node = node_at(crd, path) if path else node_at(crd, ".spec.triggers")["items"]["properties"]["event"]
-        assert node["pattern"] == EVENT_NAME_PATTERN
-        assert (go_match(node["pattern"], value) and len(value) >= node["minLength"]) is ok
+        (rule,) = node["x-kubernetes-validations"]
+        assert "pattern" not in node, "a pattern would be refused with the bare regular expression"
+        assert EVENT_NAME_PATTERN in rule["rule"]
+        assert (go_match(EVENT_NAME_PATTERN, value) and len(value) >= node["minLength"]) is ok
+        assert evaluate(rule, value) is go_match(EVENT_NAME_PATTERN, value)
 
 
 @pytest.mark.parametrize("value", ["15s", "1m", "500ms", "1h30m", "1.5s", "0s", "2h45m30s"])
@@ -466,6 +485,77 @@ def test_spec_durations_parse_in_cel(value: str) -> None:
 @pytest.mark.parametrize("value", ["1d", "1w", "15", "s", "1 h", "-1s", "1h-1m", "1.s"])
 def test_spec_durations_reject_non_go_units(value: str) -> None:
     assert not go_match(SPEC_DURATION_PATTERN, value)
+
+
+DURATION_FIELDS = (
+    ".spec.timeouts.step",
+    ".spec.timeouts.run",
+    ".spec.retries.backoff.initial",
+    ".spec.retries.backoff.max",
+    ".spec.retries.backoff.jitter",
+)
+
+
+def duration_rules() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The format rule and the bound rule of a spec duration (the same on every duration field)."""
+    crd = load("workflows.kubestep.dev.yaml")
+    found = {json_key(rules_at(crd, path)) for path in DURATION_FIELDS}
+    assert len(found) == 1, "every spec duration has the same rules"
+    rules = rules_at(crd, DURATION_FIELDS[0])
+    (fmt,) = [r for r in rules if "is not a duration" in r["messageExpression"]]
+    (bound,) = [r for r in rules if "longer than 8784h" in r["messageExpression"]]
+    return fmt, bound
+
+
+def json_key(value: Any) -> str:
+    return yaml.safe_dump(value, sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "5 minutes",
+            "'5 minutes' is not a duration; write a number and a unit (ms, s, m or h; a day is 24h)",
+        ),
+        ("-1s", "'-1s' is not a duration;"),
+        ("1y", "'1y' is not a duration;"),
+        ("1d", "a day is 24h), e.g. 30s, 1h30m or 48h"),
+        ("100000000h", "'100000000h' is longer than 8784h (366 days), the longest duration kubestep accepts"),
+        ("8785h", "'8785h' is longer than 8784h (366 days)"),
+        ("527041m", "'527041m' is longer than 8784h"),
+        ("99999999999999999999s", "is longer than 8784h"),
+    ],
+)
+def test_bad_durations_get_one_message_in_words(value: str, message: str) -> None:
+    fmt, bound = duration_rules()
+    failing = [r for r in (fmt, bound) if not evaluate(r, value)]
+    assert len(failing) == 1, "one message per bad duration, never two"
+    (rule,) = failing
+    assert message in cel.evaluate(rule["messageExpression"], {"self": value})
+    assert "^" not in rule["messageExpression"], "no regular expression in what users read"
+
+
+@pytest.mark.parametrize("value", ["15s", "8784h", "527040m", "31622400s", "0000001h", "1.5h", "1h1h", "0s"])
+def test_durations_up_to_the_bound_are_accepted(value: str) -> None:
+    fmt, bound = duration_rules()
+    assert evaluate(fmt, value) and evaluate(bound, value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["100000h", "10000000m", "1000000000s", "1000000000000ms", "99999h99999h99999h99999h99999h", "1h" * 16],
+)
+def test_what_duration_cannot_parse_is_longer_than_the_bound(value: str) -> None:
+    """The bound rule refuses a value `duration()` might overflow on without parsing it; that is only right if
+    every such value is over the bound anyway, and every value `duration()` is given is far from overflow."""
+    seconds = parse_duration(value)
+    if go_match(SPEC_DURATION_PARSABLE_PATTERN, value):
+        assert len(value) <= 32 and seconds < 2_500_000 * 3600  # Go's time.Duration holds about 2.56e6 hours
+    else:
+        assert seconds > MAX_SPEC_DURATION_SECONDS
+    # Within 32 characters, the most a parsable value can hold is below Go's limit.
+    assert parse_duration("999999999s" * 3) < 2_500_000 * 3600
 
 
 def test_enums_and_bounds() -> None:
@@ -492,16 +582,23 @@ def evaluate(rule: dict[str, Any], value: Any, old: Any = None) -> bool:
 
 
 def test_every_rule_has_a_message_naming_its_field() -> None:
+    """Rules on objects and lists name the fields they compare; rules on one value quote the value (the API
+    server prints the field's path before the message). Every message says the fix after the problem."""
     found = 0
     for name, path, node, _ in all_nodes():
         for rule in node.get("x-kubernetes-validations", []):
             found += 1
-            field = path.rsplit(".", 1)[-1].removesuffix("[]")
-            assert field in rule["message"], f"{name}:{path}: message does not name {field}"
-            assert ";" in rule["message"], f"{name}:{path}: message should say the fix after the problem"
             assert set(rule) <= {"rule", "message", "messageExpression", "reason", "fieldPath"}
-    # 3 in workflows, the same 3 in workflowruns' copy of the spec, and its 3 immutability rules.
-    assert found >= 9
+            assert ";" in rule["message"], f"{name}:{path}: message should say the fix after the problem"
+            if node.get("type") in ("object", "array"):
+                field = path.rsplit(".", 1)[-1].removesuffix("[]")
+                assert field in rule["message"], f"{name}:{path}: message does not name {field}"
+            else:
+                assert rule["messageExpression"].startswith('"\'" + '), f"{name}:{path}: quote the value"
+                assert "e.g." in rule["message"] or "or less" in rule["message"], f"{name}:{path}: an example"
+    # 3 cross-field rules, 5 durations x 2, the function and the trigger events in workflows; the same in
+    # workflowruns' copy of the spec, with its immutability rules; the Event's immutable spec.
+    assert found >= 2 * 15 + 4
 
 
 @pytest.mark.parametrize("name", ["workflows.kubestep.dev.yaml", "workflowruns.kubestep.dev.yaml"])
@@ -544,6 +641,70 @@ def test_run_inputs_are_immutable(field: str) -> None:
     assert evaluate(rule, {"name": "a", "data": {"x": [1]}}, {"name": "a", "data": {"x": [1]}})
     assert not evaluate(rule, {"name": "a"}, {"name": "b"})
     assert "x-kubernetes-validations" not in node_at(crd, ".spec.cancel"), "cancel must stay writable"
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [(".spec.retries.backoff", ("initial", "max")), (".spec.timeouts", ("step", "run"))],
+)
+@pytest.mark.parametrize("bad", ["5 minutes", "-1s", "1y", "100000000h", "1d"])
+def test_duration_comparisons_stay_silent_on_values_that_do_not_parse(
+    path: str, fields: tuple[str, str], bad: str
+) -> None:
+    """The field's own rule speaks; a comparison would add a misleading error (a CEL type conversion error on
+    the API server, which cannot parse the value as a duration)."""
+    (rule,) = rules_at(load("workflows.kubestep.dev.yaml"), path)
+    first, second = fields
+    assert f"self.{first}.matches(" in rule["rule"] and f"self.{second}.matches(" in rule["rule"]
+    assert evaluate(rule, {first: bad, second: "1h"})
+    assert evaluate(rule, {first: "1h", second: bad})
+
+
+def test_an_events_spec_cannot_change() -> None:
+    crd = load("events.kubestep.dev.yaml")
+    (rule,) = rules_at(crd, ".spec")
+    assert rule["rule"] == "self == oldSelf"
+    assert "publish a new Event (a new metadata.name)" in rule["message"]
+    spec = {"name": "app/go", "data": {"rows": [1, 2]}, "id": "a"}
+    assert evaluate(rule, spec, dict(spec))
+    assert not evaluate(rule, {**spec, "data": {"rows": [1]}}, spec)
+    assert "x-kubernetes-validations" not in node_at(crd, ".status")
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("500m", True),
+        ("2", True),
+        ("0.5", True),
+        (".5", True),
+        ("256Mi", True),
+        ("1Gi", True),
+        ("1e3", True),
+        ("1.5G", True),
+        (2, True),
+        (0, True),
+        ("2 cores", False),
+        ("lots", False),
+        ("1GB", False),
+        ("-1", False),
+        (-1, False),
+        ("", False),
+        ("1Gi\n", False),
+    ],
+)
+def test_resource_quantities(value: str | int, ok: bool) -> None:
+    crd = load("workflows.kubestep.dev.yaml")
+    resources = node_at(crd, ".spec.podTemplate.resources")["properties"]
+    for kind in ("limits", "requests"):
+        node = resources[kind]["additionalProperties"]
+        assert node[INT_OR_STRING] is True and "type" not in node
+        (rule,) = node["x-kubernetes-validations"]
+        assert evaluate(rule, value) is ok
+        if not ok:
+            message = cel.evaluate(rule["messageExpression"], {"self": value})
+            assert message.startswith(f"'{value}' is not a quantity;") and "e.g. 500m" in message
+    assert go_match(QUANTITY_PATTERN, "100m")
 
 
 # --- The converter on small models --------------------------------------------------------------------------
@@ -624,11 +785,34 @@ def test_converter_refuses_unions() -> None:
     class Either(Model):
         """Two types."""
 
-        value: int | str
+        value: int | bool
         """Either."""
 
     with pytest.raises(CRDGenError, match="non-null branches"):
         convert(Either)
+
+
+def test_converter_maps_int_or_string() -> None:
+    class Amount(Model):
+        """As Kubernetes types quantities and ports."""
+
+        value: Annotated[str, Field(max_length=8)] | int | None = None
+        """An integer or a short string."""
+
+    assert convert(Amount)["properties"]["value"] == {
+        "description": "An integer or a short string.",
+        "maxLength": 8,
+        INT_OR_STRING: True,
+    }
+
+    class Bounded(Model):
+        """A constraint the API server would apply to strings only."""
+
+        value: str | Annotated[int, Field(ge=0)]
+        """Either."""
+
+    with pytest.raises(CRDGenError, match="int-or-string with constraints"):
+        convert(Bounded)
 
 
 def test_converter_refuses_recursion() -> None:

@@ -89,6 +89,7 @@ _FORMATS = frozenset(
 )
 _SCALAR_TYPES = frozenset({"string", "integer", "number", "boolean"})
 _PRESERVE = "x-kubernetes-preserve-unknown-fields"
+_INT_OR_STRING = "x-kubernetes-int-or-string"
 
 
 class CRDGenError(ValueError):
@@ -142,6 +143,13 @@ def _inline(
         if combinator not in node:
             continue
         branches = [b for b in node.pop(combinator) if not _is_null(b)]
+        if combinator == "anyOf" and _int_or_string(branches, at):
+            # `int | str`, as Kubernetes types quantities and ports: one node the API server knows.
+            if node.get("default", ...) is None:
+                del node["default"]
+            merged = {_INT_OR_STRING: True, **{k: v for b in branches for k, v in b.items() if k != "type"}}
+            merged.update(node)
+            return merged, seen
         if len(branches) != 1:
             raise CRDGenError(
                 f"{at}: {combinator} with {len(branches)} non-null branches; a structural schema needs one "
@@ -154,6 +162,23 @@ def _inline(
         merged.update(node)
         return merged, seen
     return node, seen
+
+
+def _int_or_string(branches: Sequence[Schema], at: str) -> bool:
+    """Whether ``branches`` are an integer and a string, which a CRD expresses as int-or-string.
+
+    Only string constraints (a length) may come along: the API server applies them to strings only.
+    """
+    if sorted(str(b.get("type")) for b in branches) != ["integer", "string"]:
+        return False
+    for branch in branches:
+        allowed = {"type", "maxLength"} if branch["type"] == "string" else {"type"}
+        if set(branch) - allowed:
+            raise CRDGenError(
+                f"{at}: an int-or-string with constraints {sorted(set(branch) - allowed)} on its "
+                f"{branch['type']} branch; check the value with a CEL rule instead"
+            )
+    return True
 
 
 def _map_bounds(node: Schema, at: str) -> None:
@@ -283,7 +308,7 @@ def structural(node: Schema, defs: Mapping[str, Schema], at: str = "", seen: tup
     # `additionalProperties: false` (`extra="forbid"`) is not allowed in a CRD; the API server prunes
     # unknown fields instead, so nothing is lost by dropping it.
 
-    if "type" not in node and not node.get(_PRESERVE):
+    if "type" not in node and not node.get(_PRESERVE) and not node.get(_INT_OR_STRING):
         if set(node) - {"description", "default"}:
             raise CRDGenError(f"{at}: no type but constraints {sorted(node)}; give the field a type")
         # `Any`: any JSON value, which the API server must store untouched.

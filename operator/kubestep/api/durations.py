@@ -10,6 +10,17 @@ from datetime import timedelta
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$"
 #: Durations in resource specs: the units CEL's `duration()` understands, so the API server can compare them.
 SPEC_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+#: Spec durations whose every part has few enough digits that, within 32 characters, CEL's `duration()`
+#: (Go's `time.ParseDuration`, at most about 2.5 million hours) cannot overflow. A part with more digits
+#: (not counting leading zeros) is always longer than :data:`MAX_SPEC_DURATION`, so the API server can
+#: refuse what does not match this as too long without ever parsing it.
+SPEC_DURATION_PARSABLE_PATTERN = (
+    r"^(0*([0-9]{1,5}(\.[0-9]+)?h|[0-9]{1,7}(\.[0-9]+)?m|[0-9]{1,9}(\.[0-9]+)?s|[0-9]{1,12}(\.[0-9]+)?ms))+$"
+)
+#: The longest duration a spec may hold: 366 days, as for waits and delays in code. It keeps every
+#: duration within what Kubernetes fields such as `activeDeadlineSeconds` accept.
+MAX_SPEC_DURATION = "8784h"
+MAX_SPEC_DURATION_SECONDS = 366 * 86400.0
 
 _PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}

@@ -3,26 +3,61 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, SpecModel
-from kubestep.api.workflow import EVENT_NAME_PATTERN
+from kubestep.api.workflow import EVENT_NAME_FORMAT
 
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+#: How deep an Event's `data` (and `user`) may nest objects and lists. The API server cannot check the
+#: depth of free JSON, so the operator refuses a deeper Event (`InvalidEvent`) and `kubestep run` too.
+#: Far below the JSON parsers' own limits (about 200 levels in Pydantic's, which reads the run's state in
+#: every step pod): a run's state adds a few levels around the data.
+MAX_DATA_DEPTH: Final = 64
+
+_IMMUTABLE_SPEC: dict[str, Any] = {
+    "rule": "self == oldSelf",
+    "message": "spec is immutable: an Event's spec cannot change once published; publish a new Event "
+    "(a new metadata.name) instead",
+}
+
+
+def nesting_depth(value: Any) -> int:
+    """How many levels of objects and lists ``value`` nests (a scalar: 0, ``{}``: 1, ``{"a": []}``: 2).
+
+    Iterative, so that a document deeper than Python's recursion limit is measured rather than crashing.
+    """
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class EventSpec(SpecModel):
     """The event's payload, in the shape Inngest users know."""
 
-    name: str = Field(min_length=1, max_length=253, pattern=EVENT_NAME_PATTERN)
+    name: Annotated[str, EVENT_NAME_FORMAT] = Field(min_length=1, max_length=253)
     """The event's name, for example `api/contact_list.uploaded` (Kubernetes object names cannot hold `/`,
     so the name lives here)."""
     data: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
-    """Free JSON data of the event, available to the workflow as `event.data`."""
+    """Free JSON data of the event, available to the workflow as `event.data`. It may nest objects and lists
+    at most 64 levels deep. Keep large documents in object storage and send a reference: an Event is
+    stored in etcd, which caps an object near 1.5 MiB."""
     user: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
-    """Free JSON about the user who caused the event, available as `event.user`."""
+    """Free JSON about the user who caused the event, available as `event.user`; at most 64 levels deep."""
     id: str | None = Field(default=None, max_length=253)
     """Idempotency key: a second event with the same `id` and name within the dedupe window starts nothing."""
     ts: datetime | None = None
@@ -69,7 +104,23 @@ class Event(Model):
     """`Event`."""
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     """Standard object metadata."""
-    spec: EventSpec
-    """The event."""
+    spec: EventSpec = Field(json_schema_extra={"x-kubernetes-validations": [_IMMUTABLE_SPEC]})
+    """The event. It cannot change once published: publish a new Event instead."""
     status: EventStatus = Field(default_factory=EventStatus)
     """Written by the operator."""
+
+    @model_validator(mode="after")
+    def _not_too_deep(self) -> Event:
+        # Checked on the Event only: a run's copy of its event (a subclass of EventSpec) was checked here
+        # before the run existed, and an invoke's data is the engine's to bound.
+        for field in ("data", "user"):
+            depth = nesting_depth(getattr(self.spec, field))
+            if depth > MAX_DATA_DEPTH:
+                raise PydanticCustomError(
+                    "kubestep_depth",
+                    "spec.{field} nests {depth} levels deep, more than the {limit} an Event may hold; "
+                    "flatten "
+                    "it, or keep the document in object storage and send a reference to it",
+                    {"field": field, "depth": depth, "limit": MAX_DATA_DEPTH},
+                )
+        return self

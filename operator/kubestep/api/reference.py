@@ -27,13 +27,23 @@ END = "<!-- END RESOURCE REFERENCE -->"
 _SKIP = {"apiVersion", "kind", "metadata"}
 
 
+def _plain(annotation: Any) -> Any:
+    """Strip ``Annotated[X, ...]`` (constraints and checks) down to ``X``."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
-    """Strip ``X | None``; say whether None was allowed."""
+    """Strip ``X | None`` and annotations; say whether None was allowed."""
+    annotation = _plain(annotation)
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        args = [_plain(a) for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) == 1:
-            return args[0], True
+            return _unwrap(args[0])[0], True
+        if sorted(args, key=str) == sorted((int, str), key=str):
+            return int | str, True
     return annotation, False
 
 
@@ -48,6 +58,8 @@ def _type_name(annotation: Any) -> str:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(annotation))
     if annotation is Any:
         return "any JSON"
+    if annotation == int | str:
+        return "string or integer"
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return "one of " + ", ".join(f"`{m.value}`" for m in annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

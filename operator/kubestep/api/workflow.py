@@ -2,26 +2,84 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, SpecModel
-from kubestep.api.durations import SPEC_DURATION_PATTERN, parse_duration
+from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, Rule, SpecModel, Worded
+from kubestep.api.durations import (
+    MAX_SPEC_DURATION,
+    MAX_SPEC_DURATION_SECONDS,
+    SPEC_DURATION_PARSABLE_PATTERN,
+    SPEC_DURATION_PATTERN,
+    parse_duration,
+)
+from kubestep.api.pod import PodTemplate
 
 #: Event names: a path of words, for example `api/contact_list.uploaded`.
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$"
 #: `module.path:function` as Python imports it.
 FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
 
-_PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+#: How event names are refused, by the API server and by `kubestep run` alike.
+EVENT_NAME_FORMAT = Worded(
+    EVENT_NAME_PATTERN,
+    "is not a valid event name; use ASCII letters, digits and the characters . _ - in parts joined by /, "
+    "each part starting with a letter or a digit, e.g. api/contact_list.uploaded",
+)
+FUNCTION_FORMAT = Worded(
+    FUNCTION_PATTERN,
+    "is not module:function; write the module's import path, a colon and the function's name, "
+    "e.g. contacts.workflows:process",
+)
+DURATION_FORMAT = Worded(
+    SPEC_DURATION_PATTERN,
+    "is not a duration; write a number and a unit (ms, s, m or h; a day is 24h), e.g. 30s, 1h30m or 48h",
+)
+_TOO_LONG = (
+    f"is longer than {MAX_SPEC_DURATION} (366 days), the longest duration kubestep accepts; "
+    f"use {MAX_SPEC_DURATION} or less"
+)
+#: Well-formed but too long. A value with too many digits for CEL's `duration()` is longer than the limit
+#: anyway, so it is refused without being parsed; a malformed value is left to the format's own message.
+_DURATION_BOUND = Rule(
+    rule=f"!self.matches(r'{SPEC_DURATION_PATTERN}') || (self.matches(r'{SPEC_DURATION_PARSABLE_PATTERN}') "
+    f"&& duration(self) <= duration('{MAX_SPEC_DURATION}'))",
+    message=f"the duration {_TOO_LONG}",
+    message_expression=f'"\'" + self + "\' {_TOO_LONG}"',
+)
+
+
+def _within_bound(value: str) -> str:
+    if parse_duration(value) > MAX_SPEC_DURATION_SECONDS:
+        raise PydanticCustomError(
+            "kubestep_duration", "'{value}' {problem}", {"value": value, "problem": _TOO_LONG}
+        )
+    return value
+
+
+#: A duration in a resource spec: a number and a unit (`15s`, `1h30m`, `500ms`), at most 366 days.
+SpecDuration = Annotated[
+    str,
+    Field(max_length=32),
+    DURATION_FORMAT,
+    _DURATION_BOUND,
+    AfterValidator(_within_bound),
+]
+
+
+def _parsable(*fields: str) -> str:
+    """A CEL guard: the fields hold durations that `duration()` parses (else the field's own rules speak)."""
+    return " && ".join(f"self.{f}.matches(r'{SPEC_DURATION_PARSABLE_PATTERN}')" for f in fields)
 
 
 # Rules the API server checks (CEL in the CRDs that `kubestep.api.crdgen` writes); Pydantic ignores them.
 # The API server rejects a CRD whose rules it estimates too costly: a rule that iterates a list needs the
 # list's `max_length` and the items' strings a `max_length` (triggers: 20 events of at most 253 characters).
 # A rule's message names the field, what is wrong and the fix. No `reason: FieldValueDuplicate`: the API
-# server would then print "Duplicate value" and drop the message.
+# server would then print "Duplicate value" and drop the message. A rule comparing durations first checks
+# that both parse: on a malformed value only that field's own message is shown, not a CEL type error.
 
 _UNIQUE_TRIGGER_EVENTS: dict[str, Any] = {
     "rule": "self.all(t, self.exists_one(u, u.event == t.event))",
@@ -29,7 +87,8 @@ _UNIQUE_TRIGGER_EVENTS: dict[str, Any] = {
     "so list each event once and merge the conditions into one `if` (joined with ||)",
 }
 _BACKOFF_ORDER: dict[str, Any] = {
-    "rule": "!has(self.initial) || !has(self.max) || duration(self.initial) <= duration(self.max)",
+    "rule": "!has(self.initial) || !has(self.max) || !(" + _parsable("initial", "max") + ") "
+    "|| duration(self.initial) <= duration(self.max)",
     "message": "retries.backoff.initial is longer than retries.backoff.max, which caps every delay; "
     "lower initial or raise max",
     "messageExpression": "'retries.backoff.initial (' + self.initial + ') is longer than "
@@ -44,7 +103,8 @@ _OUTPUT_ORDER: dict[str, Any] = {
     "fieldPath": ".stepOutputBytes",
 }
 _TIMEOUT_ORDER: dict[str, Any] = {
-    "rule": "!has(self.step) || !has(self.run) || duration(self.step) <= duration(self.run)",
+    "rule": "!has(self.step) || !has(self.run) || !(" + _parsable("step", "run") + ") "
+    "|| duration(self.step) <= duration(self.run)",
     "message": "timeouts.step is longer than timeouts.run, which bounds every step as well; "
     "shorten timeouts.step or lengthen timeouts.run",
     "messageExpression": "'timeouts.step (' + self.step + ') is longer than timeouts.run (' + self.run + "
@@ -56,7 +116,7 @@ _TIMEOUT_ORDER: dict[str, Any] = {
 class Trigger(SpecModel):
     """An event that starts a run of the workflow."""
 
-    event: str = Field(min_length=1, max_length=253, pattern=EVENT_NAME_PATTERN)
+    event: Annotated[str, EVENT_NAME_FORMAT] = Field(min_length=1, max_length=253)
     """Name of the event that starts a run, for example `api/contact_list.uploaded`."""
     if_: str | None = Field(default=None, alias="if", max_length=4096)
     """Optional CEL expression over `event` (with `event.name`, `event.data`, `event.user`); the run starts
@@ -69,13 +129,13 @@ class Backoff(SpecModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_BACKOFF_ORDER]})
 
-    initial: str = Field(default="15s", pattern=SPEC_DURATION_PATTERN, max_length=32)
+    initial: SpecDuration = "15s"
     """Delay before the first retry, as a duration (`15s`, `1m`, `500ms`)."""
     factor: float = Field(default=2.0, ge=1.0, le=10.0)
     """Multiplier between successive delays; fractions such as 1.5 are allowed."""
-    max: str = Field(default="1h", pattern=SPEC_DURATION_PATTERN, max_length=32)
+    max: SpecDuration = "1h"
     """Upper bound of a delay before jitter."""
-    jitter: str = Field(default="30s", pattern=SPEC_DURATION_PATTERN, max_length=32)
+    jitter: SpecDuration = "30s"
     """Up to this much random time is added to each delay, so that many failing runs do not retry in step."""
 
     @model_validator(mode="after")
@@ -115,10 +175,12 @@ class Timeouts(SpecModel):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_TIMEOUT_ORDER]})
 
-    step: str | None = Field(default=None, pattern=SPEC_DURATION_PATTERN, max_length=32)
-    """Longest time one step attempt may run (its pod's `activeDeadlineSeconds`). Unset: no limit."""
-    run: str | None = Field(default=None, pattern=SPEC_DURATION_PATTERN, max_length=32)
-    """Longest time a whole run may take, waits included. Unset: no limit."""
+    step: SpecDuration | None = None
+    """Longest time one step attempt may run (its pod's `activeDeadlineSeconds`), as a duration (`30m`, `2h`)
+    of at most `8784h` (366 days). Unset: no limit."""
+    run: SpecDuration | None = None
+    """Longest time a whole run may take, waits included, as a duration of at most `8784h` (366 days).
+    Unset: no limit."""
 
     @model_validator(mode="after")
     def _step_within_run(self) -> Timeouts:
@@ -154,27 +216,6 @@ class Limits(SpecModel):
         return self
 
 
-class PodTemplate(SpecModel):
-    """Overrides applied to every step pod."""
-
-    service_account_name: str | None = None
-    """ServiceAccount the step pods run as. Its token is never mounted: steps need no API access."""
-    resources: dict[str, Any] | None = Field(default=None, json_schema_extra=_PRESERVE)
-    """Container resources (`requests`, `limits`), as in a Pod."""
-    env: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra={"items": _PRESERVE})
-    """Environment variables, as in a container (`name` with `value` or `valueFrom`)."""
-    env_from: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra={"items": _PRESERVE})
-    """Sources of environment variables (`configMapRef`, `secretRef`), as in a container."""
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    """Labels a node must have to run step pods."""
-    tolerations: list[dict[str, Any]] = Field(default_factory=list, json_schema_extra={"items": _PRESERVE})
-    """Tolerations of step pods, as in a Pod."""
-    image_pull_secrets: list[dict[str, Any]] = Field(
-        default_factory=list, json_schema_extra={"items": _PRESERVE}
-    )
-    """Secrets used to pull the image (`- name: regcred`)."""
-
-
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
@@ -184,7 +225,7 @@ class WorkflowSpec(SpecModel):
     """Events that start a run. Each event starts at most one run of this workflow."""
     image: str = Field(min_length=1)
     """Container image holding the workflow's code, built `FROM` the kubestep runner image."""
-    function: str = Field(pattern=FUNCTION_PATTERN)
+    function: Annotated[str, FUNCTION_FORMAT] = Field(max_length=512)
     """The workflow function as `module:function`, importable in the image, for example
     `contacts.workflows:process`."""
     retries: RetryPolicy = Field(default_factory=RetryPolicy)

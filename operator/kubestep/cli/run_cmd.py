@@ -119,7 +119,7 @@ def _driver(workflow_file: Path, store: Store, console: Console, quiet: bool) ->
 def _env_of(workflows: dict[str, Workflow]) -> Any:
     """Each step process gets this environment plus the plain `value`s of its workflow's pod template."""
     extra = {
-        wf.spec.function: {str(v["name"]): str(v["value"]) for v in wf.spec.pod_template.env if "value" in v}
+        wf.spec.function: {v.name: v.value for v in wf.spec.pod_template.env if v.value is not None}
         for wf in workflows.values()
     }
 

@@ -117,7 +117,10 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
         "name": CONTAINER,
         "image": spec.image,
         "command": ["python", "-m", "kubestep.runner"],
-        "env": [{"name": "KUBESTEP_STATE", "value": f"{STATE_DIR}/{STATE_KEY}"}, *template.env],
+        "env": [
+            {"name": "KUBESTEP_STATE", "value": f"{STATE_DIR}/{STATE_KEY}"},
+            *(var.to_dict() for var in template.env),
+        ],
         "volumeMounts": [{"name": "state", "mountPath": STATE_DIR, "readOnly": True}],
         # A runner that dies before writing its report still leaves its last log lines as the message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -129,9 +132,10 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
         },
     }
     if template.env_from:
-        container["envFrom"] = template.env_from
-    if template.resources:
-        container["resources"] = template.resources
+        container["envFrom"] = [source.to_dict() for source in template.env_from]
+    resources = template.resources.to_dict() if template.resources else {}
+    if resources:
+        container["resources"] = resources
     pod_spec: Obj = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -153,9 +157,9 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
     if template.node_selector:
         pod_spec["nodeSelector"] = template.node_selector
     if template.tolerations:
-        pod_spec["tolerations"] = template.tolerations
+        pod_spec["tolerations"] = [toleration.to_dict() for toleration in template.tolerations]
     if template.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = template.image_pull_secrets
+        pod_spec["imagePullSecrets"] = [secret.to_dict() for secret in template.image_pull_secrets]
     job_spec: Obj = {
         # kubestep owns retries: every attempt is its own Job.
         "backoffLimit": 0,
