@@ -303,6 +303,7 @@ class LeaderElector:
         # The monotonic time until which this process may write; None while it does not lead.
         self._valid_until: float | None = None
         self._waiting_on = ""
+        self._why = ""
 
     # What the rest of the operator asks ----------------------------------------------------------------
 
@@ -342,10 +343,11 @@ class LeaderElector:
         while not await self._try():
             await asyncio.sleep(self.config.retry_period * (1 + random.uniform(0, CANDIDATE_JITTER)))
         log.info(
-            "leading: holding Lease %s/%s as %s (holder changes so far: %d)",
+            "leading: Lease %s/%s taken as %s (%s); holder changes so far: %d",
             self.config.namespace,
             self.config.name,
             self.config.identity,
+            self._why,
             self._seen.transitions if self._seen is not None else 0,
         )
 
@@ -378,7 +380,7 @@ class LeaderElector:
         started = self._clock()
         cfg = self.config
         try:
-            written = await self._take_or_renew()
+            verdict = await self._take_or_renew()
         except (AlreadyExists, Conflict):
             self._waiting_on = "another process wrote the Lease first"
             return False
@@ -386,14 +388,17 @@ class LeaderElector:
             self._waiting_on = f"the Lease could not be read or written: {exc}"
             log.info("leader election: %s", self._waiting_on)
             return False
-        if written is None:
+        if verdict.write is None:
+            self._waiting_on = verdict.why
             return False
-        self._seen, self._seen_at = written, self._clock()
+        self._why = verdict.why
+        self._seen, self._seen_at = verdict.write, self._clock()
         # Counted from before the read: the API server may have stored the write any time after it.
         self._valid_until = started + cfg.renew_deadline
         return True
 
-    async def _take_or_renew(self) -> LeaseRecord | None:
+    async def _take_or_renew(self) -> Verdict:
+        """Read the Lease, decide, and write it if the verdict says so."""
         cfg = self.config
         try:
             lease: Obj | None = await self._api.get_lease(cfg.namespace, cfg.name, cfg.renew_deadline)
@@ -408,14 +413,13 @@ class LeaderElector:
             observed, cfg.identity, self._seen_at, self._clock(), self._wall(), cfg.lease_seconds
         )
         if verdict.write is None:
-            self._waiting_on = verdict.why
-            return None
+            return verdict
         body = _lease_body(cfg, verdict.write, lease)
         if lease is None:
             await self._api.create_lease(cfg.namespace, body, cfg.renew_deadline)
         else:
             await self._api.replace_lease(cfg.namespace, cfg.name, body, cfg.renew_deadline)
-        return verdict.write
+        return verdict
 
     def _note_holder(self, observed: LeaseRecord) -> None:
         previous = self._seen.holder if self._seen is not None else None
