@@ -365,13 +365,16 @@ class LeaderElector:
                     renewed = await asyncio.wait_for(self._try(), timeout=remaining)
                 except TimeoutError:
                     self._waiting_on = "the API server did not answer in time"
+            else:
+                # The event loop did not run in time: the process was stopped, suspended or starved.
+                self._waiting_on = "this process did not get to try in time"
             if not renewed and not self.may_write():
                 log.warning(
                     "stopped leading: Lease %s/%s not renewed within %gs (%s); standing by",
                     self.config.namespace,
                     self.config.name,
                     self.config.renew_deadline,
-                    self._waiting_on or "no answer",
+                    self._waiting_on,
                 )
                 return
 
