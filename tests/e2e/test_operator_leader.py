@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +52,7 @@ class Pair:
     b: Operator
     namespace: str
     leases: client.CoordinationV1Api
+    liveness: dict[str, str]
 
     def by_identity(self, identity: str) -> Operator:
         return {identity_of(self.a): self.a, identity_of(self.b): self.b}[identity]
@@ -64,6 +67,13 @@ class Pair:
             raise
         plain: dict[str, Any] = self.leases.api_client.sanitize_for_serialization(lease)
         return plain
+
+    def health(self, op: Operator) -> dict[str, Any]:
+        """What ``op``'s health endpoint (``--liveness``) answers; it answers 200 once the operator is up."""
+        with urllib.request.urlopen(self.liveness[identity_of(op)], timeout=5) as answer:
+            assert answer.status == 200
+            body: dict[str, Any] = json.loads(answer.read())
+            return body
 
     def holder(self) -> str | None:
         lease = self.lease()
@@ -88,15 +98,22 @@ def manager_of(op: Operator) -> str:
 @pytest.fixture
 def pair(kubestep_crds: ControlPlane, restricted: str, tmp_path: Path) -> Iterator[Pair]:
     """Two operators, not started yet; both stopped after the test."""
-    ops = []
+    ops, liveness = [], {}
     for name in ("operator-a", "operator-b"):
+        liveness[name] = f"http://127.0.0.1:{free_port()}/healthz"
         args = ["--leader-elect", *TIMINGS, "--leader-elect-namespace", restricted]
-        args += ["--field-manager", f"{MANAGER_PREFIX}{name}"]
+        args += ["--field-manager", f"{MANAGER_PREFIX}{name}", "--liveness", liveness[name]]
         ops.append(Operator(kubestep_crds, restricted, tmp_path / f"{name}.log", args, {"POD_NAME": name}))
     api = client.CoordinationV1Api(kubestep_crds.api_client())
-    yield Pair(ops[0], ops[1], restricted, api)
+    yield Pair(ops[0], ops[1], restricted, api, liveness)
     for op in ops:
         op.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def start_leader_then_standby(pair: Pair) -> None:
@@ -302,6 +319,14 @@ def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_within_its_l
     written = everything_written(cluster)
     assert {m for obj in written for m, _ in writes(obj)} == {manager_of(pair.a)}
     assert "leading:" not in pair.b.log()
+    # The standby is up (its health endpoint answers) and says it is not leading.
+    assert pair.health(pair.b)["leader"] == {
+        "identity": "operator-b",
+        "lease": f"{pair.namespace}/{LEASE}",
+        "leading": False,
+        "holder": "operator-a",
+    }
+    assert pair.health(pair.a)["leader"]["leading"] is True
 
     killed = now()
     pair.a.kill()
@@ -311,6 +336,13 @@ def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_within_its_l
     assert takeover <= LEASE_SECONDS + TAKEOVER_SLACK, f"operator-b took {takeover:.1f}s to take over"
     assert lease["spec"]["leaseTransitions"] == 1, lease["spec"]
     assert "operator-a did not renew it" in pair.b.log()
+    # kopf evaluates probes at most every 10 s.
+    wait_for(
+        lambda: pair.health(pair.b)["leader"]["leading"],
+        timeout=30,
+        interval=1,
+        what="operator-b's health to say so",
+    )
 
     runs = wait_all_succeeded(cluster, 10, timeout=300)
     assert_every_run_succeeded_once_per_step(runs, data_dir)
