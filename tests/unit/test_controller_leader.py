@@ -488,3 +488,27 @@ def test_reads_and_lease_calls_are_never_held_back() -> None:
         asyncio.run(kube.get("workflowruns", "ns", "r"))
     with pytest.raises(Unavailable):
         asyncio.run(kube.get_lease("ns", "lease", timeout=1))
+
+
+def test_an_unreadable_lease_or_an_api_outage_does_not_end_the_campaign() -> None:
+    async def scenario() -> None:
+        leases, log = FakeLeases(), []
+        leases._store(
+            {"metadata": {"name": "lease"}, "spec": {"holderIdentity": OTHER, "acquireTime": "not a time"}}
+        )
+        a = Candidate(ME, leases, log)
+        a.api.down = True
+        a.start()
+        await asyncio.sleep(0.2)
+        a.api.down = False
+        await asyncio.sleep(0.2)
+        assert not log and not a.task.done()  # type: ignore[union-attr]
+        # Someone repairs the Lease (an expired one of OTHER's): the campaign goes on and takes it.
+        leases._store(
+            {"metadata": {"name": "lease"}, "spec": {"holderIdentity": OTHER, "leaseDurationSeconds": 0}}
+        )
+        await until(a.elector.may_write)
+        assert [e[:2] for e in log] == [("started", ME)]
+        await a.stop()
+
+    run(scenario)

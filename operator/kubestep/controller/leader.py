@@ -304,6 +304,7 @@ class LeaderElector:
         self._valid_until: float | None = None
         self._waiting_on = ""
         self._why = ""
+        self._last_error = ""
 
     # What the rest of the operator asks ----------------------------------------------------------------
 
@@ -389,8 +390,15 @@ class LeaderElector:
             return False
         except KubeError as exc:
             self._waiting_on = f"the Lease could not be read or written: {exc}"
-            log.info("leader election: %s", self._waiting_on)
+            if self._waiting_on != self._last_error:  # say it once, not every retry period
+                log.warning("leader election: %s", self._waiting_on)
+                self._last_error = self._waiting_on
             return False
+        except Exception:  # a bug of ours, or a Lease we cannot read: never end the campaign over it
+            log.exception("leader election: trying to take or renew the Lease failed unexpectedly")
+            self._waiting_on = "an unexpected error (logged)"
+            return False
+        self._last_error = ""
         if verdict.write is None:
             self._waiting_on = verdict.why
             return False
