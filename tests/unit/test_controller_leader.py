@@ -512,3 +512,33 @@ def test_an_unreadable_lease_or_an_api_outage_does_not_end_the_campaign() -> Non
         await a.stop()
 
     run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "words"),
+    [
+        pytest.param(
+            ["--leader-elect-renew-deadline", "20s"],
+            "--leader-elect-renew-deadline",
+            "shorter",
+            id="deadline",
+        ),
+        pytest.param(
+            ["--leader-elect-lease-duration", "1.5s"], "--leader-elect-lease-duration", "whole", id="fraction"
+        ),
+        pytest.param(
+            ["--leader-elect-retry-period", "soon"], "--leader-elect-retry-period", "'30s'", id="unparsable"
+        ),
+    ],
+)
+def test_the_command_refuses_election_settings_that_cannot_work(
+    args: list[str], option: str, words: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from kubestep.cli.main import app
+
+    result = CliRunner().invoke(app, ["operator", "--leader-elect", *args])
+    assert result.exit_code == 2
+    text = " ".join(result.output.replace("│", " ").split())
+    assert option in text and words in text, text
