@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,25 +43,47 @@ def restricted(control_plane: ControlPlane, namespace: str) -> str:
 
 
 class Operator:
-    """``kubestep operator -n NAMESPACE`` as a child process, with its log in a file."""
+    """``kubestep operator -n NAMESPACE [ARGS]`` as a child process, with its log in a file."""
 
-    def __init__(self, control_plane: ControlPlane, namespace: str, log: Path) -> None:
+    def __init__(
+        self,
+        control_plane: ControlPlane,
+        namespace: str,
+        log: Path,
+        args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.control_plane = control_plane
         self.namespace = namespace
         self.log_path = log
+        self.args = list(args)
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def start(self) -> None:
         """Start the operator (again)."""
         assert self.process is None or self.process.poll() is not None, "the operator is already running"
-        env = {**os.environ, "KUBECONFIG": str(self.control_plane.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.control_plane.kubeconfig),
+            "PYTHONUNBUFFERED": "1",
+            **self.env,
+        }
         self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"--- operator start #{self.starts}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "kubestep.cli.main", "operator", "--namespace", self.namespace],
+                [
+                    sys.executable,
+                    "-m",
+                    "kubestep.cli.main",
+                    "operator",
+                    "--namespace",
+                    self.namespace,
+                    *self.args,
+                ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -75,11 +97,17 @@ class Operator:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    def send(self, signum: signal.Signals) -> None:
+        """Send ``signum`` (SIGSTOP, SIGCONT, ...) to the operator's process group."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signum)
+
     def stop(self) -> None:
-        """SIGTERM and wait."""
+        """SIGTERM and wait (a stopped process is continued first, or it could not exit)."""
         if self.process is None or self.process.poll() is not None:
             return
         os.killpg(self.process.pid, signal.SIGTERM)
+        os.killpg(self.process.pid, signal.SIGCONT)
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Hashable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +21,16 @@ from kubestep.api.event import Event
 from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.events import reconcile_event
-from kubestep.controller.kube import Kube, KubeError, Rejected, Unavailable, load_configuration
+from kubestep.controller.kube import (
+    FIELD_MANAGER,
+    Kube,
+    KubeError,
+    NotLeading,
+    Rejected,
+    Unavailable,
+    load_configuration,
+)
+from kubestep.controller.leader import ElectionConfig, LeaderElector
 from kubestep.controller.queue import WorkQueue
 from kubestep.controller.runs import reconcile_run
 from kubestep.controller.workflows import reconcile_workflow
@@ -63,8 +73,21 @@ class KopfIndices:
         return self._get("resumed_by", (namespace, event))
 
 
-def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
-    """Register every handler of the operator in ``registry``."""
+#: Every object a reconciler owns, by kind: all of them are queued when this operator starts leading.
+KEY_INDICES = {"run": "run_keys", "event": "event_keys", "workflow": "workflow_keys"}
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    dedupe_window: timedelta,
+    election: ElectionConfig | None = None,
+    field_manager: str = FIELD_MANAGER,
+) -> None:
+    """Register every handler of the operator in ``registry``.
+
+    With ``election``, the watches and indices run at once but the workers only while this process
+    holds the leader Lease (see :mod:`kubestep.controller.leader`).
+    """
     on = {"registry": registry}
 
     # Indices -----------------------------------------------------------------------------------------
@@ -102,6 +125,19 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
         slim = {k: meta.get(k) for k in ("name", "namespace", "uid", "creationTimestamp")}
         return {(namespace, spec.get("name", "")): {"metadata": slim, "spec": dict(spec)}}
 
+    # Every key, so that a new leader queues everything: kopf drops an object's entry when it is deleted.
+    @kopf.index(GROUP, VERSION, "workflowruns", id="run_keys", **on)  # type: ignore[arg-type]
+    def run_keys(namespace: str, name: str, **_: Any) -> dict[Hashable, tuple[str, str]]:
+        return {"run": (namespace, name)}
+
+    @kopf.index(GROUP, VERSION, "events", id="event_keys", **on)  # type: ignore[arg-type]
+    def event_keys(namespace: str, name: str, **_: Any) -> dict[Hashable, tuple[str, str]]:
+        return {"event": (namespace, name)}
+
+    @kopf.index(GROUP, VERSION, "workflows", id="workflow_keys", **on)  # type: ignore[arg-type]
+    def workflow_keys(namespace: str, name: str, **_: Any) -> dict[Hashable, tuple[str, str]]:
+        return {"workflow": (namespace, name)}
+
     @kopf.on.login(**on)  # type: ignore[arg-type]
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The same credentials as the API module: in-cluster ServiceAccount, else the kubeconfig.
@@ -119,20 +155,55 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
             for name in ("waiting_runs", "runs_by_workflow", "resumed_by", "events_by_name")
         }
         queue = WorkQueue()
-        controller = Controller(Kube(), queue, KopfIndices(indices), dedupe_window=dedupe_window)
-        memo["controller"] = controller
+        elector: LeaderElector | None = None
+        if election is not None:
+
+            async def lead() -> None:
+                for kind, index in KEY_INDICES.items():
+                    for namespace, name in list(kwargs[index].get(kind) or []):
+                        queue.add(Key(kind, namespace, name))
+                _start_workers(memo)
+
+            async def stand_by() -> None:
+                await _stop_workers(memo)
+
+            # Its own connection and thread: a renewal never waits behind the reconcilers' requests.
+            leases = Kube(field_manager=field_manager, executor=ThreadPoolExecutor(1, "lease"))
+            elector = LeaderElector(election, leases, on_started=lead, on_stopped=stand_by)
+            memo["elector"] = elector
+            log.info(
+                "leader election on: Lease %s/%s, identity %s; reconciling only while leading",
+                election.namespace,
+                election.name,
+                election.identity,
+            )
+        kube = Kube(may_write=elector.may_write if elector is not None else None, field_manager=field_manager)
+        memo["controller"] = Controller(kube, queue, KopfIndices(indices), dedupe_window=dedupe_window)
         memo["failures"] = {}
-        memo["workers"] = [
-            asyncio.create_task(queue.work(lambda key: _reconcile(controller, memo["failures"], key)))
-            for _ in range(WORKERS)
-        ]
+        if elector is None:
+            _start_workers(memo)
+        else:
+            memo["election"] = asyncio.create_task(elector.run())
 
     @kopf.on.cleanup(**on)  # type: ignore[arg-type]
     async def stop(memo: kopf.Memo, **_: Any) -> None:
-        for task in memo.get("workers", []):
-            task.cancel()
+        campaign: asyncio.Task[None] | None = memo.get("election")
+        if campaign is not None:
+            campaign.cancel()
+            await asyncio.gather(campaign, return_exceptions=True)
+        await _stop_workers(memo)
+        # Only once nothing of this process writes: a successor may start the moment it is released.
+        if memo.get("elector") is not None:
+            await memo["elector"].release()
         if "controller" in memo:
             memo["controller"].queue.close()
+
+    if election is not None:
+
+        @kopf.on.probe(id="leader", **on)  # type: ignore[arg-type]
+        def leadership(memo: kopf.Memo, **_: Any) -> dict[str, Any]:
+            elector: LeaderElector | None = memo.get("elector")
+            return elector.state() if elector is not None else {}
 
     # Watches: every change of a kubestep object, a step Job or an Event only enqueues a key -----------
 
@@ -214,6 +285,22 @@ def register(registry: kopf.OperatorRegistry, dedupe_window: timedelta) -> None:
             queue.add(Key("workflow", namespace, name))
 
 
+def _start_workers(memo: kopf.Memo) -> None:
+    controller: Controller = memo["controller"]
+    memo["workers"] = [
+        asyncio.create_task(controller.queue.work(lambda key: _reconcile(controller, memo["failures"], key)))
+        for _ in range(WORKERS)
+    ]
+
+
+async def _stop_workers(memo: kopf.Memo) -> None:
+    """Cancel the workers, and with them every reconcile in flight; a new leader queues every key again."""
+    workers: list[asyncio.Task[None]] = memo.pop("workers", [])
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
+
+
 def _queue(memo: kopf.Memo) -> WorkQueue | None:
     controller = memo.get("controller")
     return controller.queue if controller is not None else None
@@ -226,6 +313,11 @@ async def _reconcile(controller: Controller, failures: dict[Hashable, int], key:
     assert isinstance(key, Key)
     try:
         await _RECONCILERS[key.kind](controller, key)
+    except NotLeading:
+        # Leadership just lapsed; the workers are being stopped and the next leader reconciles it.
+        log.info(
+            "%s %s/%s: left unfinished, this operator stopped leading", key.kind, key.namespace, key.name
+        )
     except KubeError as exc:
         count = failures.get(key, 0) + 1
         failures[key] = count

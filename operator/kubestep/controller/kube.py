@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import urllib3
@@ -63,6 +64,14 @@ class TooLarge(KubeError):
 _TOO_LARGE = ("request is too large", "request entity too large", "too large", "too long")
 
 
+class NotLeading(KubeError):
+    """Not sent: this operator is not the leader (any more), and only the leader writes."""
+
+
+#: The name the operator's writes are recorded under in ``metadata.managedFields``.
+FIELD_MANAGER = "kubestep-operator"
+
+
 def _domain_error(exc: Exception) -> KubeError:
     if not isinstance(exc, ApiException):
         return Unavailable(f"{type(exc).__name__}: {exc}")
@@ -107,25 +116,53 @@ def load_configuration() -> None:
 
 
 class Kube:
-    """Typed, asynchronous access to the objects the operator reads and writes."""
+    """Typed, asynchronous access to the objects the operator reads and writes.
 
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
+    ``may_write`` is asked, in the thread that sends the request and right before sending it, whether
+    this process may write at all (leader election); a write it refuses raises :class:`NotLeading`.
+    ``executor`` runs the calls (default: the event loop's); the Lease calls get their own, so that a
+    renewal never waits behind the reconcilers' requests.
+    """
+
+    def __init__(
+        self,
+        api_client: client.ApiClient | None = None,
+        may_write: Callable[[], bool] | None = None,
+        field_manager: str = FIELD_MANAGER,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         self.api_client = api_client or client.ApiClient()
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
         self.batch = client.BatchV1Api(self.api_client)
+        self.coordination = client.CoordinationV1Api(self.api_client)
+        self.may_write = may_write
+        self.field_manager = field_manager
+        self._executor = executor
 
-    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, fn: Callable[..., Any], *args: Any, write: bool = False, **kwargs: Any) -> Any:
         # Without a timeout a half-open connection would block a worker, and its key, forever.
         kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+        may_write = self.may_write if write else None
 
         def call() -> Any:
+            # Asked here, not before handing the call to the thread: a frozen or starved process
+            # that wakes up after its lease lapsed must not send what it had queued.
+            if may_write is not None and not may_write():
+                raise NotLeading("not sent: this operator does not hold the leader lease")
             try:
                 return fn(*args, **kwargs)
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
                 raise _domain_error(exc) from exc
 
-        return await asyncio.to_thread(call)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+
+    async def _write(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await self._call(fn, *args, write=True, **kwargs)
+
+    async def _record(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A write that creates or changes fields: recorded under the operator's field manager."""
+        return await self._write(fn, *args, field_manager=self.field_manager, **kwargs)
 
     # kubestep resources -----------------------------------------------------------------------------
 
@@ -149,7 +186,7 @@ class Kube:
         """Create a kubestep object."""
         return cast(
             Obj,
-            await self._call(
+            await self._record(
                 self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
             ),
         )
@@ -170,7 +207,7 @@ class Kube:
         }
         return cast(
             Obj,
-            await self._call(
+            await self._record(
                 self.custom.replace_namespaced_custom_object_status,
                 GROUP,
                 VERSION,
@@ -185,7 +222,7 @@ class Kube:
         """Merge ``patch`` into a kubestep object (not its status)."""
         return cast(
             Obj,
-            await self._call(
+            await self._record(
                 self.custom.patch_namespaced_custom_object,
                 GROUP,
                 VERSION,
@@ -206,7 +243,7 @@ class Kube:
 
     async def create_job(self, namespace: str, body: Obj) -> None:
         """Create a Job."""
-        await self._call(self.batch.create_namespaced_job, namespace, body)
+        await self._record(self.batch.create_namespaced_job, namespace, body)
 
     async def run_jobs(self, namespace: str, run: str) -> list[Obj]:
         """The Jobs labelled as the run's."""
@@ -221,7 +258,7 @@ class Kube:
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Delete a Job and, in the background, its pods."""
-        await self._call(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
+        await self._write(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
 
     async def job_pods(self, namespace: str, job: str) -> list[Obj]:
         """The pods of a Job."""
@@ -232,7 +269,7 @@ class Kube:
 
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod (its containers get their grace period)."""
-        await self._call(self.core.delete_namespaced_pod, name, namespace)
+        await self._write(self.core.delete_namespaced_pod, name, namespace)
 
     async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int) -> str:
         """The last ``lines`` lines a container printed."""
@@ -245,15 +282,47 @@ class Kube:
 
     async def create_secret(self, namespace: str, body: Obj) -> None:
         """Create a Secret."""
-        await self._call(self.core.create_namespaced_secret, namespace, body)
+        await self._record(self.core.create_namespaced_secret, namespace, body)
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         """Delete a Secret."""
-        await self._call(self.core.delete_namespaced_secret, name, namespace)
+        await self._write(self.core.delete_namespaced_secret, name, namespace)
 
     async def post_event(self, namespace: str, body: Obj) -> None:
         """Record a Kubernetes Event (what ``kubectl describe`` shows)."""
-        await self._call(self.core.create_namespaced_event, namespace, body)
+        await self._record(self.core.create_namespaced_event, namespace, body)
+
+    # Leases (leader election): never behind the write check, which they decide ------------------------
+
+    async def get_lease(self, namespace: str, name: str, timeout: float) -> Obj:
+        """Read a Lease (``coordination.k8s.io/v1``)."""
+        lease = await self._call(
+            self.coordination.read_namespaced_lease, name, namespace, _request_timeout=(timeout, timeout)
+        )
+        return self._plain(lease)
+
+    async def create_lease(self, namespace: str, body: Obj, timeout: float) -> Obj:
+        """Create a Lease."""
+        lease = await self._call(
+            self.coordination.create_namespaced_lease,
+            namespace,
+            body,
+            field_manager=self.field_manager,
+            _request_timeout=(timeout, timeout),
+        )
+        return self._plain(lease)
+
+    async def replace_lease(self, namespace: str, name: str, body: Obj, timeout: float) -> Obj:
+        """Replace a Lease if it is still at ``body``'s ``resourceVersion`` (else :class:`Conflict`)."""
+        lease = await self._call(
+            self.coordination.replace_namespaced_lease,
+            name,
+            namespace,
+            body,
+            field_manager=self.field_manager,
+            _request_timeout=(timeout, timeout),
+        )
+        return self._plain(lease)
 
     def _plain(self, obj: Any) -> Obj:
         # The typed client objects become the same camelCase dicts the custom-object calls return.
