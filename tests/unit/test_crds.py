@@ -148,7 +148,8 @@ def test_chart_crds_match_the_models() -> None:
     checked_in = {p.name: p.read_bytes() for p in chart.iterdir()}
     assert sorted(checked_in) == sorted(FILES), f"{CHART_CRDS} holds files the generator does not write"
     for name, text in generate().items():
-        assert checked_in[name] == text.encode(), f"{CHART_CRDS}/{name} is stale: run `make crds` and commit it"
+        stale = f"{CHART_CRDS}/{name} is stale: run `make crds` and commit it"
+        assert checked_in[name] == text.encode(), stale
 
 
 def test_generation_is_deterministic() -> None:
