@@ -63,7 +63,8 @@ class Install:
         return result.stdout + result.stderr
 
     def can(self, user: str, verb: str, resource: str, namespace: str | None) -> bool:
-        where = ["-n", namespace] if namespace else []
+        # No namespace: across all of them (and, for a cluster-scoped resource, the resource itself).
+        where = ["-n", namespace] if namespace else ["--all-namespaces"]
         answer = self.kubectl("auth", "can-i", verb, resource, *where, user=user, check=False)
         return answer.strip().splitlines()[0] == "yes"
 
