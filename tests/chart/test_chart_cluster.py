@@ -90,7 +90,7 @@ def install(
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(release.values()))
     try:
-        release.helm.run(
+        release.notes = release.helm.run(
             "install",
             RELEASE,
             str(CHART),
@@ -101,7 +101,7 @@ def install(
             "--wait",
             "--timeout",
             "180s",
-        )
+        ).stdout
         yield release
     finally:
         release.helm.run("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "120s", check=False)
@@ -363,6 +363,9 @@ def test_uninstall_leaves_only_the_crds(
     installed = install(helm, control_plane, ops, [managed] if mode == "namespaced" else [], tmp_path)
     release = next(installed)
     assert leftovers(control_plane, namespaces)  # the selector finds what was installed
+    # NOTES.txt says what to do next, and how to upgrade the CRDs that Helm leaves alone.
+    assert "kubectl get ksr" in release.notes
+    assert "kubectl apply --server-side -f charts/kubestep/crds/" in release.notes
     with contextlib.suppress(StopIteration):
         next(installed)  # uninstalls
     wait_for(lambda: not leftovers(control_plane, namespaces), timeout=60, what="nothing of the release left")
