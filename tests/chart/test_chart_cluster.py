@@ -65,6 +65,9 @@ class Install:
     def can(self, user: str, verb: str, resource: str, namespace: str | None) -> bool:
         # No namespace: across all of them (and, for a cluster-scoped resource, the resource itself).
         where = ["-n", namespace] if namespace else ["--all-namespaces"]
+        resource, _, subresource = resource.partition("/")
+        if subresource:
+            where.append(f"--subresource={subresource}")
         answer = self.kubectl("auth", "can-i", verb, resource, *where, user=user, check=False)
         return answer.strip().splitlines()[0] == "yes"
 

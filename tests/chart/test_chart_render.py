@@ -193,6 +193,10 @@ def test_operator_runs_restricted_with_probes_on_its_health_endpoint(helm: Helm)
     docs = helm.template()
     deployment = one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 2
+    # `helm install --wait` waits for every replica, and a rollout keeps a standby.
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}
+    single = one(helm.template("leaderElection.enabled=false", "replicaCount=1"), "Deployment")
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "kubestep"
     assert pod["automountServiceAccountToken"] is True
