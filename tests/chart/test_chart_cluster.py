@@ -247,7 +247,6 @@ def test_an_editor_runs_the_example_and_may_only_cancel_runs(
     assert run["status"]["phase"] == "Succeeded", run["status"]
     assert run["status"]["progress"] == "5/5"
     assert "Succeeded" in namespaced.kubectl("get", "ksr", "-n", managed, user=alice)
-    assert "Succeeded" in namespaced.kubectl("get", "ksr", "-n", managed, user=bob)
 
     # A hand-written run is refused, with the way runs are started, even where RBAC would allow it.
     name = run["metadata"]["name"]
@@ -291,7 +290,8 @@ def test_an_editor_runs_the_example_and_may_only_cancel_runs(
             managed,
             "--type=merge",
             "-p",
-            '{"spec":{"workflowRef":{"name":"other"}}}',
+            # (The CRD itself keeps workflowRef, workflow and event immutable.)
+            '{"spec":{"parent":{"run":"other","step":"invoke"}}}',
             user=alice,
         )
     assert "spec.cancel is the one field you may set" in edited.value.stderr
@@ -316,9 +316,12 @@ def test_an_editor_runs_the_example_and_may_only_cancel_runs(
     assert not namespaced.can(bob, "create", "workflows.kubestep.dev", managed)
     assert not namespaced.can(bob, "create", "events.kubestep.dev", managed)
     assert not namespaced.can(bob, "patch", "workflowruns.kubestep.dev", managed)
+    event = yaml.safe_load((CONTACTS / "event.yaml").read_text())
+    event["metadata"]["name"] = "published-by-bob"
     with pytest.raises(KubectlError) as bob_refused:
-        namespaced.kubectl("apply", "-n", managed, "-f", "-", user=bob, input=contacts(tmp_path))
+        namespaced.kubectl("create", "-n", managed, "-f", "-", user=bob, input=json.dumps(event))
     assert "forbidden" in bob_refused.value.stderr
+    assert "Succeeded" in namespaced.kubectl("get", "ksr", "-n", managed, user=bob)
     # Kubernetes' own roles include kubestep's.
     assert not namespaced.can(alice, "create", "workflows.kubestep.dev", namespaces[2])
     namespaced.kubectl("create", "rolebinding", "carol", "-n", managed, "--clusterrole=edit", "--user=carol")
