@@ -229,6 +229,13 @@ def finished_run(release: Install, namespace: str) -> dict[str, Any]:
         raise AssertionError(f"no finished run; the operator's log:\n{logs}") from None
 
 
+def assert_operator_had_every_right(release: Install) -> None:
+    """The operator's log shows no refused call and no kopf fallback for want of permissions."""
+    log = release.kubectl("logs", "-n", release.namespace, f"deployment/{RELEASE}")
+    for sign in ("forbidden", "Forbidden", "Not enough permissions", "Traceback"):
+        assert sign not in log, log[-4000:]
+
+
 def test_an_editor_runs_the_example_and_may_only_cancel_runs(
     namespaced: Install, namespaces: list[str], tmp_path: Path
 ) -> None:
@@ -246,6 +253,7 @@ def test_an_editor_runs_the_example_and_may_only_cancel_runs(
     run = finished_run(namespaced, managed)
     assert run["status"]["phase"] == "Succeeded", run["status"]
     assert run["status"]["progress"] == "5/5"
+    assert_operator_had_every_right(namespaced)
     assert "Succeeded" in namespaced.kubectl("get", "ksr", "-n", managed, user=alice)
 
     # A hand-written run is refused, with the way runs are started, even where RBAC would allow it.
@@ -336,6 +344,7 @@ def test_cluster_wide_operator_runs_the_example_anywhere(
     clusterwide.kubectl("apply", "-n", other, "-f", "-", input=contacts(tmp_path))
     run = finished_run(clusterwide, other)
     assert run["status"]["phase"] == "Succeeded", run["status"]
+    assert_operator_had_every_right(clusterwide)
 
 
 def test_helm_test_finds_the_operator_healthy(namespaced: Install) -> None:
