@@ -352,6 +352,70 @@ def test_helm_test_finds_the_operator_healthy(namespaced: Install) -> None:
     assert "Phase:          Succeeded" in result.stdout, result.stdout
 
 
+def operator_pods(release: Install) -> list[dict[str, Any]]:
+    pods = json.loads(
+        release.kubectl(
+            "get", "pods", "-n", release.namespace, "-l", "app.kubernetes.io/name=kubestep", "-o", "json"
+        )
+    )["items"]
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_upgrade_rolls_the_operator_and_the_run_in_flight_finishes(
+    namespaced: Install, namespaces: list[str], tmp_path: Path
+) -> None:
+    _, managed, _ = namespaces
+    marker = tmp_path / "slow-step-started"
+    workflow = {
+        "apiVersion": "kubestep.dev/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"name": "slow-flow"},
+        "spec": {
+            "triggers": [{"event": "test/slow.requested"}],
+            "image": "registry.example.com/flows:test",
+            "function": "failure_flows:slow_flow",
+        },
+    }
+    event = {
+        "apiVersion": "kubestep.dev/v1alpha1",
+        "kind": "Event",
+        "metadata": {"name": "slow-1"},
+        "spec": {"name": "test/slow.requested", "data": {"marker": str(marker), "seconds": 8}},
+    }
+    namespaced.kubectl(
+        "apply",
+        "-n",
+        managed,
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [workflow, event]}),
+    )
+    wait_for(marker.exists, timeout=90, interval=0.2, what="the slow step to start")
+    (before,) = operator_pods(namespaced)
+
+    namespaced.helm.run(
+        "upgrade",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespaced.namespace,
+        "--reuse-values",
+        "--set",
+        "dedupeWindow=12h",
+        "--wait",
+        "--timeout",
+        "180s",
+    )
+
+    (after,) = operator_pods(namespaced)
+    assert after["metadata"]["name"] != before["metadata"]["name"]
+    assert "--dedupe-window=12h" in after["spec"]["containers"][0]["args"]
+    run = finished_run(namespaced, managed)
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    (slow_step,) = run["status"]["steps"]
+    assert len(slow_step["attempts"]) == 1, slow_step  # the step ran once, across the operator's restart
+
+
 # --- uninstall ---------------------------------------------------------------------------------------------
 
 
