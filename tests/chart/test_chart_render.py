@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +276,22 @@ def test_operator_command_line(helm: Helm, values: dict[str, Any], expected: lis
     container = operator_container(helm.template(values=values))
     assert container["command"] == ["kubestep"]
     assert container["args"] == expected
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"leaderElection": {"enabled": False}, "replicaCount": 1},
+        {**NAMESPACED, "leaderElection": {"enabled": False}, "replicaCount": 1, "verbose": True},
+    ],
+    ids=["cluster-wide", "namespaced"],
+)
+def test_the_operator_accepts_the_chart_command_line(helm: Helm, values: dict[str, Any]) -> None:
+    container = operator_container(helm.template(values=values))
+    # --help is acted on only once every other option parsed: an unknown flag fails with exit status 2.
+    argv = [str(Path(sys.executable).parent / "kubestep"), *container["args"], "--help"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
 
 
 def test_image_values(helm: Helm) -> None:
