@@ -149,6 +149,16 @@ def test_checked_in_crds_match_the_models(tmp_path: Path) -> None:
         assert generated[name] == checked_in[name], f"crds/{name} is stale: run `make crds` and commit it"
 
 
+def test_chart_crds_match_the_models() -> None:
+    # Helm installs the chart's copy: it must be the generated CRDs, byte for byte.
+    chart = REPO / CHART_CRDS
+    checked_in = {p.name: p.read_bytes() for p in chart.iterdir()}
+    assert sorted(checked_in) == sorted(FILES), f"{CHART_CRDS} holds files the generator does not write"
+    for name, text in generate().items():
+        stale = f"{CHART_CRDS}/{name} is stale: run `make crds` and commit it"
+        assert checked_in[name] == text.encode(), stale
+
+
 def test_generation_is_deterministic() -> None:
     assert generate() == generate()
     for text in generate().values():
