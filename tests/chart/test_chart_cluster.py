@@ -30,9 +30,8 @@ pytestmark = pytest.mark.controlplane
 CONTACTS = ROOT / "examples" / "contacts"
 RELEASE = "kubestep"
 # The operator pod runs on the process node, in the host's network: one pod (two would share a port),
-# and its health endpoint on loopback. Leader election arrives with the operator's --leader-elect flag;
-# until then the chart runs the operator without it.
-LEADER_ELECTION = False
+# and its health endpoint on loopback. It still elects itself leader, as the chart's default does.
+LEADER_ELECTION = True
 
 
 class Install:

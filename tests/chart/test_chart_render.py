@@ -283,8 +283,10 @@ def test_operator_command_line(helm: Helm, values: dict[str, Any], expected: lis
     [
         {"leaderElection": {"enabled": False}, "replicaCount": 1},
         {**NAMESPACED, "leaderElection": {"enabled": False}, "replicaCount": 1, "verbose": True},
+        {},
+        NAMESPACED,
     ],
-    ids=["cluster-wide", "namespaced"],
+    ids=["cluster-wide", "namespaced", "defaults-leader-elect", "namespaced-leader-elect"],
 )
 def test_the_operator_accepts_the_chart_command_line(helm: Helm, values: dict[str, Any]) -> None:
     container = operator_container(helm.template(values=values))
