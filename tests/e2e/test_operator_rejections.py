@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from conftest import Cluster, Operator, assert_clean_log, contacts_event, contacts_workflow
@@ -50,3 +51,38 @@ def test_an_event_the_models_cannot_read_says_why_and_starts_nothing(
     cluster.apply(contacts_event("good-one", id="another-upload"))
     assert cluster.wait_run()["status"]["phase"] == "Succeeded"
     assert_clean_log(operator)
+
+
+def test_a_job_whose_pod_can_never_be_created_fails_with_the_kubernetes_reason_in_bounded_time(
+    operator: Operator, cluster: Cluster, tmp_path: Path
+) -> None:
+    workflow = contacts_workflow(tmp_path)
+    # Admitted everywhere, but the ServiceAccount admission refuses every pod of the Job: FailedCreate.
+    workflow["spec"]["podTemplate"]["serviceAccountName"] = "no-such-account"
+    workflow["spec"]["timeouts"] = {"podStart": "20s"}
+    workflow["spec"]["retries"] = {"limit": 0, "disruptionLimit": 0}
+    cluster.apply(workflow)
+    cluster.apply(contacts_event())
+
+    run = cluster.wait_run(timeout=180)
+
+    status = run["status"]
+    assert status["phase"] == "Failed", status
+    error = status["error"]
+    assert error["type"] == "FailedCreate", error
+    assert "did not start within spec.timeouts.podStart (20s)" in error["message"], error
+    assert 'serviceaccount "no-such-account" not found' in error["message"], error
+    # Never a run left Running: it ended no earlier than the bound, and nothing of it is left running.
+    started, finished = status["startedAt"], status["finishedAt"]
+    assert timestamp(finished) - timestamp(started) >= timedelta(seconds=20), (started, finished)
+    assert cluster.items("pods", f"kubestep.dev/run={run['metadata']['name']}") == []
+    assert [
+        j
+        for j in cluster.items("jobs", f"kubestep.dev/run={run['metadata']['name']}")
+        if not j["metadata"].get("deletionTimestamp")
+    ] == []
+    assert_clean_log(operator)
+
+
+def timestamp(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -586,3 +586,63 @@ def test_an_end_seen_now_is_timed_by_the_operators_clock_and_a_late_one_by_the_e
     late = observe.timed(ended, after_restart).finished_at
     assert late is not None and stamped < late < stamped + timedelta(seconds=1)
     assert observe.timed(Outcome("job-1", ExitKind.LOST), after_restart).finished_at is None
+
+
+# Pods that have not started --------------------------------------------------------------------------
+
+
+def _pending_pod(waiting: dict | None = None, scheduled: dict | None = None) -> dict:
+    status: dict = {"phase": "Pending", "conditions": [scheduled] if scheduled else []}
+    if waiting is not None:
+        status["containerStatuses"] = [{"name": "step", "state": {"waiting": waiting}}]
+    return {"metadata": {"name": "p"}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("pod", "events", "expected"),
+    [
+        (None, [], ("PodNotCreated", "the Job has created no pod yet")),
+        (
+            None,
+            [
+                {"type": "Normal", "reason": "SuccessfulCreate", "lastTimestamp": "2026-01-01T00:00:09Z"},
+                {
+                    "type": "Warning",
+                    "reason": "FailedCreate",
+                    "message": "old",
+                    "lastTimestamp": "2026-01-01T00:00:01Z",
+                },
+                {
+                    "type": "Warning",
+                    "reason": "FailedCreate",
+                    "message": 'serviceaccount "ci" not found',
+                    "lastTimestamp": "2026-01-01T00:00:05Z",
+                },
+            ],
+            ("FailedCreate", 'serviceaccount "ci" not found'),
+        ),
+        (_pending_pod({"reason": "ContainerCreating"}), [], ("ContainerCreating", "the pod is starting")),
+        (
+            _pending_pod({"reason": "ImagePullBackOff", "message": "Back-off pulling image"}),
+            [],
+            ("ImagePullBackOff", "Back-off pulling image"),
+        ),
+        (
+            _pending_pod(
+                scheduled={
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/1 nodes",
+                }
+            ),
+            [],
+            ("Unschedulable", "0/1 nodes"),
+        ),
+        ({"metadata": {"name": "p"}, "status": {"phase": "Running"}}, [], None),
+        ({"metadata": {"name": "p"}, "status": {"phase": "Failed"}}, [], None),
+    ],
+    ids=["no-pod", "failed-create", "creating", "image-pull", "unschedulable", "running", "ended"],
+)
+def test_why_a_pod_has_not_started(pod, events, expected) -> None:
+    assert observe.not_started(pod, events) == expected

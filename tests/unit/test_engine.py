@@ -509,7 +509,8 @@ def test_cancel_stops_running_executions() -> None:
 
 
 def test_run_timeout_fails_the_run_and_stops_its_executions() -> None:
-    sim = Sim(make_run(timeouts=Timeouts(run="1h")))
+    # (The check that the first pod started, due earlier by default, is moved past the run's timeout.)
+    sim = Sim(make_run(timeouts=Timeouts(run="1h", pod_start="2h")))
     (requeue,) = sim.decision.of(RequeueAt)
     assert requeue.when == T0 + timedelta(hours=1)
     sim.step(at=T0 + timedelta(hours=1))

@@ -292,3 +292,63 @@ def test_a_status_the_platform_cannot_store_ends_the_run_with_what_fits():
     assert status.active == [] and sim.started() == [] and decision.of(StopExecution) == []
     condition = next(c for c in status.conditions if c.type == "Succeeded")
     assert (condition.status, condition.reason) == ("False", "Failed")
+
+
+# Pods that never start ------------------------------------------------------------------------------
+
+
+def _known_step_sim(**timeouts: Any) -> Sim:
+    from kubestep.api.workflow import Timeouts
+
+    sim = Sim(make_run(timeouts=Timeouts(**timeouts)))
+    sim.finish(with_next(ok("a", 1), Report(kind=ReportKind.NEXT_STEP, step=ref("b"))))
+    return sim
+
+
+def test_a_pod_that_cannot_pull_its_image_is_shown_on_its_step_then_fails_the_attempt_when_due():
+    from kubestep.engine import RequeueAt, StopExecution
+    from kubestep.engine.observations import Observed, Stalled
+
+    sim = _known_step_sim(pod_start="2m")
+    (active,) = sim.status.active
+    stall = Stalled(active.name, "ImagePullBackOff", 'Back-off pulling image "example.invalid/x:1"')
+    sim.step(Observed(stalled=[stall]), at=sim.now + timedelta(seconds=30))
+    b = sim.run.step("b")
+    assert b is not None and b.phase is StepPhase.RUNNING
+    assert b.pending == 'ImagePullBackOff: Back-off pulling image "example.invalid/x:1"'
+    assert [r.when for r in sim.decision.of(RequeueAt)] == [active.started_at + timedelta(minutes=2)]
+    # Never before it is due, whatever is observed.
+    sim.step(Observed(stalled=[stall]), at=active.started_at + timedelta(minutes=2) - timedelta(seconds=1))
+    assert sim.status.active == [active]
+    sim.step(Observed(stalled=[stall]), at=active.started_at + timedelta(minutes=2))
+    b = sim.run.step("b")
+    assert b is not None and b.pending == ""
+    (attempt,) = b.attempts
+    assert (attempt.result, attempt.reason) == (AttemptResult.ERROR, "ImagePullBackOff")
+    assert "did not start within spec.timeouts.podStart (2m)" in attempt.message
+    assert b.failures == 1 and b.phase is StepPhase.RETRYING
+    assert [s.name for s in sim.decision.of(StopExecution)] == [active.name]
+
+
+def test_a_pod_on_its_way_is_not_reported_and_a_started_one_clears_the_reason():
+    from kubestep.engine.observations import Observed, Stalled
+
+    sim = _known_step_sim()
+    (active,) = sim.status.active
+    sim.step(Observed(stalled=[Stalled(active.name, "ContainerCreating", "the pod is starting")]))
+    b = sim.run.step("b")
+    assert b is not None and b.pending == ""
+    sim.step(Observed(stalled=[Stalled(active.name, "FailedCreate", 'serviceaccount "x" not found')]))
+    assert sim.run.step("b").pending == 'FailedCreate: serviceaccount "x" not found'
+    sim.step(Observed())
+    assert sim.run.step("b").pending == ""
+
+
+def test_a_discovery_whose_pod_never_starts_is_retried_with_backoff():
+    from kubestep.engine.observations import Observed, Stalled
+
+    sim = Sim(make_run())
+    (active,) = sim.status.active
+    sim.step(Observed(stalled=[Stalled(active.name, "FailedCreate", "quota")]), at=T0 + timedelta(minutes=5))
+    assert sim.status.discovery_failures == 1 and sim.status.retry_at is not None
+    assert sim.status.retry_at > sim.now

@@ -180,6 +180,10 @@ class StepStatus(Model):
     """What a wait-for-event step waits for."""
     invoke: InvokeInfo | None = None
     """The child run of an invoke step."""
+    pending: str = ""
+    """Why the pod of this step's running attempt has not started yet, as Kubernetes says (e.g.
+    `ImagePullBackOff: Back-off pulling image ...`); empty once it runs. Past `spec.timeouts.podStart` the
+    attempt fails with that reason."""
 
 
 class Execution(Model):

@@ -181,6 +181,11 @@ class Timeouts(SpecModel):
     run: SpecDuration | None = None
     """Longest time a whole run may take, waits included, as a duration of at most `8784h` (366 days).
     Unset: no limit."""
+    pod_start: SpecDuration = "5m"
+    """Longest time a step attempt's pod may take to start running: to be created (a missing
+    ServiceAccount or a quota stops that), scheduled, and have its image pulled and volumes mounted. Past
+    it the attempt fails with the reason Kubernetes gives (`FailedCreate`, `ImagePullBackOff`,
+    `Unschedulable`, ...) and is retried as `spec.retries` says. Until then the step's `pending` says why."""
 
     @model_validator(mode="after")
     def _step_within_run(self) -> Timeouts:

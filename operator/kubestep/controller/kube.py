@@ -267,6 +267,15 @@ class Kube:
         )
         return [self._plain(p) for p in pods.items]
 
+    async def job_events(self, namespace: str, job: str) -> list[Obj]:
+        """The Kubernetes Events recorded about a Job (the Job controller's ``FailedCreate``, ...)."""
+        events = await self._call(
+            self.core.list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.kind=Job,involvedObject.name={job}",
+        )
+        return [self._plain(e) for e in events.items]
+
     async def delete_pod(self, namespace: str, name: str) -> None:
         """Delete a pod (its containers get their grace period)."""
         await self._write(self.core.delete_namespaced_pod, name, namespace)

@@ -159,6 +159,37 @@ def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None)
     )
 
 
+#: Waiting states every container passes through on its way to running: not a problem by themselves.
+_ON_ITS_WAY = {"ContainerCreating", "PodInitializing"}
+
+
+def not_started(pod: Obj | None, job_events: list[Obj]) -> tuple[str, str] | None:
+    """Why a running Job's pod has not started, as ``(reason, message)``; None once it runs or ended.
+
+    Without a pod, the newest Warning the Job controller recorded on the Job (``FailedCreate``: a missing
+    ServiceAccount, a quota, an admission webhook) says why. A pending pod says it in its containers'
+    waiting state (``ErrImagePull``, ``ImagePullBackOff``, ``CreateContainerConfigError``) or its
+    scheduling condition (``Unschedulable``).
+    """
+    if pod is None:
+        warnings = [e for e in job_events if e.get("type") == "Warning"]
+        if not warnings:
+            return "PodNotCreated", "the Job has created no pod yet"
+        last = max(warnings, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return str(last.get("reason") or "FailedCreate"), str(last.get("message") or "")
+    status = pod.get("status", {})
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for container in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting["reason"] not in _ON_ITS_WAY:
+            return str(waiting["reason"]), str(waiting.get("message") or "")
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return str(cond.get("reason") or "Unschedulable"), str(cond.get("message") or "")
+    return "ContainerCreating", "the pod is starting"
+
+
 def owned_by(obj: Obj, uid: str | None) -> bool:
     """Whether ``obj`` is owned by the object with this uid (and not by an earlier one of the same name)."""
     return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -36,12 +37,14 @@ from kubestep.engine.actions import (
     StopExecution,
 )
 from kubestep.engine.decide import Decision, decide
-from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome
+from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome, Stalled
 
 log = logging.getLogger(__name__)
 
 #: Lines of a step's log read for its report (when too large for the termination message) or its tail.
 LOG_LINES = 60
+#: A Job with no pod this old is asked why (its Events): younger ones are just being started.
+JOB_EVENTS_AFTER = timedelta(seconds=10)
 
 
 async def reconcile_run(ctl: Controller, key: Key) -> None:
@@ -119,8 +122,9 @@ def _forget(ctl: Controller, key: Key) -> None:
 
 async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
     outcomes: list[Outcome] = []
+    stalled: list[Stalled] = []
     for execution in run.status.active:
-        ended = await _execution_outcome(ctl, run, execution.name)
+        ended = await _execution_outcome(ctl, run, execution.name, stalled)
         if ended is not None:
             outcomes.append(ended)
     namespace = run.metadata.namespace or ""
@@ -141,10 +145,14 @@ async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
                 children.append(observe.missing_workflow(step.id, step.invoke.workflow))
             continue
         children.append(observe.child_result(step.id, child))
-    return Observed(outcomes, events, children)
+    return Observed(outcomes, events, children, stalled)
 
 
-async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Outcome | None:
+async def _execution_outcome(
+    ctl: Controller, run: WorkflowRun, name: str, stalled: list[Stalled]
+) -> Outcome | None:
+    """How execution ``name`` ended, or None while it runs (adding it to ``stalled`` if its pod has not
+    started)."""
     namespace = run.metadata.namespace or ""
     rejected = ctl.rejected.get((namespace, name))
     if rejected is not None:
@@ -155,9 +163,15 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
         job: Obj | None = await ctl.kube.get_job(namespace, name)
     except NotFound:
         job = None
-    if job is not None and observe.job_finished(job) is None:
-        return None
     pod = observe.newest_pod(await ctl.kube.job_pods(namespace, name))
+    if job is not None and observe.job_finished(job) is None:
+        events: list[Obj] = []
+        if pod is None and _age(job, ctl.clock()) >= JOB_EVENTS_AFTER:
+            events = await ctl.kube.job_events(namespace, name)
+        why = observe.not_started(pod, events)
+        if why is not None:
+            stalled.append(Stalled(name, *why))
+        return None
     if job is None and pod is not None and not observe.terminated_state(pod):
         # The Job vanished but its pod still runs the step: stop it, and record the attempt once it ended,
         # so that its retry never runs beside it.
@@ -180,6 +194,13 @@ async def _execution_outcome(ctl: Controller, run: WorkflowRun, name: str) -> Ou
                 raise  # the report is in the log: decide once it can be read, never without it
         ended = observe.outcome(name, job, pod, log_text)
     return None if ended is None else observe.timed(ended, ctl.clock())
+
+
+def _age(obj: Obj, now: datetime) -> timedelta:
+    created = obj["metadata"].get("creationTimestamp")
+    if not created:
+        return timedelta(0)
+    return now - datetime.fromisoformat(str(created).replace("Z", "+00:00"))
 
 
 async def _exists(ctl: Controller, plural: str, namespace: str, name: str) -> bool:

@@ -14,7 +14,7 @@ from kubestep.engine.actions import (
     StopExecution,
 )
 from kubestep.engine.decide import Decision, decide
-from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome
+from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome, Stalled
 
 __all__ = [
     "Action",
@@ -28,6 +28,7 @@ __all__ = [
     "Outcome",
     "PublishEvents",
     "RequeueAt",
+    "Stalled",
     "StartChild",
     "StartExecution",
     "StopExecution",

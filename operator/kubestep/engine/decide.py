@@ -50,8 +50,10 @@ from kubestep.engine.actions import (
     StopExecution,
 )
 from kubestep.engine.cel import CelError, check, holds
-from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome
+from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome, Stalled
 
+#: Reasons every pod passes through on its way to running: not worth telling the user, unless they last.
+_STARTING = {"PodNotCreated", "ContainerCreating", "PodInitializing"}
 #: Attempts kept per step: the first and the most recent ones.
 MAX_ATTEMPTS_KEPT = 10
 #: No wait, delay or timeout is longer than this (as Inngest's longest sleep).
@@ -100,6 +102,8 @@ class _Decider:
             return self.finish()
         for outcome in observed.outcomes:
             self.absorb(outcome)
+        if not status.phase.finished:
+            self.check_starts(observed.stalled)
         if not status.phase.finished:
             self.wake(observed.events, observed.children)
         if not status.phase.finished:
@@ -177,6 +181,33 @@ class _Decider:
         result, reason = _failure_class(outcome)
         message = outcome.message or _describe_exit(outcome, self.spec.timeouts.step)
         self.attempt_failed(step, execution, outcome, result, reason, message, None)
+
+    def check_starts(self, stalled: list[Stalled]) -> None:
+        """Say on each step why its pod has not started; fail the attempts whose pod did not start within
+        ``spec.timeouts.podStart`` with Kubernetes' reason, as a failed attempt retried by the policy."""
+        limit = parse_duration(self.spec.timeouts.pod_start)
+        by_name = {s.name: s for s in stalled}
+        for execution in list(self.status.active):
+            stall = by_name.get(execution.name)
+            step = self.target_step(execution)
+            pending = "" if stall is None else f"{stall.reason}: {stall.message}".rstrip(": ")
+            shown = "" if stall is None or stall.reason in _STARTING else pending
+            if step is not None and step.pending != shown:
+                step.pending = shown
+                if shown:
+                    self.note("StepPending", f"step {step.id!r}: its pod has not started: {shown}", True)
+            if stall is None or self.now < execution.started_at + timedelta(seconds=limit):
+                continue
+            self.status.active.remove(execution)
+            self.actions.append(StopExecution(execution.name, stall.reason))
+            within = self.spec.timeouts.pod_start
+            message = f"the step's pod did not start within spec.timeouts.podStart ({within}): {pending}"
+            outcome = Outcome(execution.name, ExitKind.EXITED, reason=stall.reason, message=message)
+            if step is None:
+                self.discovery_failed(execution, outcome)
+                continue
+            step.pending = ""
+            self.attempt_failed(step, execution, outcome, AttemptResult.ERROR, stall.reason, message, None)
 
     def stray_report(self, execution: Execution, report: Report) -> str | None:
         """Why ``report`` cannot come from ``execution``, if it cannot."""
@@ -313,6 +344,7 @@ class _Decider:
         # A discovery execution's attempt number is the step's, not the execution's retry counter.
         number = execution.attempt if execution.step is not None else step.attempt_count + 1
         attempt = Attempt(number=number, job=execution.name, started_at=execution.started_at)
+        step.pending = ""
         step.attempts.append(attempt)
         step.attempt_count += 1
         # Kubernetes stamps ends in whole seconds and a restart may time a start late: never end before start.
@@ -529,6 +561,11 @@ class _Decider:
         wakeups += [s.invoke.timeout_at for s in unfinished if s.phase is StepPhase.WAITING and s.invoke]
         if backing_off:
             wakeups.append(status.retry_at)
+        # A pod that never starts changes nothing the operator watches: look again when it is due to have.
+        start_limit = timedelta(seconds=parse_duration(self.spec.timeouts.pod_start))
+        wakeups += [
+            e.started_at + start_limit for e in status.active if e.started_at + start_limit > self.now
+        ]
         if self.spec.timeouts.run and status.started_at:
             wakeups.append(status.started_at + timedelta(seconds=parse_duration(self.spec.timeouts.run)))
         upcoming = [w for w in wakeups if w is not None]

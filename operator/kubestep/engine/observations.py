@@ -75,6 +75,18 @@ class ChildResult:
 
 
 @dataclass(frozen=True)
+class Stalled:
+    """An execution whose pod has not started running (not created, not scheduled, image not pulled)."""
+
+    name: str
+    """The execution's (Job's) name."""
+    reason: str
+    """Kubernetes' reason: ``FailedCreate``, ``ErrImagePull``, ``ImagePullBackOff``, ``Unschedulable``, ..."""
+    message: str = ""
+    """Kubernetes' message."""
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything observed since the last decision."""
 
@@ -84,5 +96,7 @@ class Observed:
     """Events that may match waiting steps."""
     children: list[ChildResult] = field(default_factory=list)
     """Child runs of invoke steps."""
+    stalled: list[Stalled] = field(default_factory=list)
+    """Executions that still run but whose pod has not started."""
     status_too_large: str = ""
     """Set when the platform refused to store the status this decision would give, as too large: why."""
