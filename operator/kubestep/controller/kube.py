@@ -60,8 +60,15 @@ class TooLarge(KubeError):
     """The object is larger than the API server (or its storage) accepts; the same request cannot pass."""
 
 
-#: How the API server and etcd word a request that is too large (413, or a 500 passed on from etcd).
-_TOO_LARGE = ("request is too large", "request entity too large", "too large", "too long")
+#: How the API server and etcd word a request that is too large (413, or a 500 passed on from etcd or from
+#: the API server's gRPC client to it, whose messages are capped at 2 MiB).
+_TOO_LARGE = (
+    "request is too large",
+    "request entity too large",
+    "too large",
+    "too long",
+    "larger than max",
+)
 
 
 class NotLeading(KubeError):

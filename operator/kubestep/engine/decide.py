@@ -117,7 +117,9 @@ class _Decider:
     def too_large(self, why: str) -> None:
         """End the run whose status cannot be stored, keeping what still fits: each step's id, phase,
         error and last attempt, without outputs, messages or log tails."""
-        kept = len(json.dumps(self.status.model_dump(mode="json", by_alias=True, exclude_none=True)))
+        text = json.dumps(self.status.model_dump(mode="json", by_alias=True, exclude_none=True))
+        # Kubernetes stores `<`, `>` and `&` escaped, as six bytes each.
+        kept = len(text.encode()) + 5 * sum(text.count(c) for c in "<>&")
         for step in self.status.steps:
             step.output = None
             for attempt in step.attempts:

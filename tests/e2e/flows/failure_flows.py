@@ -114,3 +114,13 @@ def parallel_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
         lambda: step.run("right", timed_nap, seconds),
     )
     return {"left": left, "right": right}
+
+
+@kubestep.workflow("big-output-flow", trigger="test/big.requested")
+def big_output_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
+    """One step returning ``event.data.bytes`` characters ``<``, returned again as the run's output.
+
+    Kubernetes stores ``<`` escaped as ``\u003c``: six bytes of the run's status for each one counted.
+    """
+    blob = step.run("make-blob", lambda: "<" * int(ctx.event.data["bytes"]))
+    return {"again": blob}
