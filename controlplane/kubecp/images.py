@@ -509,8 +509,25 @@ def _content_tag(context: Path, base: BaseImage) -> str:
     digest.update((base.layout / "index.json").read_bytes())
     for wheel in sorted(context.glob("*.whl")):
         digest.update(wheel.name.encode())
-        digest.update(_file_sha256(wheel).encode())
+        if wheel.name.startswith("kubestep-"):
+            digest.update(_code_fingerprint(wheel).encode())
+    # The dependencies' wheels are releases from PyPI: their names (with versions) say it all.
     return digest.hexdigest()[:16]
+
+
+def _code_fingerprint(wheel: Path) -> str:
+    """kubestep's code in its wheel: every file but the metadata, which carries the whole README.
+
+    Editing the README alone must not rebuild the images; a changed dependency list changes the
+    dependencies' wheels instead.
+    """
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as archive:
+        for info in sorted(archive.infolist(), key=lambda i: i.filename):
+            if info.filename.endswith((".dist-info/METADATA", ".dist-info/RECORD")):
+                continue
+            digest.update(f"{info.filename}\0{info.CRC}\0{info.file_size}\n".encode())
+    return digest.hexdigest()
 
 
 def _prune(buildah: Buildah, keep: ProjectImages) -> None:

@@ -131,6 +131,8 @@ def test_command_args_env_and_working_dir_combine_with_the_image_by_kubernetes_r
         control_plane,
         namespace,
         pod("image-defaults", echo),
+        # The operator image's entrypoint is `kubestep operator`: its flags are the pod's args.
+        pod("operator-help", kubestep_images.operator, args=["--help"]),
         pod("args-replace-cmd", echo, args=["a", "$(WHO)"], env=[{"name": "WHO", "value": "pod"}]),
         pod(
             "command-replaces-both",
@@ -148,6 +150,10 @@ def test_command_args_env_and_working_dir_combine_with_the_image_by_kubernetes_r
         "uid": 65532,
     }
     assert output(api_client, namespace, "args-replace-cmd")["argv"] == ["a", "pod"]
+    wait_for(lambda: finished(api_client, namespace, "operator-help"), timeout=120, what="operator --help")
+    help_text = client.CoreV1Api(api_client).read_namespaced_pod_log("operator-help", namespace)
+    assert read_pod(api_client, namespace, "operator-help").status.phase == "Succeeded", help_text
+    assert "Run the kubestep operator" in help_text
     replaced = output(api_client, namespace, "command-replaces-both")
     assert replaced["argv"] == ["from-command"]
     assert (replaced["cwd"], replaced["greeting"], replaced["only_in_image"]) == ("/tmp", "from-pod", "kept")
