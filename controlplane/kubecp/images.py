@@ -453,7 +453,7 @@ def ensure_images(log: Log = _stderr) -> ProjectImages:
                 what=f"building the {target} image",
             )
         log(f"images {tag} built in {time.monotonic() - started:.0f}s")
-        _prune(buildah, images)
+        _prune(buildah, [f"{REPOSITORY}/{target}" for target in TARGETS])
     return images
 
 
@@ -494,11 +494,7 @@ def ensure_image_from_runner(
             what=f"building {repository}",
         )
         log(f"{name} built in {time.monotonic() - started:.0f}s")
-        listing = buildah.run("images", "--format", "{{.Name}}:{{.Tag}}", what="listing images")
-        for line in listing.splitlines():
-            if line.startswith(f"localhost/{repository}:") and line.strip() != name:
-                with contextlib.suppress(BuildError):
-                    buildah.run("rmi", line.strip(), what=f"removing {line.strip()}")
+        _prune(buildah, [repository])
     return name
 
 
@@ -530,13 +526,24 @@ def _code_fingerprint(wheel: Path) -> str:
     return digest.hexdigest()
 
 
-def _prune(buildah: Buildah, keep: ProjectImages) -> None:
-    """Drop older builds of the images (vfs keeps a full copy of every layer)."""
-    listing = buildah.run("images", "--format", "{{.Name}}:{{.Tag}}", what="listing images")
-    wanted = {keep.name(target) for target in TARGETS}
-    for line in listing.splitlines():
-        name = line.strip()
-        if name.startswith(f"localhost/{REPOSITORY}/") and "/base:" not in name and name not in wanted:
+#: Builds of an image kept besides the newest: sessions of other working trees may still push them.
+KEEP_BUILDS = 2
+
+
+def _prune(buildah: Buildah, repositories: Sequence[str]) -> None:
+    """Drop all but the newest builds of ``repositories`` (vfs keeps a full copy of every layer)."""
+    listing = json.loads(buildah.run("images", "--json", what="listing images") or "[]")
+    for repository in repositories:
+        builds = sorted(
+            (
+                (str(image.get("createdatraw", "")), name)
+                for image in listing
+                for name in image.get("names") or []
+                if name.startswith(f"localhost/{repository}:")
+            ),
+            reverse=True,
+        )
+        for _, name in builds[1 + KEEP_BUILDS :]:
             with contextlib.suppress(BuildError):
                 buildah.run("rmi", name, what=f"removing {name}")
     with contextlib.suppress(BuildError):
@@ -579,7 +586,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="default: docker if it answers",
     )
     parser.add_argument(
-        "--tag", default="dev", help="tag of the Docker images (buildah's is the content hash)"
+        "--tag", default="dev", help="tag of the images (with buildah, besides their content hash)"
     )
     args = parser.parse_args(argv)
     builder = args.builder
@@ -590,11 +597,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             names = build_with_docker(args.tag)
         else:
             images = ensure_images()
-            names = [images.name(target) for target in TARGETS]
-            names = [
-                f"{name}  (buildah --root {images.buildah.root / 'storage'} --storage-driver vfs)"
-                for name in names
-            ]
+            names = []
+            for target in TARGETS:
+                # A stable name besides the content hash, as Docker users get.
+                name = f"localhost/{REPOSITORY}/{target}:{args.tag}"
+                images.buildah.run("tag", images.name(target), name, what=f"tagging {name}")
+                names.append(name)
+            storage = images.buildah.root / "storage"
+            _stderr(f"in buildah's store: buildah --root {storage} --storage-driver vfs images")
     except (BuildError, subprocess.CalledProcessError) as error:
         _stderr(str(error))
         raise SystemExit(1) from None

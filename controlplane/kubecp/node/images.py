@@ -43,8 +43,9 @@ _ACCEPT = ", ".join((*_MANIFEST_TYPES, *_INDEX_TYPES))
 _WHITEOUT = ".wh."
 _OPAQUE = ".wh..wh..opq"
 _REQUEST_TIMEOUT = 30.0
-#: Unpacked roots unused for this long are removed when a store opens (a store may be a shared cache).
-UNUSED_ROOT_SECONDS = 2 * 24 * 3600.0
+#: Unpacked roots (~400 MB each) unused for this long are removed when a store opens; in a cache shared
+#: by several nodes, a root that a running container still uses was touched when that container started.
+UNUSED_ROOT_SECONDS = 6 * 3600.0
 
 
 class PullError(Exception):
