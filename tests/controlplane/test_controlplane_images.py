@@ -33,6 +33,7 @@ print(json.dumps({
     "ca": open(sa + "/ca.crt").read().startswith("-----BEGIN CERTIFICATE-----"),
     "namespace": open(sa + "/namespace").read(),
     "hostname": open("/etc/hostname").read().strip(),
+    "no_new_privs": [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0],
 }))
 """
 
@@ -117,6 +118,7 @@ def test_a_step_of_the_example_runs_in_its_image_as_the_runner_user(
     assert seen["tmp_mode"] == "0o1777"
     assert seen["token"] and seen["ca"] and seen["namespace"] == namespace
     assert seen["hostname"] == "step"
+    assert seen["no_new_privs"] == "1"  # allowPrivilegeEscalation: false
     [status] = read_pod(api_client, namespace, "step").status.container_statuses
     repository = example.rsplit(":", 1)[0]
     assert status.image == example

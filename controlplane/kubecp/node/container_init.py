@@ -31,6 +31,7 @@ _MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
 START_ERROR_EXIT_CODE = 128
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -288,6 +289,8 @@ def main(spec_file: str) -> None:
             os.chdir(spec.get("working_dir") or "/")
         if spec.get("user"):
             become(spec["user"])
+        if spec.get("no_new_privileges"):
+            _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
     except OSError as error:
         _fail(error_fd, f"failed to create containerd task: {error}")
     argv: list[str] = spec["argv"]

@@ -60,6 +60,8 @@ class ContainerRun:
     rootfs: Path | None = None
     #: uid, gid and groups to run as, for a container of an image (else the node's user).
     user: RunAs | None = None
+    #: ``allowPrivilegeEscalation: false``: setuid programs give no privileges (images only).
+    no_new_privileges: bool = False
     log_file: Path = field(init=False)
     #: As a runtime names containers (``<type>://<id>``); new for every run.
     container_id: str = field(init=False)
@@ -92,6 +94,7 @@ class ContainerRun:
                 if self.user is not None
                 else None
             ),
+            "no_new_privileges": self.no_new_privileges,
         }
         spec_file = self.run_dir / "spec.json"
         spec_file.write_text(json.dumps(spec))

@@ -683,6 +683,8 @@ class PodWorker:
             on_exit=self._container_exited,
             rootfs=image.rootfs if image is not None else None,
             user=user,
+            no_new_privileges=image is not None
+            and (spec.get("securityContext") or {}).get("allowPrivilegeEscalation") is False,
         )
         run.start()
         slot.image_id = image.image_id if image is not None else None
