@@ -279,37 +279,60 @@ def build_wheels(destination: Path, python_version: str | None = None, log: Log 
     work = images_root() / "wheels"
     work.mkdir(parents=True, exist_ok=True)
     log_file = work / "build.log"
-    with tempfile.TemporaryDirectory(dir=work) as scratch:
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--quiet",
-                "--no-deps",
-                "--wheel-dir",
-                scratch,
-                str(REPO_ROOT),
-            ],
-            log_file,
-            "building kubestep's wheel",
-        )
-        (wheel,) = Path(scratch).glob("kubestep-*.whl")
-        requirements = _requirements(wheel)
-        key = hashlib.sha256(
-            json.dumps([requirements, python_version, platform.machine()]).encode()
-        ).hexdigest()
-        dependencies = work / f"deps-{key[:16]}"
-        if not dependencies.is_dir():
-            with _locked(work / ".deps.lock"):
-                if not dependencies.is_dir():
-                    _download_dependencies(wheel, python_version, dependencies, log_file, log)
-        for path in dependencies.glob("*.whl"):
-            shutil.copy2(path, destination / path.name)
-        target = destination / wheel.name
-        shutil.copy2(wheel, target)
+    wheel = _kubestep_wheel(work, log_file)
+    requirements = _requirements(wheel)
+    key = hashlib.sha256(json.dumps([requirements, python_version, platform.machine()]).encode()).hexdigest()
+    dependencies = work / f"deps-{key[:16]}"
+    if not dependencies.is_dir():
+        with _locked(work / ".deps.lock"):
+            if not dependencies.is_dir():
+                _download_dependencies(wheel, python_version, dependencies, log_file, log)
+    for path in dependencies.glob("*.whl"):
+        shutil.copy2(path, destination / path.name)
+    target = destination / wheel.name
+    shutil.copy2(wheel, target)
     return target
+
+
+def _source_fingerprint() -> str:
+    """What kubestep's wheel is made of: the package's files, pyproject.toml and the README."""
+    digest = hashlib.sha256()
+    package = REPO_ROOT / "operator" / "kubestep"
+    paths = [REPO_ROOT / "pyproject.toml", REPO_ROOT / "README.md"]
+    paths += sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in paths:
+        digest.update(f"{path.relative_to(REPO_ROOT)}\0{_file_sha256(path)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def _kubestep_wheel(work: Path, log_file: Path) -> Path:
+    """kubestep's wheel of the working tree, built once per content (building needs PyPI for hatchling)."""
+    built = work / f"kubestep-{_source_fingerprint()}"
+    if not built.is_dir():
+        with tempfile.TemporaryDirectory(dir=work) as scratch:
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "--quiet",
+                    "--no-deps",
+                    "--wheel-dir",
+                    scratch,
+                    str(REPO_ROOT),
+                ],
+                log_file,
+                "building kubestep's wheel",
+            )
+            with contextlib.suppress(OSError):
+                # Another process made the same one meanwhile: either will do.
+                os.replace(scratch, built)
+        for old in work.glob("kubestep-*"):
+            if old != built and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+    (wheel,) = built.glob("kubestep-*.whl")
+    return wheel
 
 
 def _download_dependencies(wheel: Path, python_version: str, target: Path, log_file: Path, log: Log) -> None:
