@@ -229,6 +229,9 @@ class ImageStore:
                     self._unpack(reference, manifest, root)
         except PullError as error:
             raise PullError(f'failed to pull and unpack image "{image}": {error}') from None
+        except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as error:
+            # A broken or hostile image (a layer writing through a link out of the root), a full disk.
+            raise PullError(f'failed to pull and unpack image "{image}": {error}') from error
         recorded = self._reference_file(reference)
         recorded.parent.mkdir(parents=True, exist_ok=True)
         staging = recorded.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
