@@ -550,7 +550,7 @@ def _code_fingerprint(wheel: Path) -> str:
 
 
 #: Builds of an image kept besides the newest: sessions of other working trees may still push them.
-KEEP_BUILDS = 2
+KEEP_BUILDS = 1
 
 
 def _prune(buildah: Buildah, repositories: Sequence[str]) -> None:

@@ -3,8 +3,8 @@
 Enable with ``pytest_plugins = ["kubecp.pytest_images"]`` (next to ``kubecp.pytest_plugin``).
 
 * ``image_registry`` (session): a :class:`kubecp.registry.Registry` on 127.0.0.1 (a free port),
-  stopped after the session. Its storage is kept in the cache, so pushing an unchanged image again
-  costs nothing. The process node pulls the images of such a registry itself.
+  stopped after the session. Its storage is kept in the cache (one per build of the images), so
+  pushing an unchanged image again costs nothing. The process node pulls the images of such a registry itself.
 * ``kubestep_images`` (session): the runner and operator images of the working tree, pushed to
   ``image_registry``: ``kubestep_images.runner`` and ``.operator`` are their references there.
 
@@ -16,8 +16,10 @@ them fails with the reason; none is skipped.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from kubecp.images import ProjectImages, ensure_image_from_runner, ensure_images
 from kubecp.registry import Registry
 
 FIXTURES = ("image_registry", "kubestep_images")
+UNUSED_STORAGE_SECONDS = 6 * 3600.0
 
 _built = pytest.StashKey[ProjectImages]()
 _build_error = pytest.StashKey[BaseException]()
@@ -74,9 +77,19 @@ def image_registry(pytestconfig: pytest.Config) -> Iterator[Registry]:
     """A registry on 127.0.0.1 for this session."""
     if (error := pytestconfig.stash.get(_build_error, None)) is not None:
         pytest.fail(f"the images for this test could not be built: {error}", pytrace=False)
-    # Blobs are content-addressed and written once: several sessions may share the storage.
+    # One storage per build of the images, shared by the sessions that test it (blobs are
+    # content-addressed and written once), so pushing them again costs nothing; others, unused
+    # for a while, go: a registry keeps every blob it was ever given.
+    built = pytestconfig.stash.get(_built, None)
+    storages = images_root() / "registry"
+    storage = storages / (built.tag if built is not None else "none")
+    storage.mkdir(parents=True, exist_ok=True)
+    os.utime(storage)
+    for old in storages.iterdir():
+        if old.is_dir() and old.stat().st_mtime < time.time() - UNUSED_STORAGE_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
     run_dir = Path(tempfile.mkdtemp(prefix="kubecp-registry-"))
-    registry = Registry(images_root() / "registry", config_dir=run_dir)
+    registry = Registry(storage, config_dir=run_dir)
     try:
         registry.start()
     except (BuildError, OSError, RuntimeError) as error:
