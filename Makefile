@@ -49,6 +49,10 @@ crds: $(STAMP) ## Generate crds/*.yaml (and the chart's copy) from the Pydantic 
 docs: $(STAMP) ## Regenerate the resource reference in README.md from the models
 	$(PY) -m kubestep.api.reference README.md
 
+.PHONY: images
+images: $(STAMP) ## Build the runner and operator images from this tree (Docker if it answers, else buildah)
+	PYTHONPATH=controlplane $(PY) -m kubecp.images --builder $(or $(BUILDER),auto) --tag $(or $(TAG),dev)
+
 .PHONY: demo-local
 demo-local: $(STAMP) ## Run the contacts example on this machine, no cluster
 	@rm -rf examples/contacts/.demo

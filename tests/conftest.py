@@ -9,7 +9,7 @@ import yaml
 
 from kubecp.cluster import ControlPlane
 
-pytest_plugins = ["kubecp.pytest_plugin"]
+pytest_plugins = ["kubecp.pytest_plugin", "kubecp.pytest_images"]
 
 CRDS = Path(__file__).resolve().parents[1] / "crds"
 

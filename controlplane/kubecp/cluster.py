@@ -81,6 +81,9 @@ class NodeOptions:
     python: str = sys.executable
     #: "auto" (mount namespaces when possible), "mount-namespace" or "none"; see README.
     isolation: str = "auto"
+    #: Where the node unpacks images of loopback registries (default: in its work directory). Shared
+    #: by several nodes safely (one root per digest, written once), so a cache directory works.
+    image_dir: Path | None = None
 
 
 class ControlPlane:
@@ -234,6 +237,8 @@ class ControlPlane:
         ]
         argv += [f"--pythonpath={entry}" for entry in options.pythonpath]
         argv += [f"--env={key}={value}" for key, value in options.env.items()]
+        if options.image_dir is not None:
+            argv.append(f"--image-dir={options.image_dir}")
         env = dict(os.environ)
         # The node runs from this source tree, which need not be installed.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CONTROLPLANE_DIR), env.get("PYTHONPATH")]))

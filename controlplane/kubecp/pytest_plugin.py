@@ -36,6 +36,7 @@ import pytest
 
 from kubecp.binaries import BuildError, ensure_binaries
 from kubecp.cluster import ControlPlane, NodeOptions, node_log_tail
+from kubecp.images import images_root
 
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
@@ -103,7 +104,13 @@ def _node_options(config: pytest.Config) -> NodeOptions:
     # Tests rely on volumes and termination messages at their paths: without private
     # mount namespaces they would fail obscurely, so the node refuses to start instead,
     # with the reason.
-    return NodeOptions(pythonpath=list(dict.fromkeys(paths)), env=env, isolation="mount-namespace")
+    # Images are unpacked once per digest for every session (see kubecp.pytest_images).
+    return NodeOptions(
+        pythonpath=list(dict.fromkeys(paths)),
+        env=env,
+        isolation="mount-namespace",
+        image_dir=images_root() / "roots",
+    )
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,11 @@ def parse_args(argv: list[str]) -> NodeConfig:
         "--python", default=sys.executable, help="interpreter whose directory comes first on containers' PATH"
     )
     parser.add_argument("--isolation", choices=["auto", "mount-namespace", "none"], default="auto")
+    parser.add_argument(
+        "--image-dir",
+        type=Path,
+        help="where images of loopback registries are unpacked (default: ROOT_DIR/images/roots)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     env = {}
@@ -66,6 +71,7 @@ def parse_args(argv: list[str]) -> NodeConfig:
         env=env,
         isolation=args.isolation,
         port=args.port,
+        image_dir=args.image_dir,
     )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from kubecp.node.api import Api, Obj, describe_error, is_status, now, rfc3339
 from kubecp.node.environment import ImageStandIn
+from kubecp.node.images import ImageStore
 from kubecp.node.logs_server import LogsServer
 from kubecp.node.pods import NodeContext, PodWorker
 from kubecp.node.scheduler import Scheduler
@@ -49,6 +50,8 @@ class NodeConfig:
     #: "auto", "mount-namespace" or "none" (see README).
     isolation: str = "auto"
     port: int = 0
+    #: Where images of loopback registries are unpacked (default: ``<root_dir>/images/roots``).
+    image_dir: Path | None = None
 
 
 class IsolationUnavailable(RuntimeError):
@@ -166,6 +169,7 @@ class Node:
                 "KUBERNETES_PORT": f"tcp://{server.hostname}:{port}",
             },
             allocatable=self.allocatable,
+            images=ImageStore(config.root_dir / "images", config.image_dir),
         )
         self.logs_server = LogsServer(
             self._find_pod,

@@ -31,6 +31,7 @@ _MS_BIND = 4096
 _MS_REC = 16384
 _MS_PRIVATE = 1 << 18
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
 START_ERROR_EXIT_CODE = 128
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -67,12 +68,19 @@ class Mounter:
     are still in the host's view (``/``, or a new root when one was needed).
     """
 
-    def __init__(self, scratch: str, paths: list[str]) -> None:
+    def __init__(
+        self, scratch: str, paths: list[str], root: str | None = None, private_devices: set[int] | None = None
+    ) -> None:
         # As /proc/self/mountinfo spells it, to recognise it among the mount points.
         self.scratch = os.path.realpath(scratch)
-        self.overlay_devices: set[int] = set()
+        #: File systems private to the container already, where a mount point can simply be made.
+        self.overlay_devices: set[int] = set(private_devices or ())
         self.overlays = 0
         self.root = "/"
+        if root is not None:
+            # An image's root, private and writable already.
+            self.root = root
+            return
         # A missing top-level directory (mountPath /data) needs an overlay on / itself,
         # which only takes effect as a new root: set that up first, the rest goes inside.
         if any(self._needs_overlay_on_root(path) for path in paths):
@@ -186,6 +194,54 @@ class Mounter:
         os.chdir(working_dir)
 
 
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+# What a runtime puts in a container's /dev.
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def image_root(scratch: str, rootfs: str) -> Mounter:
+    """Make the container's root an overlay of the image's root file system, with /proc and /dev.
+
+    The overlay's writable layer is on the private tmpfs ``scratch``: what the container writes
+    vanishes with it, and the image's files are never changed.
+    """
+    root, upper, work = (os.path.join(scratch, part) for part in ("image", "image-upper", "image-work"))
+    for path in (root, upper, work):
+        os.makedirs(path, exist_ok=True)
+    _mount("overlay", root, "overlay", 0, f"lowerdir={rootfs},upperdir={upper},workdir={work}")
+    mounter = Mounter(scratch, [], root=root, private_devices={os.stat(root).st_dev})
+    proc = mounter.ensure("/proc", directory=True)
+    _mount("proc", proc, "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+    dev = mounter.ensure("/dev", directory=True)
+    _mount("tmpfs", dev, "tmpfs", _MS_NOSUID, "mode=0755")
+    mounter.overlay_devices.add(os.stat(dev).st_dev)
+    for name in _DEVICES:
+        target = os.path.join(dev, name)
+        with open(target, "a"):
+            pass
+        _mount(f"/dev/{name}", target, None, _MS_BIND)
+    shm = os.path.join(dev, "shm")
+    os.mkdir(shm)
+    _mount("tmpfs", shm, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=1777")
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(target, os.path.join(dev, name))
+    return mounter
+
+
+def become(user: dict[str, Any]) -> None:
+    """Take the container's user and groups (root may: the node runs as root when it runs images)."""
+    os.setgroups([int(group) for group in user["groups"]])
+    os.setgid(int(user["gid"]))
+    os.setuid(int(user["uid"]))
+
+
 def _fail(error_fd: int, message: str) -> None:
     try:
         os.write(error_fd, message.encode())
@@ -221,13 +277,20 @@ def main(spec_file: str) -> None:
                 _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
             mounts = sorted(spec.get("mounts", []), key=lambda m: m["target"].count("/"))
             working_dir = spec.get("working_dir") or "/"
-            mounter = Mounter(spec["scratch_dir"], [m["target"] for m in mounts] + [working_dir])
+            if spec.get("rootfs"):
+                mounter = image_root(spec["scratch_dir"], spec["rootfs"])
+            else:
+                mounter = Mounter(spec["scratch_dir"], [m["target"] for m in mounts] + [working_dir])
             for mount in mounts:
                 mounter.bind(mount["source"], mount["target"], bool(mount.get("read_only")))
             # Like runc, create a missing working directory (privately).
             mounter.enter(working_dir)
         else:
             os.chdir(spec.get("working_dir") or "/")
+        if spec.get("user"):
+            become(spec["user"])
+        if spec.get("no_new_privileges"):
+            _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
     except OSError as error:
         _fail(error_fd, f"failed to create containerd task: {error}")
     argv: list[str] = spec["argv"]

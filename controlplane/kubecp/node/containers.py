@@ -17,6 +17,7 @@ from pathlib import Path
 from kubecp.node.api import now
 from kubecp.node.container_init import START_ERROR_EXIT_CODE
 from kubecp.node.logs import LogWriter
+from kubecp.node.users import RunAs
 from kubecp.processes import process_start_time
 
 INIT_SCRIPT = Path(__file__).resolve().parent / "container_init.py"
@@ -55,6 +56,12 @@ class ContainerRun:
     isolate: bool
     python: str
     on_exit: Callable[[ContainerRun], None]
+    #: The image's unpacked root file system, for a container of an image (else it runs on the node's).
+    rootfs: Path | None = None
+    #: uid, gid and groups to run as, for a container of an image (else the node's user).
+    user: RunAs | None = None
+    #: ``allowPrivilegeEscalation: false``: setuid programs give no privileges (images only).
+    no_new_privileges: bool = False
     log_file: Path = field(init=False)
     #: As a runtime names containers (``<type>://<id>``); new for every run.
     container_id: str = field(init=False)
@@ -81,6 +88,13 @@ class ContainerRun:
             "scratch_dir": str(self.run_dir / "scratch"),
             "start_error_file": str(self._start_error_file),
             "node_pid": os.getpid(),
+            "rootfs": str(self.rootfs) if self.rootfs is not None else None,
+            "user": (
+                {"uid": self.user.uid, "gid": self.user.gid, "groups": list(self.user.groups)}
+                if self.user is not None
+                else None
+            ),
+            "no_new_privileges": self.no_new_privileges,
         }
         spec_file = self.run_dir / "spec.json"
         spec_file.write_text(json.dumps(spec))

@@ -13,6 +13,7 @@ from pathlib import Path
 from kubernetes.utils import parse_quantity
 
 from kubecp.node.api import Api, Obj
+from kubecp.node.images import ImageConfig
 
 NODE_IP = "127.0.0.1"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -200,17 +201,45 @@ def process_environment(pod: Obj, image: ImageStandIn, variables: Mapping[str, s
     return environment
 
 
-def command_line(container: Obj, env: Mapping[str, str]) -> list[str]:
+def command_line(container: Obj, env: Mapping[str, str], image: ImageConfig | None = None) -> list[str]:
     """argv of the container: ``command`` + ``args`` with ``$(VAR)`` expanded from ``env``.
 
-    ``env`` should be the container's own variables (:func:`container_variables`).
+    ``env`` should be the container's own variables (:func:`container_variables`). With the
+    ``image``'s configuration, by Kubernetes' rules: ``command`` replaces the image's ENTRYPOINT and
+    CMD, ``args`` alone replace CMD; the image's own parts are not expanded.
 
-    Without the image there is no ENTRYPOINT: a container without ``command``
+    Without an image there is no ENTRYPOINT: a container without ``command``
     runs its ``args`` as the whole command line.
     """
-    argv = [*(container.get("command") or []), *(container.get("args") or [])]
+    command = [_expand(arg, env) for arg in container.get("command") or []]
+    args = [_expand(arg, env) for arg in container.get("args") or []]
+    if image is None:
+        if not command and not args:
+            raise ConfigError(
+                "no command: the process node runs this container in its own Python environment, "
+                "so it needs `command` (or `args`)"
+            )
+        return [*command, *args]
+    if command:
+        argv = [*command, *args]
+    elif args:
+        argv = [*image.entrypoint, *args]
+    else:
+        argv = [*image.entrypoint, *image.cmd]
     if not argv:
-        raise ConfigError(
-            "no command: the process node ignores images, so a container needs `command` (or `args`)"
-        )
-    return [_expand(arg, env) for arg in argv]
+        raise ConfigError("no command specified")
+    return argv
+
+
+def image_environment(
+    pod: Obj, image: ImageConfig, variables: Mapping[str, str], home: str
+) -> dict[str, str]:
+    """The environment of a container of an image: the image's, HOSTNAME, then ``variables``; HOME last.
+
+    HOME is the user's home in the image when neither the image nor the pod sets it, as runtimes do.
+    """
+    environment = image.environment()
+    environment["HOSTNAME"] = pod["metadata"]["name"]
+    environment.update(variables)
+    environment.setdefault("HOME", home)
+    return environment

@@ -30,9 +30,12 @@ from kubecp.node.environment import (
     ImageStandIn,
     command_line,
     container_variables,
+    image_environment,
     process_environment,
 )
+from kubecp.node.images import Image, ImageStore, NotPresentError, PullError, is_loopback_image
 from kubecp.node.logs import tail_text
+from kubecp.node.users import RunAs, run_as
 from kubecp.node.volumes import VolumeError, prepare_volumes
 
 log = logging.getLogger("kubecp.node")
@@ -56,6 +59,9 @@ MINIMUM_GRACE_SECONDS = 2.0
 RETRY_INITIAL_SECONDS, RETRY_MAX_SECONDS = 0.2, 5.0
 # Volumes that still fail after this long get a FailedMount event.
 FAILED_MOUNT_AFTER_SECONDS = 3.0
+# The kubelet's image pull back-off; a failed pull shows ErrImagePull until the next sync, this long.
+PULL_BACKOFF_INITIAL, PULL_BACKOFF_MAX = 10.0, 300.0
+PULL_ERROR_SHOWN_SECONDS = 1.0
 
 
 class Backoff:
@@ -89,6 +95,8 @@ class NodeContext:
     isolate: bool
     service_env: Mapping[str, str]
     allocatable: Mapping[str, str]
+    #: Images of loopback registries (None: every container runs on the node's Python environment).
+    images: ImageStore | None = None
 
 
 class PodGone(Exception):
@@ -112,6 +120,11 @@ class ContainerSlot:
     start_backoff: Backoff = field(default_factory=Backoff)
     #: State dicts (see status.py) of finished runs, computed once when they end.
     finished_states: dict[int, Obj] = field(default_factory=dict)
+    #: After a failed pull: when the image may be pulled again.
+    pull_retry_at: float | None = None
+    pull_backoff: Backoff = field(default_factory=lambda: Backoff(PULL_BACKOFF_INITIAL, PULL_BACKOFF_MAX))
+    #: ``<repository>@<digest>`` of the image the latest run was started from (images only).
+    image_id: str | None = None
 
     @property
     def name(self) -> str:
@@ -528,11 +541,21 @@ class PodWorker:
                 self.context.service_env,
                 self.context.allocatable,
             )
+            image = None
+            if self.context.images is not None and is_loopback_image(spec.get("image", "")):
+                image = self._image(slot)
+                if image is None:
+                    return False
             # As the kubelet: $(VAR) in command and args sees the container's own variables
-            # only, not what the image (here: the stand-in) defines.
-            argv = command_line(spec, variables)
-            env = process_environment(self.pod, self.context.image, variables)
-            return self._start_run(slot, argv, env)
+            # only, not what the image defines.
+            if image is None:
+                argv = command_line(spec, variables)
+                env = process_environment(self.pod, self.context.image, variables)
+                return self._start_run(slot, argv, env)
+            user = run_as(self.pod, spec, image)
+            argv = command_line(spec, variables, image.config)
+            env = image_environment(self.pod, image.config, variables, user.home)
+            return self._start_run(slot, argv, env, image, user)
         except ConfigError as error:
             slot.waiting_reason, slot.waiting_message = "CreateContainerConfigError", str(error)
             self._warn_once("Failed", f"Error: {error}")
@@ -549,7 +572,70 @@ class PodWorker:
         slot.start_retry_at = time.monotonic() + slot.start_backoff.next()
         return False
 
-    def _start_run(self, slot: ContainerSlot, argv: list[str], env: dict[str, str]) -> bool:
+    def _image(self, slot: ContainerSlot) -> Image | None:
+        """The container's image, pulled per its pull policy; None while it cannot be (waiting reason set)."""
+        assert self.context.images is not None
+        reference = str(slot.spec.get("image", ""))
+        if slot.pull_retry_at is not None and time.monotonic() < slot.pull_retry_at:
+            slot.waiting_reason, slot.waiting_message = (
+                "ImagePullBackOff",
+                f'Back-off pulling image "{reference}"',
+            )
+            self._event_once("BackOff", f'Back-off pulling image "{reference}"')
+            slot.start_retry_at = slot.pull_retry_at
+            return None
+        policy = slot.spec.get("imagePullPolicy") or default_pull_policy(reference)
+        store = self.context.images
+        try:
+            image = store.present(reference) if policy != "Always" else None
+            if image is not None:
+                self._event_once("Pulled", f'Container image "{reference}" already present on machine')
+            elif policy == "Never":
+                raise NotPresentError(
+                    f'Container image "{reference}" is not present with pull policy of Never'
+                )
+            else:
+                self._event_once("Pulling", f'Pulling image "{reference}"')
+                started = time.monotonic()
+                image = store.pull(reference)
+                self.context.api.event(
+                    self.pod,
+                    "Pod",
+                    "Pulled",
+                    f'Successfully pulled image "{reference}" in {time.monotonic() - started:.3f}s',
+                    COMPONENT,
+                )
+        except NotPresentError as error:
+            slot.waiting_reason, slot.waiting_message = "ErrImageNeverPull", str(error)
+            self._warn_once("ErrImageNeverPull", str(error))
+            slot.start_retry_at = time.monotonic() + slot.pull_backoff.next()
+            return None
+        except PullError as error:
+            log.warning("pod %s/%s: pulling %s: %s", self.namespace, self.name, reference, error)
+            slot.waiting_reason, slot.waiting_message = "ErrImagePull", str(error)
+            self._warn_once("Failed", f'Failed to pull image "{reference}": {error}')
+            slot.pull_retry_at = time.monotonic() + slot.pull_backoff.next()
+            # The next sync shows the back-off, as the kubelet's does.
+            slot.start_retry_at = time.monotonic() + PULL_ERROR_SHOWN_SECONDS
+            return None
+        slot.pull_retry_at = None
+        slot.pull_backoff.reset()
+        return image
+
+    def _event_once(self, reason: str, message: str) -> None:
+        if message in self._warned:
+            return
+        self._warned.add(message)
+        self.context.api.event(self.pod, "Pod", reason, message, COMPONENT)
+
+    def _start_run(
+        self,
+        slot: ContainerSlot,
+        argv: list[str],
+        env: dict[str, str],
+        image: Image | None = None,
+        user: RunAs | None = None,
+    ) -> bool:
         assert self.volumes is not None
         spec = slot.spec
         run_dir = self.directory / "containers" / slot.name / str(len(slot.runs))
@@ -575,19 +661,33 @@ class PodWorker:
                 "downwardAPI",
             )
             mounts.append(Mount(source, volume_mount["mountPath"], read_only))
+        working_dir = spec.get("workingDir")
+        if image is not None:
+            if not self.context.isolate:
+                raise ConfigError(
+                    "the process node runs images only with mount namespaces (it runs as root, "
+                    "see controlplane/README.md)"
+                )
+            mounts = [*self._network_files(), *mounts]
+            working_dir = working_dir or image.config.working_dir or "/"
         run = ContainerRun(
             name=slot.name,
             run_dir=run_dir,
             argv=argv,
             env=env,
             mounts=mounts,
-            working_dir=spec.get("workingDir"),
+            working_dir=working_dir,
             hostname=self.pod["spec"].get("hostname") or self.name,
             isolate=self.context.isolate,
             python=self.context.python,
             on_exit=self._container_exited,
+            rootfs=image.rootfs if image is not None else None,
+            user=user,
+            no_new_privileges=image is not None
+            and (spec.get("securityContext") or {}).get("allowPrivilegeEscalation") is False,
         )
         run.start()
+        slot.image_id = image.image_id if image is not None else None
         if slot.runs:
             slot.restart_count += 1
         slot.runs.append(run)
@@ -596,6 +696,21 @@ class PodWorker:
         slot.waiting_reason, slot.waiting_message = "ContainerCreating", None
         self.context.api.event(self.pod, "Pod", "Started", f"Started container {slot.name}", COMPONENT)
         return True
+
+    def _network_files(self) -> list[Mount]:
+        """/etc/hosts, /etc/hostname and /etc/resolv.conf, as the kubelet gives every container."""
+        hostname = self.pod["spec"].get("hostname") or self.name
+        hosts = self.directory / "etc-hosts"
+        if not hosts.exists():
+            hosts.write_text(
+                "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n"
+                f"::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{hostname}\n"
+            )
+            (self.directory / "etc-hostname").write_text(hostname + "\n")
+        mounts = [Mount(hosts, "/etc/hosts"), Mount(self.directory / "etc-hostname", "/etc/hostname")]
+        if Path("/etc/resolv.conf").exists():
+            mounts.append(Mount(Path("/etc/resolv.conf"), "/etc/resolv.conf", read_only=True))
+        return mounts
 
     def _volume_kind(self, name: str) -> str:
         for volume in self.pod["spec"].get("volumes") or []:
@@ -681,7 +796,7 @@ class PodWorker:
         return {
             "name": slot.name,
             "image": image,
-            "imageID": image if slot.runs else "",
+            "imageID": (slot.image_id or image) if slot.runs else "",
             "containerID": run.container_id if run is not None else None,
             "ready": ready,
             "started": is_running,
@@ -808,6 +923,15 @@ class PodWorker:
         self._warned.add(message)
         log.warning("pod %s/%s: %s: %s", self.namespace, self.name, reason, message)
         self.context.api.event(self.pod, "Pod", reason, message, COMPONENT, warning=True)
+
+
+def default_pull_policy(image: str) -> str:
+    """The apiserver's default imagePullPolicy: Always for ``:latest`` or no tag, else IfNotPresent."""
+    last = image.rsplit("/", 1)[-1]
+    if "@" in last:
+        return "IfNotPresent"
+    tag = last.partition(":")[2]
+    return "Always" if tag in ("", "latest") else "IfNotPresent"
 
 
 def _read_tail(path: Path, limit: int) -> str:

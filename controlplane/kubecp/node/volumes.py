@@ -9,7 +9,9 @@ volume would on a real node.
 from __future__ import annotations
 
 import base64
+import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from kubecp.node.api import Api, Obj
 from kubecp.node.environment import field_value
 
 DEFAULT_MODE = 0o644
+# Volumes whose files the node writes (and so owns and may give to the pod's users).
+_WRITTEN_KINDS = frozenset({"secret", "configMap", "downwardAPI", "projected"})
 
 
 class VolumeError(Exception):
@@ -34,11 +38,56 @@ def prepare_volumes(api: Api, pod: Obj, directory: Path) -> dict[str, Path]:
         target = directory / name
         if "emptyDir" in volume:
             target.mkdir(parents=True, exist_ok=True)
+            # As the kubelet makes it: writable by whatever user the containers run as.
+            target.chmod(0o777)
         else:
             files = _volume_files(api, pod, volume)
             _write_files(target, files)
+        set_ownership(pod, volume, target)
         paths[name] = target
     return paths
+
+
+def _effective_run_as_user(pod: Obj, container: Obj) -> int | None:
+    value = (container.get("securityContext") or {}).get("runAsUser")
+    if value is None:
+        value = (pod["spec"].get("securityContext") or {}).get("runAsUser")
+    return None if value is None else int(value)
+
+
+def set_ownership(pod: Obj, volume: Obj, target: Path) -> None:
+    """Give the volume's files to the pod's ``fsGroup`` as the kubelet does (SetVolumeOwnership).
+
+    Group-owned by fsGroup, group-readable (and writable for an emptyDir), directories setgid. Without
+    fsGroup, a projected volume's files belong to the containers' common runAsUser, if they have one,
+    so that a token of mode 0600 is still theirs to read. Only a node running as root can do this.
+    """
+    if os.geteuid() != 0 or not ({"emptyDir", *_WRITTEN_KINDS} & set(volume)):
+        return
+    fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
+    if fs_group is None:
+        if "projected" not in volume:
+            return
+        containers = [*(pod["spec"].get("initContainers") or []), *pod["spec"]["containers"]]
+        users = {_effective_run_as_user(pod, container) for container in containers}
+        owner = users.pop() if len(users) == 1 else None
+        if owner is None:
+            return
+        for path in target.rglob("*"):
+            if not path.is_dir():
+                os.lchown(path, owner, -1)
+        return
+    writable = "emptyDir" in volume
+    for path in [target, *target.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chown(path, -1, int(fs_group))
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if path.is_dir():
+            mode |= stat.S_ISGID | 0o050 | (0o020 if writable else 0)
+        else:
+            mode |= 0o040 | (0o020 if writable else 0)
+        path.chmod(mode)
 
 
 def _volume_files(api: Api, pod: Obj, volume: Obj) -> dict[str, tuple[bytes, int]]:
