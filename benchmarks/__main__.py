@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.operator_bench import bench_operator
 from kubestep.api.base import ObjectMeta
 from kubestep.api.report import Report, ReportKind, RunnerState, StepRef
-from kubestep.api.run import RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
+from kubestep.api.run import AttemptResult, RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
 from kubestep.api.workflow import Trigger, WorkflowSpec
 from kubestep.engine import ExitKind, Observed, Outcome, decide
 from kubestep.engine.cel import holds
@@ -42,6 +42,33 @@ def timeit(fn: Callable[[], object], seconds: float = 1.0) -> tuple[float, int]:
         samples.append((time.perf_counter() - start) / 50 * 1e6)
         calls += 50
     return statistics.median(samples), calls
+
+
+def bench_status_size() -> None:
+    """How large a run's status grows per step, and so the longest run whose status etcd still stores."""
+    limit = 1_572_864  # etcd's default --max-request-bytes; the run's spec and metadata come on top
+    for label, attempts in (("one attempt each", 1), ("ten failed attempts each", 10)):
+        run = run_with_steps(200)
+        status = run.status.model_copy(deep=True)
+        if attempts > 1:
+            first = status.steps[0].attempts[0]
+            failed = first.model_copy(
+                update={
+                    "result": AttemptResult.ERROR,
+                    "reason": "Error",
+                    "message": "m" * 1000,
+                    "log_tail": "t" * 1500,
+                    "retry_delay_seconds": 15.0,
+                }
+            )
+            for step in status.steps:
+                step.attempts = [failed] * (attempts - 1) + step.attempts
+        size = len(json.dumps(status.to_dict(), separators=(",", ":")))
+        per_step = size / len(status.steps)
+        print(
+            f"run status per step ({label}, small outputs): {per_step:7.0f} bytes; longest run that fits "
+            f"etcd's 1.5 MiB: about {int(limit / per_step):,} steps"
+        )
 
 
 def run_with_steps(n: int) -> WorkflowRun:
@@ -149,6 +176,7 @@ def bench_local_run() -> None:
 def main() -> None:
     print(f"kubestep benchmarks — Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     bench_engine()
+    bench_status_size()
     bench_replay()
     bench_cel()
     bench_local_run()
