@@ -8,6 +8,7 @@ durations without environment variables.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,31 @@ def big_output_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any
     """
     blob = step.run("make-blob", lambda: "<" * int(ctx.event.data["bytes"]))
     return {"again": blob}
+
+
+def _file_name() -> str:
+    """A file name that is not UTF-8, as ``os.fsdecode`` gives it: with a lone surrogate."""
+    return os.fsdecode(b"caf\xe9.csv")
+
+
+def read_odd_file(attempt: int) -> str:
+    """Fail the first attempt with a message holding the odd file name; then succeed."""
+    if attempt == 1:
+        raise FileNotFoundError(f"no such upload: {_file_name()}")
+    return "read"
+
+
+@kubestep.workflow("odd-names-flow", trigger="test/odd.requested")
+def odd_names_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
+    """A step whose first attempt fails with an unencodable message; then one returning such a name."""
+    read = step.run("read-upload", read_odd_file, ctx.attempt)
+    if ctx.event.data.get("return_odd"):
+        step.run("list-uploads", lambda: [_file_name()])
+    return {"read": read}
+
+
+@kubestep.workflow("exit-flow", trigger="test/exit.requested")
+def exit_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
+    """Calls sys.exit between two steps."""
+    step.run("first", lambda: 1)
+    sys.exit(3)
