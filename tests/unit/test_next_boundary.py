@@ -352,3 +352,34 @@ def test_a_discovery_whose_pod_never_starts_is_retried_with_backoff():
     sim.step(Observed(stalled=[Stalled(active.name, "FailedCreate", "quota")]), at=T0 + timedelta(minutes=5))
     assert sim.status.discovery_failures == 1 and sim.status.retry_at is not None
     assert sim.status.retry_at > sim.now
+
+
+def test_a_long_run_of_sends_is_carried_in_shallow_reports_and_goes_on_in_the_next_execution():
+    from kubestep.sdk.step import MAX_CHAINED_SENDS
+
+    @kubestep.workflow("flow")
+    def flow(ctx, step):
+        for i in range(50):
+            step.send_event("announce", "app/x", {"i": i})
+        step.run("after", lambda: 1)
+
+    report, _ = run_once(flow, state())
+    chain = []
+    while report is not None:
+        chain.append(report)
+        report = report.next
+    assert [r.kind for r in chain] == [ReportKind.SEND_EVENT] * (MAX_CHAINED_SENDS + 1)
+    assert decode_report(*encode_report(chain[0])) == chain[0]
+    # Sends before a step ask for its execution instead of running its body here.
+    short, _ = run_once(
+        flow,
+        state(
+            *(
+                done("announce" if i == 0 else f"announce:{i}", [], type=StepType.SEND_EVENT)
+                for i in range(49)
+            )
+        ),
+    )
+    assert short.kind is ReportKind.SEND_EVENT and short.next == Report(
+        kind=ReportKind.NEXT_STEP, step=ref("after")
+    )

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 import kubestep
+from kubestep.api.names import sent_event_name
 from kubestep.api.report import MemoEntry, Report, ReportKind, RunnerState, StepRef
 from kubestep.api.run import StepType
 from kubestep.sdk.step import Replay
@@ -635,7 +636,9 @@ def test_send_event_reports_the_event_and_returns_the_recorded_ids():
     assert report.kind is ReportKind.SEND_EVENT
     assert report.step == StepRef(id="announce", name="announce", type=StepType.SEND_EVENT)
     assert report.events == [{"name": "app/imported", "data": {"count": 3}, "user": {"id": "u1"}}]
-    assert results == [["ev-123"]]
+    # The ids the events will get are known at once, so replay goes on past the send to the function's end.
+    assert report.next == Report(kind=ReportKind.COMPLETED, output="sent")
+    assert results == [[sent_event_name("run-1", "announce", 0)], ["ev-123"]]
     assert after.kind is ReportKind.COMPLETED
 
 

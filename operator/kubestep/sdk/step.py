@@ -29,6 +29,8 @@ from kubestep.sdk.errors import (
 from kubestep.sdk.workflow import Context, EventPayload, WorkflowFunction
 
 _TRACEBACK_LINES = 20
+#: Sends one report carries before the chain ends (each nests the next: reports stay shallow).
+MAX_CHAINED_SENDS = 20
 _MESSAGE_CHARS = 2000
 
 
@@ -310,7 +312,7 @@ class Replay:
             if memo.error is not None:
                 raise StepError(ref.id, memo.error.get("type", "Error"), memo.error.get("message", ""))
             return memo.output
-        if self._succeeded is not None and not self._in_parallel:
+        if (self._succeeded is not None or self._boundaries) and not self._in_parallel:
             if kind is StepType.RUN:
                 # The next step's body belongs to an execution of its own: name it, do not run it.
                 self.report(Report(kind=ReportKind.NEXT_STEP, step=ref))
@@ -369,22 +371,23 @@ class Replay:
         raise _Reported(self._after_step(report))
 
     def send(self, report: Report) -> list[str]:
-        """Publish the events of a send step: reported now, or — right after an executed step — carried on
-        its report while replay goes on, since the ids the events get are known here already."""
-        if self._succeeded is None:
-            self.report(report)
+        """Publish the events of a send step: carried on the report while replay goes on, since the ids
+        the events get are known here already — up to `MAX_CHAINED_SENDS` in one report."""
+        if len(self._boundaries) >= MAX_CHAINED_SENDS:
+            self.report(report)  # the next execution goes on from here
         assert report.step is not None
         ids = [sent_event_name(self.state.run, report.step.id, i) for i in range(len(report.events))]
         self._boundaries.append(report)
         return ids
 
     def _after_step(self, report: Report) -> Report:
-        """``report`` as the end of the chain that follows the executed step (its sends, then this)."""
-        if self._succeeded is None:
-            return report
+        """``report`` as the end of what this replay reached: the executed step's output, then the sends
+        replay went past, then ``report``."""
         chain = report
         for send in reversed(self._boundaries):
             chain = send.model_copy(update={"next": chain})
+        if self._succeeded is None:
+            return chain
         return self._succeeded.model_copy(update={"next": chain})
 
     def _nondeterministic(self, message: str) -> NoReturn:
