@@ -240,27 +240,39 @@ def test_runs_converge_after_the_api_server_is_killed_and_restarted(
         r["metadata"]["name"]: r["status"].get("error") for r in runs if r["status"]["phase"] != "Succeeded"
     }
     assert not failed, failed
+    lost: list[str] = []
+    never_created: set[str] = set()
     for run in runs:
         name, status, data = run["metadata"]["name"], run["status"], run["spec"]["event"]["data"]
-        flaky = bool(data.get("flaky"))
-        assert status["output"]["check"] == {"step": "check", "attempt": 2 if flaky else 1}, (name, status)
-        check = ["check 1 start", "check 1 fail", "check 2 start", "check 2 ok"] if flaky else []
-        expected = ["fetch 1 start", "fetch 1 ok", *(check or ["check 1 start", "check 1 ok"])]
-        expected += [f"{s} 1 {w}" for s in ("store", "report") for w in ("start", "ok")]
-        assert traces(data_dir, name) == expected, name
+        trace = traces(data_dir, name)
+        bodies = Counter(tuple(line.split()[:2]) for line in trace if line.endswith(" start"))
+        assert all(n == 1 for n in bodies.values()), f"run {name}: a body ran twice for one attempt: {trace}"
         for recorded in status["steps"]:
-            results = [a.get("result") for a in recorded.get("attempts") or []]
-            if recorded["id"] == "nap":
-                assert recorded["phase"] == "Succeeded" and not results, (name, recorded)
-            elif recorded["id"] == "check" and flaky:
-                assert results == ["Error", "Succeeded"], (name, recorded)
-            else:
-                assert results == ["Succeeded"], (name, recorded)
-            for attempt in recorded.get("attempts") or []:
+            step_id, attempts = recorded["id"], recorded.get("attempts") or []
+            if step_id == "nap":
+                assert recorded["phase"] == "Succeeded" and not attempts, (name, recorded)
+                continue
+            # The step failed on its own only where the flow says so; anything else the cluster or the
+            # operator's own crash took away spent no budget.
+            fails = 1 if step_id == "check" and data.get("flaky") else 0
+            assert recorded["failures"] == fails, (name, recorded)
+            assert [a["result"] for a in attempts][-1] == "Succeeded", (name, recorded)
+            assert status["output"][step_id] == {"step": step_id, "attempt": attempts[-1]["number"]}
+            for attempt in attempts:
+                ran = (step_id, str(attempt["number"])) in bodies
+                if attempt["result"] == "Lost":
+                    # Recorded, then its Job never ran (the operator was killed before creating it).
+                    assert not ran, (name, attempt, trace)
+                    lost.append(f"{name}/{step_id}#{attempt['number']}: {attempt.get('reason')}")
+                    never_created.add(attempt["job"])
+                else:
+                    assert attempt["result"] in ("Succeeded", "Error") and ran, (name, attempt, trace)
                 started, ended = stamp(attempt["startedAt"]), stamp(attempt["finishedAt"])
-                assert started <= ended, (
-                    f"run {name} step {recorded['id']}: attempt times out of order: {attempt}"
-                )
+                assert started <= ended, f"run {name} step {step_id}: attempt times out of order: {attempt}"
+            # Every body that ran has its attempt recorded.
+            numbers = {str(a["number"]) for a in attempts}
+            assert {n for s, n in bodies if s == step_id} <= numbers, (name, recorded, trace)
+    print(f"attempts recorded but never run (Lost): {lost}")
 
     # No attempt has two Jobs: every Job the watch ever saw is one attempt's, each name once.
     jobs.stop()
@@ -269,7 +281,7 @@ def test_runs_converge_after_the_api_server_is_killed_and_restarted(
     names = Counter(j["metadata"]["name"] for j in jobs.jobs.values())
     assert all(n == 1 for n in names.values()), f"a Job name was created twice: {names}"
     recorded_jobs = {a["job"] for r in runs for s in r["status"]["steps"] for a in s.get("attempts") or []}
-    assert set(names) == recorded_jobs, set(names) ^ recorded_jobs
+    assert set(names) == recorded_jobs - never_created, set(names) ^ (recorded_jobs - never_created)
 
     # Every transition was told once, and the restarts after the end told nothing new.
     # Durations are left out: the same note posted again later would differ only in them.
