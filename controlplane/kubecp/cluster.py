@@ -11,6 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +120,8 @@ class ControlPlane:
         self.node_root = self.workdir / "node"
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self.server = ""
+        #: etcd's client URL (plain HTTP on loopback).
+        self.etcd_url = ""
         self.startup_seconds: float | None = None
         self._stopped = False
 
@@ -143,7 +147,7 @@ class ControlPlane:
         files = self._write_credentials()
         self._write_state()
 
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        etcd_url = self.etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{etcd_peer_port}"
         self._spawn(
             "etcd",
@@ -256,6 +260,65 @@ class ControlPlane:
         _kill_leftover_containers(self.node_root)
         if self._owns_workdir and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def restart_apiserver(
+        self,
+        down_seconds: float = 0.0,
+        while_down: Callable[[], object] | None = None,
+        timeout: float = 120.0,
+    ) -> float:
+        """Crash kube-apiserver (SIGKILL) and start it again; return how long it was not ready, in seconds.
+
+        It comes back with the same arguments: the same etcd (every object kept), port and certificates,
+        so clients see only an outage: refused connections, then whatever a starting server answers, until
+        it is ready. ``while_down`` is called once it is dead (e.g. :meth:`compact_etcd`), and it stays down
+        for ``down_seconds`` in all. Returns once ``/readyz`` passes and the controllers and the node are
+        ready again, so a shared cluster is left healthy.
+        """
+        index = next(i for i, p in enumerate(self.processes) if p.name == "kube-apiserver")
+        old = self.processes[index]
+        killed = time.monotonic()
+        old.kill()
+        if while_down is not None:
+            while_down()
+        time.sleep(max(0.0, killed + down_seconds - time.monotonic()))
+        self.processes[index] = old.restarted()
+        self._write_state()
+        deadline = time.monotonic() + timeout
+        context = self._admin_ssl_context()
+        self._wait("kube-apiserver to restart", deadline, lambda: http_ok(f"{self.server}/readyz", context))
+        outage = time.monotonic() - killed
+        with self.api_client() as api:
+            self._wait("controllers and node after the apiserver restart", deadline, lambda: self._ready(api))
+        return outage
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision, and return that revision.
+
+        Every watch that resumes from an older resourceVersion is then answered ``410 Gone`` (expired) and
+        must list again, as happens in a cluster whose watchers were away longer than its history lasts.
+        """
+        revision = int(self._etcd("/v3/kv/range", {"key": "AA==", "limit": 1})["header"]["revision"])
+        try:
+            self._etcd("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        except urllib.error.HTTPError as error:
+            # Nothing was written since the last compaction: the history is as short as it gets already.
+            if "compacted" not in error.read().decode(errors="replace"):
+                raise
+        return revision
+
+    def _etcd(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A call to etcd's JSON gateway of its v3 API."""
+        request = urllib.request.Request(
+            self.etcd_url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=10) as answer:
+            result: dict[str, Any] = json.loads(answer.read())
+        return result
 
     def __enter__(self) -> ControlPlane:
         return self.start()

@@ -70,6 +70,10 @@ class Process:
         self.name = name
         self.argv = list(argv)
         self.log_file = log_file
+        #: What it was started with, so that :meth:`restarted` can start it again the same way.
+        self.env = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.detach = detach
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as log:
             self.popen = subprocess.Popen(
@@ -77,12 +81,27 @@ class Process:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=dict(env) if env is not None else None,
+                env=self.env,
                 cwd=cwd,
                 start_new_session=True,
                 preexec_fn=None if detach else _die_with(os.getpid()),
             )
         self.pid = self.popen.pid
+
+    def restarted(self) -> Process:
+        """A new process with the same command, environment and log file (appended to)."""
+        return Process(self.name, self.argv, self.log_file, env=self.env, cwd=self.cwd, detach=self.detach)
+
+    def kill(self) -> None:
+        """SIGKILL the process group at once (a crash: no graceful shutdown) and reap the process."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=10)
+        # Its sockets are free only once every thread of it has exited.
+        deadline = time.monotonic() + 10
+        while group_alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def alive(self) -> bool:
         """Whether the process is still running."""

@@ -53,7 +53,12 @@ class Rejected(KubeError):
 
 
 class Unavailable(KubeError):
-    """The API server could not be reached or answered with a server error; retry later."""
+    """The API server could not be reached, timed out, throttled the call (429) or answered with a server
+    error; retry later, and not before ``retry_after`` seconds when the server said so."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 class TooLarge(KubeError):
@@ -95,7 +100,22 @@ def _domain_error(exc: Exception) -> KubeError:
         return kind(message, 409)
     if exc.status in (400, 403, 422):
         return Rejected(message, exc.status)
-    return Unavailable(message, exc.status)
+    return Unavailable(message, exc.status, _retry_after(exc))
+
+
+def _retry_after(exc: ApiException) -> float | None:
+    """The delay a throttling (429) or unavailable (503) server asked for, in seconds, if it named one."""
+    header = (exc.headers or {}).get("Retry-After")
+    details = _api_status(exc).get("details")
+    seconds = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+    for value in (header, seconds):
+        if value is None:
+            continue
+        try:
+            return max(0.0, float(value))
+        except (TypeError, ValueError):
+            continue  # an HTTP date: the queue's own backoff applies
+    return None
 
 
 def _api_status(exc: ApiException) -> Obj:
