@@ -100,7 +100,8 @@ def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None)
             ExitKind.LOST,
             report,
             reason="JobDeleted",
-            message=f"Job {name} is gone: it was deleted before its end was recorded",
+            message=f"Job {name} is missing: it was deleted before its end was recorded, or never created "
+            "because the operator stopped in between",
         )
     finished = job_finished(job)
     if finished is None:

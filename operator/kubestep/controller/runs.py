@@ -66,20 +66,22 @@ async def reconcile_run(ctl: Controller, key: Key) -> None:
     observed = await _observe(ctl, run)
     decision = decide(run, observed, ctl.clock())
     await _carry_out(ctl, obj, run, decision)
+    # Executions are started only once the status that records them is saved, so a Job name is used once:
+    # a recorded execution whose Job is missing was deleted and counts as Lost, it is never created again.
+    # The debt is noted before the save: a save whose answer is lost (the API server went away) may still
+    # have landed, and the next pass must then create the Job rather than call it Lost.
+    debts = ctl.owed.setdefault((key.namespace, key.name), {})
+    debts.update((start.name, start) for start in decision.of(StartExecution))
     if decision.status != run.status:
         try:
             decision = await _save(ctl, obj, run, observed, decision)
         except (Conflict, NotFound):
             ctl.queue.add(key)  # changed meanwhile: decide again from what is there now
             return
+    await _pay(ctl, obj, run, decision.status)
     # Posted once the transition they tell of is saved: a pass that lost a conflict tells nothing.
     for note in decision.of(Note):
         await _note(ctl, obj, note)
-    # Executions are started only once the status that records them is saved, so a Job name is used once:
-    # a recorded execution whose Job is missing was deleted and counts as Lost, it is never created again.
-    debts = ctl.owed.setdefault((key.namespace, key.name), {})
-    debts.update((start.name, start) for start in decision.of(StartExecution))
-    await _pay(ctl, obj, run, decision.status)
     if decision.status != run.status:
         await _after_save(ctl, key, run, decision.status)
 
