@@ -1,5 +1,5 @@
-"""Chaos: 20 concurrent runs while step pods and Jobs are deleted at random moments and the operator is
-SIGKILLed again and again.
+"""Chaos: about 20 concurrent runs (topped up while the chaos lasts) while step pods and Jobs are deleted
+at random moments and the operator is SIGKILLed again and again.
 
 Every run must succeed; every deletion must be recorded on the step it interrupted (``Disruption`` or
 ``Lost``), with the retry budget untouched; every time a step body ran (its trace says so) there must be a
@@ -125,12 +125,27 @@ def test_runs_survive_deleted_pods_and_jobs_and_a_crashing_operator(
     data_dir = tmp_path / "traces"
     data_dir.mkdir()
     cluster.apply(chaos_workflow(data_dir))
-    cluster.apply(*(chaos_event(i) for i in range(RUNS)))
+    published = 0
+
+    def top_up() -> None:
+        # Keep about RUNS runs in flight until the chaos is done, however fast this machine runs them.
+        nonlocal published
+        finished = sum(
+            1
+            for r in cluster.runs()
+            if r.get("status", {}).get("phase") in ("Succeeded", "Failed", "Cancelled")
+        )
+        missing = RUNS - (published - finished)
+        if missing >= RUNS // 2:
+            cluster.apply(*(chaos_event(i) for i in range(published, published + missing)))
+            published += missing
+
+    top_up()
     chaos = Chaos(cluster, rng)
 
     def all_finished() -> bool:
         runs = cluster.runs()
-        return len(runs) == RUNS and all(
+        return len(runs) == published and all(
             r.get("status", {}).get("phase") in ("Succeeded", "Failed", "Cancelled") for r in runs
         )
 
@@ -138,8 +153,7 @@ def test_runs_survive_deleted_pods_and_jobs_and_a_crashing_operator(
     deadline = time.monotonic() + 900
     while kills < KILLS or len(chaos.pods) < POD_DELETIONS or len(chaos.jobs) < JOB_DELETIONS:
         assert time.monotonic() < deadline, (kills, chaos.pods, chaos.jobs)
-        if all_finished():
-            break  # the load ended before the chaos did: the counts are checked below
+        top_up()
         time.sleep(rng.uniform(0.5, 2.0))
         if len(chaos.jobs) < JOB_DELETIONS and (len(chaos.pods) >= POD_DELETIONS or rng.random() < 0.4):
             chaos.delete_job()
@@ -155,8 +169,7 @@ def test_runs_survive_deleted_pods_and_jobs_and_a_crashing_operator(
                 chaos.delete_pod()
             time.sleep(rng.uniform(0.0, 2.0))
             operator.start()
-    assert kills >= KILLS, f"the runs ended after {kills} kills; the load is too short for the test"
-    assert len(chaos.pods) == POD_DELETIONS and len(chaos.jobs) == JOB_DELETIONS, (chaos.pods, chaos.jobs)
+    assert published >= RUNS
 
     wait_for(all_finished, timeout=600, interval=2, what="every run to end")
     runs = {r["metadata"]["name"]: r for r in cluster.runs()}
