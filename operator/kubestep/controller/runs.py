@@ -50,7 +50,7 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
 
     The order of its writes is what keeps a step from running twice: the actions that need no record
     (stopping, cancelling, publishing, starting children) first, then the status save, then — only once
-    the save passed — the Kubernetes Events telling of it and the Jobs of the executions it records.
+    the save passed — the Jobs of the executions it records and the Kubernetes Events telling of it.
     """
     try:
         obj = await ctl.kube.get(RUNS, key.namespace, key.name)
@@ -74,14 +74,19 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
             decision = await _save(ctl, obj, run, observed, decision)
         except (Conflict, NotFound):
             return Result.again()  # changed meanwhile: decide again from what is there now
-    # Posted once the transition they tell of is saved: a pass that lost a conflict tells nothing.
-    for note in decision.of(Note):
-        await _note(ctl, obj, note)
     # Executions are started only once the status that records them is saved, so a Job name is used once:
     # a recorded execution whose Job is missing was deleted and counts as Lost, it is never created again.
+    # Right after the save: the less happens in between, the rarer a crash leaves a recorded execution
+    # without its Job.
     debts = ctl.owed.setdefault((key.namespace, key.name), {})
     debts.update((start.name, start) for start in decision.of(StartExecution))
-    refused = await _pay(ctl, obj, run, decision.status)
+    try:
+        refused = await _pay(ctl, obj, run, decision.status)
+    finally:
+        # Posted once the transition they tell of is saved (a pass that lost a conflict tells nothing), even
+        # when a Job could not be created: the next pass does not decide this transition again.
+        for note in decision.of(Note):
+            await _note(ctl, obj, note)
     if decision.status != run.status:
         await _after_save(ctl, key, run, decision.status)
     # The engine's timers (a backoff, a sleep, a timeout); a refused Job is recorded by a pass at once.
