@@ -1,4 +1,7 @@
-"""What every reconciler shares: the API, the work queue, the watch indices and the settings."""
+"""What every reconciler shares: the API, the watch indices, the settings and the run reconciler's memory.
+
+Not the work queue: a reconciler tells the queue what it needs by the result it returns.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from typing import Any, NamedTuple, Protocol
 
 from kubestep.api.event import Event
 from kubestep.controller.kube import Kube
-from kubestep.controller.queue import WorkQueue
 
 #: Default window within which a second event with the same ``spec.id`` starts nothing (as Inngest).
 DEFAULT_DEDUPE_WINDOW = timedelta(hours=24)
@@ -21,6 +23,9 @@ class Key(NamedTuple):
     kind: str
     namespace: str
     name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
 
 
 class Indices(Protocol):
@@ -49,10 +54,11 @@ class Controller:
     """The operator's shared state."""
 
     kube: Kube
-    queue: WorkQueue
     indices: Indices
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
     clock: Callable[[], datetime] = field(default=utcnow)
+    # What the run reconciler (`kubestep.controller.runs`) remembers between its passes; only it reads and
+    # writes these (the pod watch hands over what it saw through `runs.remember_pod_ending`).
     pod_endings: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     """The last state seen of step pods being deleted, by (namespace, run), then Job name.
 

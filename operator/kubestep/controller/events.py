@@ -16,6 +16,7 @@ from kubestep.api.workflow import Workflow
 from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
+from kubestep.controller.queue import Result
 from kubestep.engine.triggers import match
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,22 @@ class _Verdict:
     errors: list[str] = field(default_factory=list)
 
 
-async def reconcile_event(ctl: Controller, key: Key) -> None:
-    """Start the event's runs once; keep its list of resumed runs current."""
+async def reconcile_event(ctl: Controller, key: Key) -> Result:
+    """Start the event's runs once; keep its list of resumed runs current. API errors are raised.
+
+    A run is created under a name derived from the event (or its ``spec.id``), so a pass cut short
+    before its status save starts nothing twice: the next pass finds the run (``AlreadyExists``) and
+    recognises it as its own.
+    """
     try:
         obj = await ctl.kube.get(EVENTS, key.namespace, key.name)
     except NotFound:
-        return
+        return Result.done()
     now = ctl.clock()
     try:
         event = Event.model_validate(obj)
     except ValidationError as exc:
-        await _refuse(ctl, key, obj, exc, now)
-        return
+        return await _refuse(ctl, obj, exc, now)
     status = event.status.model_copy(deep=True)
     if not any(c.type == PROCESSED for c in status.conditions):
         verdict = await _start_runs(ctl, event)
@@ -54,11 +59,16 @@ async def reconcile_event(ctl: Controller, key: Key) -> None:
         for wf, run in sorted(ctl.indices.resumed_by(key.namespace, key.name))
     ] or status.resumed
     if status == event.status:
-        return
+        return Result.done()
+    return await _save(ctl, obj, status)
+
+
+async def _save(ctl: Controller, obj: dict[str, Any], status: EventStatus) -> Result:
     try:
         await ctl.kube.replace_status(EVENTS, obj, status.to_dict())
     except (Conflict, NotFound):
-        ctl.queue.add(key)
+        return Result.again()  # changed meanwhile: decide again from what is there now
+    return Result.done()
 
 
 async def _start_runs(ctl: Controller, event: Event) -> _Verdict:
@@ -130,13 +140,11 @@ def _created(obj: dict[str, Any]) -> datetime | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None
 
 
-async def _refuse(
-    ctl: Controller, key: Key, obj: dict[str, Any], exc: ValidationError, now: datetime
-) -> None:
+async def _refuse(ctl: Controller, obj: dict[str, Any], exc: ValidationError, now: datetime) -> Result:
     """An Event the models cannot read (the schema let it through): say why, once."""
     status = EventStatus.model_validate(obj.get("status") or {})
     if any(c.type == PROCESSED for c in status.conditions):
-        return
+        return Result.done()
     condition = Condition(
         type=PROCESSED,
         status="False",
@@ -144,10 +152,7 @@ async def _refuse(
         message=f"{validation_problems(exc)[0]}; fix the field and publish a new Event",
     )
     status.conditions = set_condition(status.conditions, condition, now)
-    try:
-        await ctl.kube.replace_status(EVENTS, obj, status.to_dict())
-    except (Conflict, NotFound):
-        ctl.queue.add(key)
+    return await _save(ctl, obj, status)
 
 
 def _condition(event: Event, verdict: _Verdict) -> Condition:

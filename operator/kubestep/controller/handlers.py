@@ -18,30 +18,17 @@ from pydantic import ValidationError
 
 from kubestep.api.base import GROUP, VERSION
 from kubestep.api.event import Event
-from kubestep.controller import builders, observe
+from kubestep.controller import builders, runs
 from kubestep.controller.context import Controller, Key
-from kubestep.controller.events import reconcile_event
-from kubestep.controller.kube import (
-    FIELD_MANAGER,
-    Kube,
-    KubeError,
-    NotLeading,
-    Rejected,
-    Unavailable,
-    load_configuration,
-)
+from kubestep.controller.kube import FIELD_MANAGER, Kube, load_configuration
 from kubestep.controller.leader import ElectionConfig, LeaderElector
 from kubestep.controller.queue import WorkQueue
-from kubestep.controller.runs import reconcile_run
-from kubestep.controller.workflows import reconcile_workflow
+from kubestep.controller.reconcile import reconcile
 
 log = logging.getLogger(__name__)
 
 #: Reconciles running at once.
 WORKERS = 8
-#: Delay before a key whose reconcile hit an API error is tried again (doubling per failure, capped).
-RETRY_INITIAL_SECONDS = 1.0
-RETRY_MAX_SECONDS = 60.0
 
 
 class KopfIndices:
@@ -178,8 +165,8 @@ def register(
                 election.identity,
             )
         kube = Kube(may_write=elector.may_write if elector is not None else None, field_manager=field_manager)
-        memo["controller"] = Controller(kube, queue, KopfIndices(indices), dedupe_window=dedupe_window)
-        memo["failures"] = {}
+        memo["controller"] = Controller(kube, KopfIndices(indices), dedupe_window=dedupe_window)
+        memo["queue"] = queue
         if elector is None:
             _start_workers(memo)
         else:
@@ -195,8 +182,8 @@ def register(
         # Only once nothing of this process writes: a successor may start the moment it is released.
         if memo.get("elector") is not None:
             await memo["elector"].release()
-        if "controller" in memo:
-            memo["controller"].queue.close()
+        if "queue" in memo:
+            memo["queue"].close()
 
     if election is not None:
 
@@ -249,9 +236,10 @@ def register(
         **_: Any,
     ) -> None:
         controller: Controller | None = memo.get("controller")
+        queue = _queue(memo)
         job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
         run = labels.get(builders.LABEL_RUN)
-        if controller is None or not job or not run:
+        if controller is None or queue is None or not job or not run:
             return
         meta = body["metadata"]
         if event.get("type") != "DELETED" and not meta.get("deletionTimestamp"):
@@ -261,10 +249,8 @@ def register(
             "metadata": {k: meta.get(k) for k in ("name", "creationTimestamp", "deletionTimestamp")},
             "status": {k: v for k, v in (body.get("status") or {}).items() if k != "initContainerStatuses"},
         }
-        endings = controller.pod_endings.setdefault((namespace, run), {})
-        if observe.terminated_state(pod) or job not in endings:
-            endings[job] = pod
-        controller.queue.add(Key("run", namespace, run))
+        runs.remember_pod_ending(controller, namespace, run, job, pod)
+        queue.add(Key("run", namespace, run))
 
     @kopf.on.event(GROUP, VERSION, "events", **on)  # type: ignore[arg-type]
     def event_changed(
@@ -287,9 +273,9 @@ def register(
 
 def _start_workers(memo: kopf.Memo) -> None:
     controller: Controller = memo["controller"]
+    queue: WorkQueue = memo["queue"]
     memo["workers"] = [
-        asyncio.create_task(controller.queue.work(lambda key: _reconcile(controller, memo["failures"], key)))
-        for _ in range(WORKERS)
+        asyncio.create_task(queue.work(lambda key: reconcile(controller, key))) for _ in range(WORKERS)
     ]
 
 
@@ -302,38 +288,5 @@ async def _stop_workers(memo: kopf.Memo) -> None:
 
 
 def _queue(memo: kopf.Memo) -> WorkQueue | None:
-    controller = memo.get("controller")
-    return controller.queue if controller is not None else None
-
-
-_RECONCILERS = {"run": reconcile_run, "event": reconcile_event, "workflow": reconcile_workflow}
-
-
-async def _reconcile(controller: Controller, failures: dict[Hashable, int], key: Hashable) -> None:
-    assert isinstance(key, Key)
-    try:
-        await _RECONCILERS[key.kind](controller, key)
-    except NotLeading:
-        # Leadership just lapsed; the workers are being stopped and the next leader reconciles it.
-        log.info(
-            "%s %s/%s: left unfinished, this operator stopped leading", key.kind, key.namespace, key.name
-        )
-    except KubeError as exc:
-        count = failures.get(key, 0) + 1
-        failures[key] = count
-        delay = min(RETRY_MAX_SECONDS, RETRY_INITIAL_SECONDS * 2 ** (count - 1))
-        level = logging.INFO if isinstance(exc, Unavailable) and count < 3 else logging.WARNING
-        kind = "rejected" if isinstance(exc, Rejected) else "failed"
-        log.log(
-            level,
-            "%s %s/%s: an API call %s (%s); trying again in %.0fs",
-            key.kind,
-            key.namespace,
-            key.name,
-            kind,
-            exc,
-            delay,
-        )
-        controller.queue.add_after(key, delay)
-    else:
-        failures.pop(key, None)
+    queue: WorkQueue | None = memo.get("queue")
+    return queue

@@ -26,6 +26,7 @@ from kubestep.controller.kube import (
     TooLarge,
     Unavailable,
 )
+from kubestep.controller.queue import Result
 from kubestep.engine.actions import (
     Action,
     CancelChild,
@@ -47,22 +48,27 @@ LOG_LINES = 60
 JOB_EVENTS_AFTER = timedelta(seconds=10)
 
 
-async def reconcile_run(ctl: Controller, key: Key) -> None:
-    """One level-triggered pass over the run ``key``."""
+async def reconcile_run(ctl: Controller, key: Key) -> Result:
+    """One level-triggered pass over the run ``key``; API errors are raised (the queue retries them).
+
+    The order of its writes is what keeps a step from running twice: the actions that need no record
+    (stopping, cancelling, publishing, starting children) first, then the status save, then — only once
+    the save passed — the Jobs of the executions it records and the Kubernetes Events telling of it.
+    """
     try:
         obj = await ctl.kube.get(RUNS, key.namespace, key.name)
     except NotFound:
         _forget(ctl, key)
-        return
+        return Result.done()
     if obj["metadata"].get("deletionTimestamp"):
         _forget(ctl, key)
-        return
+        return Result.done()
     try:
         run = WorkflowRun.model_validate(obj)
     except ValidationError as exc:
         # The CRD's schema makes this unlikely; never crash on a user's object, say it once per change.
         log.warning("run %s/%s is unusable and is left alone: %s", key.namespace, key.name, exc)
-        return
+        return Result.done()
     observed = await _observe(ctl, run)
     decision = decide(run, observed, ctl.clock())
     await _carry_out(ctl, obj, run, decision)
@@ -76,23 +82,28 @@ async def reconcile_run(ctl: Controller, key: Key) -> None:
         try:
             decision = await _save(ctl, obj, run, observed, decision)
         except (Conflict, NotFound):
-            ctl.queue.add(key)  # changed meanwhile: decide again from what is there now
-            return
-    await _pay(ctl, obj, run, decision.status)
-    # Posted once the transition they tell of is saved: a pass that lost a conflict tells nothing.
-    for note in decision.of(Note):
-        await _note(ctl, obj, note)
+            return Result.again()  # changed meanwhile: decide again from what is there now
+    try:
+        refused = await _pay(ctl, obj, run, decision.status)
+    finally:
+        # Posted once the transition they tell of is saved (a pass that lost a conflict tells nothing), even
+        # when a Job could not be created: the next pass does not decide this transition again.
+        for note in decision.of(Note):
+            await _note(ctl, obj, note)
     if decision.status != run.status:
         await _after_save(ctl, key, run, decision.status)
+    # The engine's timers (a backoff, a sleep, a timeout); a refused Job is recorded by a pass at once.
+    timers = [requeue.when for requeue in decision.of(RequeueAt)] + ([ctl.clock()] if refused else [])
+    return Result.requeue_at(min(timers, default=None))
 
 
 async def _carry_out(ctl: Controller, obj: Obj, run: WorkflowRun, decision: Decision) -> None:
-    """The actions that come before the save: all but starting executions and posting notes.
+    """The actions that come before the save: all but starting executions, posting notes and timers.
 
-    Each is idempotent by the name it carries, as the engine asks.
+    Each is idempotent by the name it carries, as the engine asks. Timers are the pass's result.
     """
     for action in decision.actions:
-        if not isinstance(action, StartExecution | Note):
+        if not isinstance(action, StartExecution | Note | RequeueAt):
             await _apply(ctl, obj, run, action)
 
 
@@ -215,7 +226,6 @@ async def _exists(ctl: Controller, plural: str, namespace: str, name: str) -> bo
 
 async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) -> None:
     namespace = run.metadata.namespace or ""
-    key = Key("run", namespace, run.metadata.name)
     if isinstance(action, StopExecution):
         await _ignore_missing(ctl.kube.delete_job(namespace, action.name))
         await _ignore_missing(ctl.kube.delete_secret(namespace, action.name))
@@ -232,27 +242,29 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
             except Rejected as exc:
                 message = f"step {action.step!r}: event {payload.get('name')!r} cannot be published: {exc}"
                 await _note(ctl, obj, Note("EventRejected", message, warning=True))
-    elif isinstance(action, RequeueAt):
-        ctl.queue.add_at(key, action.when)
     elif isinstance(action, Note):
         await _note(ctl, obj, action)
 
 
-async def _pay(ctl: Controller, obj: Obj, run: WorkflowRun, status: WorkflowRunStatus) -> None:
+async def _pay(ctl: Controller, obj: Obj, run: WorkflowRun, status: WorkflowRunStatus) -> bool:
     """Create the Jobs of the executions ``status`` records that this process still owes.
 
     A creation that fails stays owed (the error makes the queue try the run again); one whose execution
-    is no longer active (the run was cancelled meanwhile) is dropped.
+    is no longer active (the run was cancelled meanwhile) is dropped. True if the API server refused a
+    Job as invalid: the next pass records that attempt as failed.
     """
     debts = ctl.owed.get((run.metadata.namespace or "", run.metadata.name), {})
     active = {e.name for e in status.active}
+    refused = False
     for name, start in list(debts.items()):
         if name in active:
-            await _start_execution(ctl, obj, run, start)
+            refused = not await _start_execution(ctl, obj, run, start) or refused
         debts.pop(name, None)
+    return refused
 
 
-async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: StartExecution) -> None:
+async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: StartExecution) -> bool:
+    """Create the execution's Secret and Job; False if the API server refused the Job as invalid."""
     namespace = run.metadata.namespace or ""
     job = builders.step_job(run, action)
     try:
@@ -278,7 +290,8 @@ async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: 
             raise  # forbidden, e.g. by a quota: may pass later, so try again with backoff
         # Invalid: observed on the next pass as an execution the cluster refused.
         ctl.rejected[(namespace, action.name)] = message
-        ctl.queue.add(Key("run", namespace, run.metadata.name))
+        return False
+    return True
 
 
 async def _start_child(ctl: Controller, run: WorkflowRun, action: StartChild) -> None:
@@ -289,6 +302,17 @@ async def _start_child(ctl: Controller, run: WorkflowRun, action: StartChild) ->
         return  # observed on the next pass as a child that failed at once
     with contextlib.suppress(AlreadyExists):
         await ctl.kube.create(RUNS, namespace, builders.child_run(run, workflow, action))
+
+
+def remember_pod_ending(ctl: Controller, namespace: str, run: str, job: str, pod: Obj) -> None:
+    """Keep what a step pod that is going away showed last, until its attempt is recorded.
+
+    Once deleted, the pod (and the step its report named) is gone; a terminated state seen earlier is
+    never replaced by a later, emptier one.
+    """
+    endings = ctl.pod_endings.setdefault((namespace, run), {})
+    if observe.terminated_state(pod) or job not in endings:
+        endings[job] = pod
 
 
 async def _ignore_missing(call: Awaitable[object]) -> None:

@@ -8,7 +8,8 @@ from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.run import RunPhase
 from kubestep.api.workflow import Workflow, WorkflowStatus
 from kubestep.controller.context import Controller, Key
-from kubestep.controller.kube import WORKFLOWS, Conflict, NotFound
+from kubestep.controller.kube import WORKFLOWS, Conflict, NotFound, Obj
+from kubestep.controller.queue import Result
 from kubestep.engine.cel import check
 
 READY = "Ready"
@@ -38,12 +39,12 @@ def readiness(workflow: Workflow) -> Condition:
     )
 
 
-async def reconcile_workflow(ctl: Controller, key: Key) -> None:
-    """Write the workflow's status from its spec and from the runs index."""
+async def reconcile_workflow(ctl: Controller, key: Key) -> Result:
+    """Write the workflow's status from its spec and from the runs index; API errors are raised."""
     try:
         obj = await ctl.kube.get(WORKFLOWS, key.namespace, key.name)
     except NotFound:
-        return
+        return Result.done()
     try:
         workflow = Workflow.model_validate(obj)
     except ValidationError as exc:
@@ -57,9 +58,7 @@ async def reconcile_workflow(ctl: Controller, key: Key) -> None:
         current = WorkflowStatus.model_validate(obj.get("status") or {})
         status = current.model_copy(update={"observed_generation": obj["metadata"].get("generation")})
         status.conditions = set_condition(current.conditions, condition, ctl.clock())
-        if status != current:
-            await _save(ctl, key, obj, status)
-        return
+        return await _save(ctl, obj, status) if status != current else Result.done()
     phases = [
         RunPhase(p)
         for p in ctl.indices.run_phases(key.namespace, key.name)
@@ -74,12 +73,12 @@ async def reconcile_workflow(ctl: Controller, key: Key) -> None:
         }
     )
     status.conditions = set_condition(workflow.status.conditions, readiness(workflow), ctl.clock())
-    if status != workflow.status:
-        await _save(ctl, key, obj, status)
+    return await _save(ctl, obj, status) if status != workflow.status else Result.done()
 
 
-async def _save(ctl: Controller, key: Key, obj: dict, status: WorkflowStatus) -> None:  # type: ignore[type-arg]
+async def _save(ctl: Controller, obj: Obj, status: WorkflowStatus) -> Result:
     try:
         await ctl.kube.replace_status(WORKFLOWS, obj, status.to_dict())
     except (Conflict, NotFound):
-        ctl.queue.add(key)
+        return Result.again()  # changed meanwhile: count again from what is there now
+    return Result.done()

@@ -143,6 +143,9 @@ class _Decider:
 
     def finish(self) -> Decision:
         self.summarize()
+        if self.status.phase.finished:
+            # Nothing is left to wake up for (a timer set earlier in this decision, before the run ended).
+            self.actions = [a for a in self.actions if not isinstance(a, RequeueAt)]
         return Decision(self.status, self.actions)
 
     def note(self, reason: str, message: str, warning: bool = False) -> None:
