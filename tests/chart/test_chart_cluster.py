@@ -331,6 +331,11 @@ class TestNamespaced:
     def test_the_operator_runs_its_image_as_65532_with_its_token(self, namespaced: Install) -> None:
         assert_operator_runs_its_image_as_65532_with_its_token(namespaced)
 
+    def test_helm_test_finds_the_operator_healthy(self, namespaced: Install) -> None:
+        # Its pod runs the runner image (it has python3).
+        result = namespaced.helm.run("test", RELEASE, "-n", namespaced.namespace, "--timeout", "120s")
+        assert "Phase:          Succeeded" in result.stdout, result.stdout
+
     def test_its_rights_stop_at_the_managed_namespaces(self, namespaced: Install) -> None:
         ops, managed, other = namespaced.namespaces
         sa = namespaced.operator_user
@@ -483,11 +488,6 @@ class TestNamespaced:
         )
         assert namespaced.can("carol", "create", "events.kubestep.dev", managed)
         assert namespaced.can("carol", "patch", "workflowruns.kubestep.dev", managed)
-
-    def test_helm_test_finds_the_operator_healthy(self, namespaced: Install) -> None:
-        # Its pod runs the runner image (it has python3).
-        result = namespaced.helm.run("test", RELEASE, "-n", namespaced.namespace, "--timeout", "120s")
-        assert "Phase:          Succeeded" in result.stdout, result.stdout
 
     def test_upgrade_rolls_the_operator_and_the_run_in_flight_finishes(
         self, namespaced: Install, tmp_path: Path
