@@ -59,7 +59,7 @@ demo-local: $(STAMP) ## Run the contacts example on this machine, no cluster
 	cd examples/contacts && ../../$(VENV)/bin/kubestep run workflow.yaml --event event.yaml
 
 .PHONY: demo
-demo: $(STAMP) controlplane-binaries ## Run the contacts example on a local control plane with the operator
+demo: $(STAMP) controlplane-binaries ## The contacts example as users install it (images, helm install, kubectl apply) on a local control plane
 	PYTHONPATH=controlplane $(PY) examples/contacts/cluster_demo.py
 
 .PHONY: bench

@@ -383,3 +383,58 @@ def test_a_long_run_of_sends_is_carried_in_shallow_reports_and_goes_on_in_the_ne
     assert short.kind is ReportKind.SEND_EVENT and short.next == Report(
         kind=ReportKind.NEXT_STEP, step=ref("after")
     )
+
+
+def _succeeded_condition(sim: Sim) -> Any:
+    return next(c for c in sim.status.conditions if c.type == "Succeeded")
+
+
+def test_the_first_execution_has_no_step_so_the_run_says_why_its_pod_has_not_started():
+    from kubestep.api.workflow import Timeouts
+    from kubestep.engine import Note
+    from kubestep.engine.observations import Observed, Stalled
+
+    sim = Sim(make_run(timeouts=Timeouts(pod_start="1m")))
+    (active,) = sim.status.active
+    pull = Stalled(active.name, "ErrImagePull", 'manifest unknown: "127.0.0.1:5000/contacts:9" not found')
+    sim.step(Observed(stalled=[pull]), at=T0 + timedelta(seconds=10))
+    condition = _succeeded_condition(sim)
+    assert sim.status.phase is RunPhase.RUNNING and condition.status == "Unknown"
+    assert condition.message == f"progress 0/0; the run's pod has not started: {pull.reason}: {pull.message}"
+    assert [n.reason for n in sim.decision.of(Note)] == ["RunPending"]
+    # Told once per reason, not at every look.
+    sim.step(Observed(stalled=[pull]), at=T0 + timedelta(seconds=20))
+    assert sim.decision.of(Note) == []
+    back_off = Stalled(active.name, "ImagePullBackOff", 'Back-off pulling image "127.0.0.1:5000/contacts:9"')
+    sim.step(Observed(stalled=[back_off]), at=T0 + timedelta(seconds=30))
+    assert "ImagePullBackOff: Back-off pulling image" in _succeeded_condition(sim).message
+    assert [n.reason for n in sim.decision.of(Note)] == ["RunPending"]
+    # On its way, or started: nothing to say.
+    sim.step(Observed(stalled=[Stalled(active.name, "ContainerCreating")]), at=T0 + timedelta(seconds=40))
+    assert _succeeded_condition(sim).message == "progress 0/0"
+    # Past spec.timeouts.podStart it fails with Kubernetes' reason, and the condition no longer waits on it.
+    sim.step(Observed(stalled=[back_off]), at=T0 + timedelta(minutes=1))
+    assert sim.status.discovery_failures == 1 and sim.status.active == []
+    assert _succeeded_condition(sim).message == "progress 0/0"
+    (failed,) = [n for n in sim.decision.of(Note) if n.reason == "RunnerFailed"]
+    assert (
+        "the run's pod did not start within spec.timeouts.podStart (1m): ImagePullBackOff" in failed.message
+    )
+
+
+def test_a_run_whose_first_pod_never_starts_fails_with_the_reason_when_no_retry_is_left():
+    from kubestep.api.workflow import RetryPolicy, Timeouts
+    from kubestep.engine.observations import Observed, Stalled
+
+    sim = Sim(make_run(timeouts=Timeouts(pod_start="20s"), retries=RetryPolicy(limit=0, disruption_limit=0)))
+    (active,) = sim.status.active
+    pull = Stalled(active.name, "ErrImagePull", "not found")
+    sim.step(Observed(stalled=[pull]), at=T0 + timedelta(seconds=20))
+    assert sim.status.phase is RunPhase.FAILED
+    assert sim.status.error is not None and sim.status.error.type == "ErrImagePull"
+    assert (
+        "did not start within spec.timeouts.podStart (20s): ErrImagePull: not found"
+        in sim.status.error.message
+    )
+    condition = _succeeded_condition(sim)
+    assert (condition.status, condition.reason) == ("False", "Failed")

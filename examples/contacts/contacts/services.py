@@ -1,8 +1,9 @@
 """The outside world of the example, made real but local.
 
 - object storage: a directory (``CONTACTS_STORAGE_DIR``, default ``storage/`` next to this package);
-- the address-enrichment service: adds zip codes; fails its first N calls when
-  ``CONTACTS_ENRICH_FAILURES=N`` (the count survives across processes, like a flaky remote service);
+- the address-enrichment service: adds zip codes; with ``CONTACTS_ENRICH_FAILURES=N`` it is down for
+  the step's first N attempts (counted by kubestep, so it works wherever each attempt runs, in a pod of
+  its own or not);
 - the CRM: a SQLite database (``CONTACTS_DATA_DIR/crm.sqlite3``);
 - email: one file per message in an outbox directory (``CONTACTS_DATA_DIR/outbox/``).
 
@@ -12,7 +13,6 @@
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -37,7 +37,7 @@ def storage_dir() -> Path:
 
 
 def data_dir() -> Path:
-    """Where the CRM database, the outbox and the flaky service's counter live."""
+    """Where the CRM database and the outbox live."""
     path = Path(os.environ.get("CONTACTS_DATA_DIR", ".demo"))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -65,27 +65,13 @@ def validate_upload(filename: str) -> dict[str, Any]:
     return {"valid": not errors, "errors": errors, "rows": rows if not errors else []}
 
 
-def _next_call() -> int:
-    """Count calls to the flaky service across processes (a file under a lock)."""
-    counter = data_dir() / "enrich-calls"
-    with counter.open("a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        calls = int(handle.read() or 0) + 1
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(calls))
-    return calls
-
-
-def enrich_addresses(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Call the (flaky) third-party service that adds zip codes."""
-    call = _next_call()
+def enrich_addresses(rows: list[dict[str, str]], attempt: int = 1) -> list[dict[str, str]]:
+    """Call the (flaky) third-party service that adds zip codes, on the step's ``attempt``."""
     failures = int(os.environ.get("CONTACTS_ENRICH_FAILURES", "0"))
-    if call <= failures:
-        print(f"address service call {call}: 503 Service Unavailable")
-        raise EnrichmentUnavailableError(f"address service unavailable (HTTP 503) on call {call}")
-    print(f"address service call {call}: enriched {len(rows)} addresses")
+    if attempt <= failures:
+        print(f"address service call (attempt {attempt}): 503 Service Unavailable")
+        raise EnrichmentUnavailableError(f"address service unavailable (HTTP 503) on attempt {attempt}")
+    print(f"address service call (attempt {attempt}): enriched {len(rows)} addresses")
     return [{**row, "zip": _zip_code(row)} for row in rows]
 
 

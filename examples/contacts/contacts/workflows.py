@@ -19,7 +19,9 @@ def process_contacts_csv_upload(ctx: kubestep.Context, step: kubestep.Step) -> d
         step.run("notify-user-of-invalid-contents", services.notify_invalid, owner, filename, check["errors"])
         return {"imported": 0, "errors": check["errors"]}
 
-    rows = step.run("enrich-address-information", services.enrich_addresses, check["rows"])
+    # ctx.attempt is this step's attempt number: the simulated service is down for the first
+    # CONTACTS_ENRICH_FAILURES of them.
+    rows = step.run("enrich-address-information", services.enrich_addresses, check["rows"], ctx.attempt)
     created = step.run("create-contacts-in-crm", services.create_contacts, owner, rows)
     step.run(
         "notify-user-of-successful-import",

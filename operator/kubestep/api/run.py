@@ -280,7 +280,8 @@ class WorkflowRunStatus(Model):
     retry_at: datetime | None = None
     """When the next execution starts, after one ended before reaching any step."""
     conditions: list[Condition] = Field(default_factory=list)
-    """`Succeeded`: Unknown while running, then True or False, so `kubectl wait` works."""
+    """`Succeeded`: Unknown while running (its message: the progress, and why the run's pod has not
+    started when its step is not known yet), then True or False, so `kubectl wait` works."""
     observed_generation: int | None = None
     """The generation of the spec last acted on."""
 

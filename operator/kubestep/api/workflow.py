@@ -185,7 +185,8 @@ class Timeouts(SpecModel):
     """Longest time a step attempt's pod may take to start running: to be created (a missing
     ServiceAccount or a quota stops that), scheduled, and have its image pulled and volumes mounted. Past
     it the attempt fails with the reason Kubernetes gives (`FailedCreate`, `ImagePullBackOff`,
-    `Unschedulable`, ...) and is retried as `spec.retries` says. Until then the step's `pending` says why."""
+    `Unschedulable`, ...) and is retried as `spec.retries` says. Until then the step's `pending` says why
+    (for the run's first pod, whose step is not known yet, the `Succeeded` condition's message)."""
 
     @model_validator(mode="after")
     def _step_within_run(self) -> Timeouts:

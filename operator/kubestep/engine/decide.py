@@ -86,6 +86,9 @@ class _Decider:
         self.now = now
         self.status = run.status.model_copy(deep=True)
         self.actions: list[Action] = []
+        # Why the pod of an execution that has no step yet (the run's first one, or the one after a step
+        # that named none) has not started: no step can show it, so the Succeeded condition does.
+        self.unstarted = ""
 
     # ---------------------------------------------------------------------------------------------
 
@@ -188,7 +191,8 @@ class _Decider:
         self.attempt_failed(step, execution, outcome, result, reason, message, None)
 
     def check_starts(self, stalled: list[Stalled]) -> None:
-        """Say on each step why its pod has not started; fail the attempts whose pod did not start within
+        """Say on each step why its pod has not started (on the Succeeded condition for an execution with no
+        step yet, such as the run's first); fail the attempts whose pod did not start within
         ``spec.timeouts.podStart`` with Kubernetes' reason, as a failed attempt retried by the policy."""
         limit = parse_duration(self.spec.timeouts.pod_start)
         by_name = {s.name: s for s in stalled}
@@ -202,11 +206,16 @@ class _Decider:
                 if shown:
                     self.note("StepPending", f"step {step.id!r}: its pod has not started: {shown}", True)
             if stall is None or self.now < execution.started_at + timedelta(seconds=limit):
+                if step is None and shown:
+                    self.unstarted = shown
+                    if shown not in self.condition_message():
+                        self.note("RunPending", f"the run's pod has not started: {shown}", True)
                 continue
             self.status.active.remove(execution)
             self.actions.append(StopExecution(execution.name, stall.reason))
             within = self.spec.timeouts.pod_start
-            message = f"the step's pod did not start within spec.timeouts.podStart ({within}): {pending}"
+            whose = "the run's" if step is None else "the step's"
+            message = f"{whose} pod did not start within spec.timeouts.podStart ({within}): {pending}"
             outcome = Outcome(execution.name, ExitKind.EXITED, reason=stall.reason, message=message)
             if step is None:
                 self.discovery_failed(execution, outcome)
@@ -692,12 +701,14 @@ class _Decider:
             error = status.error
             message = f"{error.type}: {error.message}" if error else status.phase.value
             return Condition(type="Succeeded", status="False", reason=status.phase.value, message=message)
-        return Condition(
-            type="Succeeded",
-            status="Unknown",
-            reason=status.phase.value,
-            message=f"progress {status.progress}",
-        )
+        message = f"progress {status.progress}"
+        if self.unstarted:
+            message += f"; the run's pod has not started: {self.unstarted}"
+        return Condition(type="Succeeded", status="Unknown", reason=status.phase.value, message=message)
+
+    def condition_message(self) -> str:
+        """The Succeeded condition's message as it was before this decision."""
+        return next((c.message for c in self.status.conditions if c.type == "Succeeded"), "")
 
 
 def _json_size(value: object) -> int:
