@@ -646,3 +646,34 @@ def _pending_pod(waiting: dict | None = None, scheduled: dict | None = None) -> 
 )
 def test_why_a_pod_has_not_started(pod, events, expected) -> None:
     assert observe.not_started(pod, events) == expected
+
+
+@pytest.mark.parametrize(
+    ("pod", "held"),
+    [
+        (_pending_pod(), False),  # just created: on its way
+        (_pending_pod({"reason": "ContainerCreating"}), False),
+        (_pending_pod({"reason": "ErrImagePull", "message": "not found"}), True),
+        (_pending_pod({"reason": "ImagePullBackOff"}), True),
+        (_pending_pod({"reason": "CreateContainerConfigError"}), True),
+        (
+            _pending_pod(scheduled={"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}),
+            True,
+        ),
+        ({"status": {"phase": "Running"}}, False),
+        ({"status": {"phase": "Succeeded"}}, False),
+    ],
+    ids=[
+        "new",
+        "creating",
+        "pull-error",
+        "pull-back-off",
+        "config-error",
+        "unschedulable",
+        "running",
+        "done",
+    ],
+)
+def test_a_pod_held_up_on_its_way_to_running_is_told_from_one_starting(pod, held) -> None:
+    # The operator looks at the run again when a step pod is held up (only the pod's status says so).
+    assert observe.held_up(pod) is held

@@ -243,7 +243,11 @@ def register(
             return
         meta = body["metadata"]
         if event.get("type") != "DELETED" and not meta.get("deletionTimestamp"):
-            return  # a pod that is not going away can be read when its Job ends
+            # A pod that is not going away can be read when its Job ends; but one held up on its way to
+            # running (ErrImagePull, ...) changes nothing in its Job: look at its run now, to show why.
+            if observe.held_up({"status": body.get("status") or {}}):
+                controller.queue.add(Key("run", namespace, run))
+            return
         # Remember how it ended: once deleted, the pod (and the step its report named) is gone.
         pod = {
             "metadata": {k: meta.get(k) for k in ("name", "creationTimestamp", "deletionTimestamp")},

@@ -191,6 +191,13 @@ def not_started(pod: Obj | None, job_events: list[Obj]) -> tuple[str, str] | Non
     return "ContainerCreating", "the pod is starting"
 
 
+def held_up(pod: Obj) -> bool:
+    """Whether a pod is stuck on its way to running (its image not pulled, unschedulable, ...), rather
+    than starting, running or ended: only its status says so, and the run should show why."""
+    why = not_started(pod, [])
+    return why is not None and why[0] != "ContainerCreating"
+
+
 def owned_by(obj: Obj, uid: str | None) -> bool:
     """Whether ``obj`` is owned by the object with this uid (and not by an earlier one of the same name)."""
     return any(ref.get("uid") == uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
