@@ -14,6 +14,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from conftest import Cluster, Operator, assert_clean_log
 from kubecp.testing import wait_for
 
@@ -116,6 +118,8 @@ def attempts_by_job(run: dict[str, Any]) -> dict[str, tuple[str, dict[str, Any]]
     return {a["job"]: (s["id"], a) for s in run["status"]["steps"] for a in s.get("attempts") or []}
 
 
+# A load with 15 operator restarts takes a few minutes on an idle machine; far more on a loaded one.
+@pytest.mark.timeout(1800)
 def test_runs_survive_deleted_pods_and_jobs_and_a_crashing_operator(
     operator: Operator, cluster: Cluster, tmp_path: Path
 ) -> None:
