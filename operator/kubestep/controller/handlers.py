@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from kubestep.api.base import GROUP, VERSION
 from kubestep.api.event import Event
-from kubestep.controller import builders, runs
+from kubestep.controller import builders, observe, runs
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import FIELD_MANAGER, Kube, load_configuration
 from kubestep.controller.leader import ElectionConfig, LeaderElector
@@ -246,7 +246,7 @@ def register(
             # A pod that is not going away can be read when its Job ends; but one held up on its way to
             # running (ErrImagePull, ...) changes nothing in its Job: look at its run now, to show why.
             if observe.held_up({"status": body.get("status") or {}}):
-                controller.queue.add(Key("run", namespace, run))
+                queue.add(Key("run", namespace, run))
             return
         # Remember how it ended: once deleted, the pod (and the step its report named) is gone.
         pod = {
