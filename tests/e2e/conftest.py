@@ -11,13 +11,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client, watch
 
 from kubecp.cluster import ControlPlane
 from kubecp.testing import wait_for
@@ -123,6 +126,10 @@ class Operator:
         """Everything the operator printed so far."""
         return self.log_path.read_text(errors="replace")
 
+    def log_since_start(self) -> str:
+        """What the operator printed since it was last started."""
+        return self.log().rpartition(f"--- operator start #{self.starts}\n")[2]
+
 
 @pytest.fixture
 def operator(kubestep_crds: ControlPlane, restricted: str, tmp_path: Path) -> Iterator[Operator]:
@@ -223,3 +230,67 @@ def assert_clean_log(op: Operator) -> None:
 def pause(seconds: float) -> None:
     """Let time pass (a test waiting for a real-time backoff)."""
     time.sleep(seconds)
+
+
+# Recording every Job -------------------------------------------------------------------------------------
+
+
+@dataclass
+class JobRecorder:
+    """A watch on the namespace's Jobs, recording every Job ever seen (by uid) until stopped."""
+
+    batch: client.BatchV1Api
+    namespace: str
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        version = ""
+        while not self._stop.is_set():
+            watcher = watch.Watch()
+            try:
+                for change in watcher.stream(
+                    self.batch.list_namespaced_job,
+                    self.namespace,
+                    resource_version=version,
+                    timeout_seconds=5,
+                ):
+                    job = self.batch.api_client.sanitize_for_serialization(change["object"])
+                    self.jobs.setdefault(job["metadata"]["uid"], job)
+                    version = job["metadata"]["resourceVersion"]
+                    if self._stop.is_set():
+                        break
+            except Exception as exc:  # the test fails on it, with the reason
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+    def names(self) -> list[str]:
+        return [j["metadata"]["name"] for j in self.jobs.values()]
+
+
+def assert_no_attempt_has_two_jobs(recorder: JobRecorder, cluster: Cluster) -> None:
+    """No Job name was ever created twice, and no (run, step, attempt) has two Jobs."""
+    assert not recorder.errors, recorder.errors
+    listed = {j["metadata"]["uid"] for j in cluster.items("jobs")}
+    assert listed <= set(recorder.jobs), "the watch missed Jobs"
+    names = recorder.names()
+    assert len(names) == len(set(names)), f"a Job name was created twice: {sorted(names)}"
+    attempts = []
+    for job in recorder.jobs.values():
+        annotations = job["metadata"].get("annotations") or {}
+        labels = job["metadata"].get("labels") or {}
+        if "kubestep.dev/step" in annotations:
+            key = (labels.get("kubestep.dev/run"), annotations["kubestep.dev/step"])
+            attempts.append((*key, annotations.get("kubestep.dev/attempt")))
+    assert len(attempts) == len(set(attempts)), f"an attempt has two Jobs: {sorted(attempts)}"
