@@ -159,7 +159,7 @@ def _finish(runs: list[WorkflowRun], output: str, console: Console) -> None:
         for r in runs:
             style = "green" if r.status.phase is RunPhase.SUCCEEDED else "red"
             console.print(
-                f"[bold {style}]run {r.metadata.name}: {r.status.phase.value}[/] ({r.status.progress} steps)"
+                f"[bold {style}]run {r.metadata.name}: {r.status.phase.value}[/] (steps: {r.status.progress})"
             )
             if r.status.error:
                 console.print(f"[red]{r.status.error.type}: {r.status.error.message}[/red]")
