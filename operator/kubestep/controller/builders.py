@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from kubestep.api.base import API_VERSION
@@ -246,14 +246,30 @@ def sent_event(run: WorkflowRun, name: str, payload: dict[str, Any]) -> Obj:
     }
 
 
-def note_event(obj: Obj, note: Note, now: datetime, component: str = "kubestep-operator") -> Obj:
-    """A Kubernetes Event about ``obj`` telling what the engine noted (shown by ``kubectl describe``)."""
+def event_stamp(when: datetime) -> str:
+    """A time as Kubernetes Events hold it (``firstTimestamp``, ``lastTimestamp``): whole seconds, UTC."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_message(note: Note) -> str:
+    """A note's message, cut to what an Event shows."""
+    return note.message[:1024]
+
+
+def note_event(
+    obj: Obj, note: Note, now: datetime, component: str = "kubestep-operator", name: str | None = None
+) -> Obj:
+    """A Kubernetes Event about ``obj`` telling what the engine noted (shown by ``kubectl describe``).
+
+    Named ``name`` when given (see :mod:`kubestep.controller.recorder`), else by the API server.
+    """
     meta = obj["metadata"]
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = event_stamp(now)
+    metadata = {"name": name} if name else {"generateName": f"{meta['name'][:200]}."}
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+        "metadata": {**metadata, "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": obj["apiVersion"],
             "kind": obj["kind"],
@@ -262,7 +278,7 @@ def note_event(obj: Obj, note: Note, now: datetime, component: str = "kubestep-o
             "uid": meta.get("uid"),
         },
         "reason": note.reason,
-        "message": note.message[:1024],
+        "message": event_message(note),
         "type": "Warning" if note.warning else "Normal",
         "source": {"component": component},
         "firstTimestamp": stamp,

@@ -328,6 +328,16 @@ class Kube:
         """Record a Kubernetes Event (what ``kubectl describe`` shows)."""
         await self._record(self.core.create_namespaced_event, namespace, body)
 
+    async def patch_event(self, namespace: str, name: str, patch: Obj) -> None:
+        """Merge ``patch`` into a Kubernetes Event (a repeat: its count and last time)."""
+        await self._record(
+            self.core.patch_namespaced_event,
+            name,
+            namespace,
+            patch,
+            _content_type="application/merge-patch+json",
+        )
+
     # Leases (leader election): never behind the write check, which they decide ------------------------
 
     async def get_lease(self, namespace: str, name: str, timeout: float) -> Obj:

@@ -325,7 +325,7 @@ async def _note(ctl: Controller, obj: Obj, note: Note) -> None:
         "%s/%s: %s: %s", obj["metadata"]["namespace"], obj["metadata"]["name"], note.reason, note.message
     )
     try:
-        await ctl.kube.post_event(obj["metadata"]["namespace"], builders.note_event(obj, note, ctl.clock()))
+        await ctl.recorder.record(ctl.kube, obj, note, ctl.clock())
     except KubeError as exc:
         log.debug("could not record event %s: %s", note.reason, exc)
 
