@@ -17,6 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubestep.api.base import GROUP, VERSION
+from kubestep.controller.metrics import METRICS
 
 Obj = dict[str, Any]
 
@@ -178,9 +179,12 @@ class Kube:
             if may_write is not None and not may_write():
                 raise NotLeading("not sent: this operator does not hold the leader lease")
             try:
-                return fn(*args, **kwargs)
+                answer = fn(*args, **kwargs)
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                METRICS.api_request(fn.__name__, ok=False)
                 raise _domain_error(exc) from exc
+            METRICS.api_request(fn.__name__, ok=True)
+            return answer
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 

@@ -26,6 +26,7 @@ from kubestep.controller.kube import (
     TooLarge,
     Unavailable,
 )
+from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import Result
 from kubestep.engine.actions import (
     Action,
@@ -83,6 +84,10 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
             decision = await _save(ctl, obj, run, observed, decision)
         except (Conflict, NotFound):
             return Result.again()  # changed meanwhile: decide again from what is there now
+        # Counted once saved: a pass that lost a conflict counts nothing, the one deciding again counts.
+        METRICS.run_saved(run, decision.status, ctl.clock())
+    else:
+        METRICS.run_seen(run)
     try:
         refused = await _pay(ctl, obj, run, decision.status)
     finally:
@@ -129,6 +134,7 @@ async def _save(
 
 def _forget(ctl: Controller, key: Key) -> None:
     """Drop what this process remembers of a run that is gone."""
+    METRICS.run_gone(key.namespace, key.name)
     ctl.pod_endings.pop((key.namespace, key.name), None)
     ctl.owed.pop((key.namespace, key.name), None)
 
