@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -63,6 +63,10 @@ class EventSpec(SpecModel):
     ts: datetime | None = None
     """When the event happened; defaults to when it was created."""
 
+    def completed(self, event_id: str, ts: datetime | None) -> Self:
+        """The event with an id and a time: its own, else ``event_id`` and ``ts`` (every event has both)."""
+        return self.model_copy(update={"id": self.id or event_id, "ts": self.ts or ts})
+
     def as_payload(self) -> dict[str, Any]:
         """The event as workflow code and CEL expressions see it."""
         return {
@@ -72,6 +76,12 @@ class EventSpec(SpecModel):
             "id": self.id or "",
             "ts": self.ts.isoformat() if self.ts else "",
         }
+
+
+def completed_payload(payload: dict[str, Any], event_id: str, ts: datetime) -> dict[str, Any]:
+    """An event as code sees it (``name``, ``data``, ``user``, ``id``, ``ts``), with an id and a time: its
+    own, else ``event_id`` and ``ts``."""
+    return {**payload, "id": payload.get("id") or event_id, "ts": payload.get("ts") or ts.isoformat()}
 
 
 class EventRunRef(Model):

@@ -198,8 +198,12 @@ def _run_object(
 
 
 def event_run(workflow: Workflow, event: Event, name: str, ts: datetime) -> Obj:
-    """The run an event starts for ``workflow``; it keeps the event's name as its source."""
-    spec = event.spec.model_copy(update={"ts": event.spec.ts or ts})
+    """The run an event starts for ``workflow``; it keeps the event's name as its source.
+
+    An event without ``spec.id`` gets the object's uid, one without ``spec.ts`` the time ``ts`` (when it
+    was created): the function always sees both.
+    """
+    spec = event.spec.completed(event.metadata.uid or event.metadata.name, ts)
     run_event = RunEvent.model_validate({**spec.model_dump(), "source": event.metadata.name})
     body = _run_object(name, event.metadata.namespace, workflow, run_event).to_dict()
     body["metadata"]["labels"] = {
@@ -211,9 +215,18 @@ def event_run(workflow: Workflow, event: Event, name: str, ts: datetime) -> Obj:
     return body
 
 
-def child_run(parent: WorkflowRun, workflow: Workflow, action: StartChild) -> Obj:
-    """The run an invoke step starts; the parent owns it, so deleting the parent deletes the child."""
-    event = RunEvent(name="kubestep/function.invoked", data=action.data, source=parent.metadata.name)
+def child_run(parent: WorkflowRun, workflow: Workflow, action: StartChild, now: datetime) -> Obj:
+    """The run an invoke step starts; the parent owns it, so deleting the parent deletes the child.
+
+    Its event's id is the child's (deterministic) name, its time ``now``.
+    """
+    event = RunEvent(
+        name="kubestep/function.invoked",
+        data=action.data,
+        id=action.name,
+        ts=now,
+        source=parent.metadata.name,
+    )
     ref = ParentRef(run=parent.metadata.name, step=action.step)
     body = _run_object(action.name, parent.metadata.namespace, workflow, event, ref).to_dict()
     body["metadata"]["labels"] = {

@@ -307,7 +307,7 @@ async def _start_child(ctl: Controller, run: WorkflowRun, action: StartChild) ->
     except (NotFound, ValidationError):
         return  # observed on the next pass as a child that failed at once
     with contextlib.suppress(AlreadyExists):
-        await ctl.kube.create(RUNS, namespace, builders.child_run(run, workflow, action))
+        await ctl.kube.create(RUNS, namespace, builders.child_run(run, workflow, action, ctl.clock()))
 
 
 def remember_pod_ending(ctl: Controller, namespace: str, run: str, job: str, pod: Obj) -> None:
