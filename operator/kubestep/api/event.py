@@ -59,7 +59,8 @@ class EventSpec(SpecModel):
     user: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
     """Free JSON about the user who caused the event, available as `event.user`; at most 64 levels deep."""
     id: str | None = Field(default=None, max_length=253)
-    """Idempotency key: a second event with the same `id` and name within the dedupe window starts nothing."""
+    """Idempotency key: a second event with the same `id` and name within the dedupe window starts nothing.
+    Without one, the workflow sees the object's `metadata.uid` as the event's id."""
     ts: datetime | None = None
     """When the event happened; defaults to when it was created."""
 
