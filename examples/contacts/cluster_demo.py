@@ -87,7 +87,7 @@ def progress_lines(run: dict[str, Any], seen: dict[str, tuple[str, int]], starte
     phase = status.get("phase", "Pending")
     if seen.get("") != (phase, 0):
         seen[""] = (phase, 0)
-        lines.append(f"{stamp}run {phase} ({status.get('progress') or '0/0'} steps)")
+        lines.append(f"{stamp}run {phase} (steps: {status.get('progress') or '0 done'})")
     for step in status.get("steps") or []:
         key = (step.get("phase", ""), step.get("attemptCount", 0))
         if seen.get(step["id"]) == key:

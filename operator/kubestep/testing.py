@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubestep.api.base import ObjectMeta
+from kubestep.api.event import completed_payload
 from kubestep.api.run import ErrorInfo, RunEvent, StepStatus, WorkflowRun
 from kubestep.api.workflow import RetryPolicy, Trigger, Workflow, WorkflowSpec
 from kubestep.local.clock import VirtualClock
@@ -87,9 +88,16 @@ def run_workflow(
     clock = VirtualClock()
     executor = InProcessExecutor(functions, steps or {}, clock.now)
     driver = Driver(defs, executor, clock, threading.Event(), max_decisions=100_000)
-    driver.standing_events = list(events or [])
+    # Every event has an id and a time, as in the cluster.
+    driver.standing_events = [completed_payload(e, uuid.uuid4().hex, clock.now()) for e in events or []]
     payload = {"name": event.get("name", "kubestep/test"), **event}
-    run_event = RunEvent(name=payload["name"], data=payload.get("data") or {}, user=payload.get("user") or {})
+    run_event = RunEvent(
+        name=payload["name"],
+        data=payload.get("data") or {},
+        user=payload.get("user") or {},
+        id=payload.get("id") or None,
+        ts=payload.get("ts") or None,
+    )
     name = driver.create_run(workflow.id, run_event, f"{workflow.id}-{uuid.uuid4().hex[:8]}")
     (run,) = driver.drive([name])
     return TestRun(

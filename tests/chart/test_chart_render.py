@@ -218,8 +218,8 @@ def test_operator_runs_restricted_with_probes_on_its_health_endpoint(helm: Helm)
         "capabilities": {"drop": ["ALL"]},
     }
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"},
         "limits": {"memory": "512Mi"},
@@ -231,6 +231,18 @@ def test_operator_runs_restricted_with_probes_on_its_health_endpoint(helm: Helm)
     assert one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
 
 
+def test_operator_pods_are_annotated_for_prometheus_on_the_health_port(helm: Helm) -> None:
+    pod = one(helm.template(values={"podAnnotations": {"team": "a"}}), "Deployment")["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8080",
+        "prometheus.io/path": "/metrics",
+        "team": "a",
+    }
+    plain = one(helm.template(values={"metrics": {"podAnnotations": False}}), "Deployment")
+    assert "annotations" not in plain["spec"]["template"]["metadata"]
+
+
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
@@ -238,7 +250,8 @@ def test_operator_runs_restricted_with_probes_on_its_health_endpoint(helm: Helm)
             {},
             [
                 "operator",
-                "--liveness=http://0.0.0.0:8080/healthz",
+                "--metrics-port=8080",
+                "--metrics-address=0.0.0.0",
                 "--dedupe-window=24h",
                 "--leader-elect",
                 "--leader-elect-lease-duration=15s",
@@ -252,7 +265,8 @@ def test_operator_runs_restricted_with_probes_on_its_health_endpoint(helm: Helm)
                 "operator",
                 "--namespace=team-a",
                 "--namespace=team-b",
-                "--liveness=http://0.0.0.0:8080/healthz",
+                "--metrics-port=8080",
+                "--metrics-address=0.0.0.0",
                 "--dedupe-window=24h",
                 "--verbose",
             ],
@@ -261,7 +275,8 @@ def test_operator_runs_restricted_with_probes_on_its_health_endpoint(helm: Helm)
             {"health": {"address": "127.0.0.1", "port": 9000}, "dedupeWindow": "30m"},
             [
                 "operator",
-                "--liveness=http://127.0.0.1:9000/healthz",
+                "--metrics-port=9000",
+                "--metrics-address=127.0.0.1",
                 "--dedupe-window=30m",
                 "--leader-elect",
                 "--leader-elect-lease-duration=15s",

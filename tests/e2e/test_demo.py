@@ -37,7 +37,7 @@ def test_make_demo_runs_the_contacts_example_through_the_operator(
     assert re.search(
         r"kubectl apply -f examples/contacts/workflow.yaml   \(image: 127\.0\.0\.1:\d+/contacts:1\.0\)", out
     )
-    assert "run Succeeded (5/5 steps)" in out
+    assert "run Succeeded (steps: 5 done)" in out
     summary = out[out.index("\nrun process-contacts-csv-upload") :]
     expected = ", ".join(["Error"] * failures + ["Succeeded"])
     assert f"enrich-address-information           {expected}" in summary, summary

@@ -31,7 +31,7 @@ def test_contacts_example_succeeds_with_every_step_output_in_status(
     assert step(run, "validate-upload-contents")["output"]["valid"] is True
     assert len(step(run, "enrich-address-information")["output"]) == 5
     assert step(run, "create-contacts-in-crm")["output"] == {"total_users_added": 5}
-    assert status["progress"] == "5/5"
+    assert status["progress"] == "5 done"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
     # Each step ran in its own Job, in the restricted namespace, and the state Secrets were cleaned up. The
     # four `step.run` steps took one Job each and nothing more: the send and the function's return were

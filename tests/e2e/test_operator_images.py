@@ -20,7 +20,7 @@ def test_the_contacts_steps_run_in_the_example_image_as_its_user(
     run = cluster.wait_run()
 
     assert run["status"]["phase"] == "Succeeded", run["status"]
-    assert run["status"]["progress"] == "5/5"
+    assert run["status"]["progress"] == "5 done"
     pods = cluster.items("pods", f"kubestep.dev/run={run['metadata']['name']}")
     assert len(pods) >= 4
     repository = image.rsplit(":", 1)[0]

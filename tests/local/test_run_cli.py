@@ -216,6 +216,10 @@ def child(ctx, step):
 def parent(ctx, step):
     return step.invoke("call-child", "child", {"factor": 2})
 
+@kubestep.workflow("whoami")
+def whoami(ctx, step):
+    return {"id": ctx.event.id, "ts": ctx.event.ts}
+
 @kubestep.workflow("approval")
 def approval(ctx, step):
     got = step.wait_for_event("wait-approval", "app/approved", timeout="1h",
@@ -339,6 +343,14 @@ def test_a_waiting_run_is_resumed_by_an_event_from_another_command(flows: Path) 
     assert waiting.returncode == 0, err
     record = json.loads(out)
     assert record["phase"] == "Succeeded" and record["output"] == "ann"
+
+
+def test_an_event_without_id_and_ts_gets_both(flows: Path) -> None:
+    before = datetime.now().astimezone()
+    code, record, _ = run_flow(flows, "whoami", "whoami")
+    assert code == 0, record
+    assert len(record["output"]["id"]) == 32  # a fresh uuid, as the cluster gives the Event's uid
+    assert before <= datetime.fromisoformat(record["output"]["ts"]) <= datetime.now().astimezone()
 
 
 def test_an_event_that_matches_no_trigger_is_an_error(flows: Path) -> None:

@@ -35,6 +35,7 @@ WRITES = frozenset(
         "create_secret",
         "delete_secret",
         "post_event",
+        "patch_event",
     }
 )
 
@@ -274,6 +275,14 @@ class FakeKube:
         """Record a Kubernetes Event."""
         self._enter("post_event", str(body.get("reason")))
         self._create(NOTES, namespace, body)
+
+    async def patch_event(self, namespace: str, name: str, patch: Obj) -> None:
+        """Merge ``patch`` into a Kubernetes Event."""
+        self._enter("patch_event", name)
+        stored = self.store.get((NOTES, namespace, name))
+        if stored is None:
+            raise NotFound(f'events "{name}" not found', 404)
+        stored.update(copy.deepcopy(patch))
 
     # Leases ----------------------------------------------------------------------------------------------
 

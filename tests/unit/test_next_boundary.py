@@ -400,7 +400,9 @@ def test_the_first_execution_has_no_step_so_the_run_says_why_its_pod_has_not_sta
     sim.step(Observed(stalled=[pull]), at=T0 + timedelta(seconds=10))
     condition = _succeeded_condition(sim)
     assert sim.status.phase is RunPhase.RUNNING and condition.status == "Unknown"
-    assert condition.message == f"progress 0/0; the run's pod has not started: {pull.reason}: {pull.message}"
+    assert (
+        condition.message == f"progress: 0 done; the run's pod has not started: {pull.reason}: {pull.message}"
+    )
     assert [n.reason for n in sim.decision.of(Note)] == ["RunPending"]
     # Told once per reason, not at every look.
     sim.step(Observed(stalled=[pull]), at=T0 + timedelta(seconds=20))
@@ -411,11 +413,11 @@ def test_the_first_execution_has_no_step_so_the_run_says_why_its_pod_has_not_sta
     assert [n.reason for n in sim.decision.of(Note)] == ["RunPending"]
     # On its way, or started: nothing to say.
     sim.step(Observed(stalled=[Stalled(active.name, "ContainerCreating")]), at=T0 + timedelta(seconds=40))
-    assert _succeeded_condition(sim).message == "progress 0/0"
+    assert _succeeded_condition(sim).message == "progress: 0 done"
     # Past spec.timeouts.podStart it fails with Kubernetes' reason, and the condition no longer waits on it.
     sim.step(Observed(stalled=[back_off]), at=T0 + timedelta(minutes=1))
     assert sim.status.discovery_failures == 1 and sim.status.active == []
-    assert _succeeded_condition(sim).message == "progress 0/0"
+    assert _succeeded_condition(sim).message == "progress: 0 done"
     (failed,) = [n for n in sim.decision.of(Note) if n.reason == "RunnerFailed"]
     assert (
         "the run's pod did not start within spec.timeouts.podStart (1m): ImagePullBackOff" in failed.message

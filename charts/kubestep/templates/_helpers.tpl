@@ -130,7 +130,8 @@ The operator's arguments: the namespaces it manages (none: all), its health endp
 {{- range .Values.watchNamespaces }}
 - --namespace={{ . }}
 {{- end }}
-- --liveness=http://{{ .Values.health.address }}:{{ .Values.health.port }}/healthz
+- --metrics-port={{ .Values.health.port }}
+- --metrics-address={{ .Values.health.address }}
 - --dedupe-window={{ .Values.dedupeWindow }}
 {{- if .Values.leaderElection.enabled }}
 - --leader-elect

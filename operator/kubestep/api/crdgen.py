@@ -455,8 +455,8 @@ RESOURCES: tuple[Resource, ...] = (
         columns=(
             PrinterColumn("Workflow", ".spec.workflowRef.name", "string", "The workflow the run executes."),
             PrinterColumn("Phase", ".status.phase", "string", "Where the run is in its life."),
-            PrinterColumn("Progress", ".status.progress", "string", "Succeeded steps out of steps reached."),
-            PrinterColumn("Step", ".status.currentStep", "string", "The step being worked on."),
+            PrinterColumn("Progress", ".status.progress", "string", "Steps done (and failed) so far."),
+            PrinterColumn("Step", ".status.currentStep", "string", "The step running, or waiting to retry."),
             PrinterColumn(
                 "Attempt", ".status.currentAttempt", "integer", "The current step's attempt number."
             ),

@@ -6,9 +6,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-#: Durations in code (`step.sleep`): days and weeks allowed.
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h|d|w))+$"
-#: Durations in resource specs: the units CEL's `duration()` understands, so the API server can compare them.
+#: Durations in code (`step.sleep`): the units of Inngest's SDK spec, from nanoseconds (`ns`, `us` or `µs`)
+#: to days and weeks.
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|μs|ms|s|m|h|d|w))+$"
+#: Durations in resource specs: units CEL's `duration()` understands, so the API server can compare them.
+#: Not `ns` and `us`: no timeout, backoff or window in a spec is that short.
 SPEC_DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 #: Spec durations whose every part has few enough digits that, within 32 characters, CEL's `duration()`
 #: (Go's `time.ParseDuration`, at most about 2.5 million hours) cannot overflow. A part with more digits
@@ -22,8 +24,19 @@ SPEC_DURATION_PARSABLE_PATTERN = (
 MAX_SPEC_DURATION = "8784h"
 MAX_SPEC_DURATION_SECONDS = 366 * 86400.0
 
-_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ns|us|µs|μs|ms|s|m|h|d|w)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,  # the micro sign
+    "μs": 1e-6,  # the Greek letter mu, which Go's durations also accept
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
 
 
 class DurationError(ValueError):
@@ -46,7 +59,7 @@ def parse_duration(value: str | float | int | timedelta) -> float:
     text = value.strip()
     if not re.fullmatch(DURATION_PATTERN, text):
         raise DurationError(
-            f"duration {value!r} is not valid; write it as a number and a unit (ms, s, m, h, d, w), "
+            f"duration {value!r} is not valid; write it as a number and a unit (ns, us, ms, s, m, h, d, w), "
             "for example '30s', '1h30m' or '500ms'"
         )
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in _PART.findall(text))

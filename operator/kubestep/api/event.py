@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -59,9 +59,14 @@ class EventSpec(SpecModel):
     user: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_PRESERVE)
     """Free JSON about the user who caused the event, available as `event.user`; at most 64 levels deep."""
     id: str | None = Field(default=None, max_length=253)
-    """Idempotency key: a second event with the same `id` and name within the dedupe window starts nothing."""
+    """Idempotency key: a second event with the same `id` and name within the dedupe window starts nothing.
+    Without one, the workflow sees the object's `metadata.uid` as the event's id."""
     ts: datetime | None = None
     """When the event happened; defaults to when it was created."""
+
+    def completed(self, event_id: str, ts: datetime | None) -> Self:
+        """The event with an id and a time: its own, else ``event_id`` and ``ts`` (every event has both)."""
+        return self.model_copy(update={"id": self.id or event_id, "ts": self.ts or ts})
 
     def as_payload(self) -> dict[str, Any]:
         """The event as workflow code and CEL expressions see it."""
@@ -72,6 +77,12 @@ class EventSpec(SpecModel):
             "id": self.id or "",
             "ts": self.ts.isoformat() if self.ts else "",
         }
+
+
+def completed_payload(payload: dict[str, Any], event_id: str, ts: datetime) -> dict[str, Any]:
+    """An event as code sees it (``name``, ``data``, ``user``, ``id``, ``ts``), with an id and a time: its
+    own, else ``event_id`` and ``ts``."""
+    return {**payload, "id": payload.get("id") or event_id, "ts": payload.get("ts") or ts.isoformat()}
 
 
 class EventRunRef(Model):

@@ -270,11 +270,13 @@ class WorkflowRunStatus(Model):
     error: ErrorInfo | None = None
     """Why the run failed."""
     progress: str = ""
-    """Succeeded steps out of steps reached so far, e.g. `3/5`."""
+    """Steps done so far, and failed ones if any, e.g. `3 done, 1 failed`. No total: steps are discovered as
+    the function runs."""
     current_step: str = ""
-    """The step being worked on."""
+    """The step running (several, comma-separated, when parallel steps run), else the step waiting to retry,
+    sleeping or waiting; `(next)` while an execution runs whose step is not known yet (a run's first)."""
     current_attempt: int | None = None
-    """The attempt number of the current step."""
+    """The attempt number of the current step (the next one while it waits to retry)."""
     discovery_failures: int = 0
     """Executions in a row that ended before reaching any step; bounded by the sum of the retry limits."""
     retry_at: datetime | None = None

@@ -95,6 +95,20 @@ def operator(
             help="The name the operator's writes are recorded under in metadata.managedFields.",
         ),
     ] = "kubestep-operator",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve Prometheus metrics at /metrics, and /healthz and /readyz, on this port. "
+            "Default: off.",
+        ),
+    ] = None,
+    metrics_address: Annotated[
+        str,
+        typer.Option("--metrics-address", help="The address the --metrics-port server listens on."),
+    ] = "0.0.0.0",
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also log kopf's own activity.")] = False,
 ) -> None:
     """Run the kubestep operator: Events start runs, every step attempt runs as a Job.
@@ -128,4 +142,6 @@ def operator(
         liveness=liveness,
         election=election,
         field_manager=field_manager,
+        metrics_port=metrics_port,
+        metrics_address=metrics_address,
     )

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import threading
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -135,10 +136,10 @@ def _resume(
     run = store.load(name)
     if event is not None:
         ev = load_event(event)
-        payload = RunEvent(
-            name=ev.spec.name, data=ev.spec.data, user=ev.spec.user, id=ev.spec.id
-        ).as_payload()
-        store.deliver(name, payload, datetime.now(UTC), ev.metadata.name)
+        now = datetime.now(UTC)
+        spec = RunEvent(name=ev.spec.name, data=ev.spec.data, user=ev.spec.user, id=ev.spec.id, ts=ev.spec.ts)
+        payload = spec.completed(uuid.uuid4().hex, now).as_payload()
+        store.deliver(name, payload, now, ev.metadata.name)
         console.print(f"delivered event {ev.spec.name!r} to run {name}")
     if run.status.phase.finished:
         return None, [name]
@@ -159,7 +160,7 @@ def _finish(runs: list[WorkflowRun], output: str, console: Console) -> None:
         for r in runs:
             style = "green" if r.status.phase is RunPhase.SUCCEEDED else "red"
             console.print(
-                f"[bold {style}]run {r.metadata.name}: {r.status.phase.value}[/] ({r.status.progress} steps)"
+                f"[bold {style}]run {r.metadata.name}: {r.status.phase.value}[/] (steps: {r.status.progress})"
             )
             if r.status.error:
                 console.print(f"[red]{r.status.error.type}: {r.status.error.message}[/red]")

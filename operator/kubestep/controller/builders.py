@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from kubestep.api.base import API_VERSION
@@ -198,8 +198,12 @@ def _run_object(
 
 
 def event_run(workflow: Workflow, event: Event, name: str, ts: datetime) -> Obj:
-    """The run an event starts for ``workflow``; it keeps the event's name as its source."""
-    spec = event.spec.model_copy(update={"ts": event.spec.ts or ts})
+    """The run an event starts for ``workflow``; it keeps the event's name as its source.
+
+    An event without ``spec.id`` gets the object's uid, one without ``spec.ts`` the time ``ts`` (when it
+    was created): the function always sees both.
+    """
+    spec = event.spec.completed(event.metadata.uid or event.metadata.name, ts)
     run_event = RunEvent.model_validate({**spec.model_dump(), "source": event.metadata.name})
     body = _run_object(name, event.metadata.namespace, workflow, run_event).to_dict()
     body["metadata"]["labels"] = {
@@ -211,9 +215,18 @@ def event_run(workflow: Workflow, event: Event, name: str, ts: datetime) -> Obj:
     return body
 
 
-def child_run(parent: WorkflowRun, workflow: Workflow, action: StartChild) -> Obj:
-    """The run an invoke step starts; the parent owns it, so deleting the parent deletes the child."""
-    event = RunEvent(name="kubestep/function.invoked", data=action.data, source=parent.metadata.name)
+def child_run(parent: WorkflowRun, workflow: Workflow, action: StartChild, now: datetime) -> Obj:
+    """The run an invoke step starts; the parent owns it, so deleting the parent deletes the child.
+
+    Its event's id is the child's (deterministic) name, its time ``now``.
+    """
+    event = RunEvent(
+        name="kubestep/function.invoked",
+        data=action.data,
+        id=action.name,
+        ts=now,
+        source=parent.metadata.name,
+    )
     ref = ParentRef(run=parent.metadata.name, step=action.step)
     body = _run_object(action.name, parent.metadata.namespace, workflow, event, ref).to_dict()
     body["metadata"]["labels"] = {
@@ -246,14 +259,30 @@ def sent_event(run: WorkflowRun, name: str, payload: dict[str, Any]) -> Obj:
     }
 
 
-def note_event(obj: Obj, note: Note, now: datetime, component: str = "kubestep-operator") -> Obj:
-    """A Kubernetes Event about ``obj`` telling what the engine noted (shown by ``kubectl describe``)."""
+def event_stamp(when: datetime) -> str:
+    """A time as Kubernetes Events hold it (``firstTimestamp``, ``lastTimestamp``): whole seconds, UTC."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_message(note: Note) -> str:
+    """A note's message, cut to what an Event shows."""
+    return note.message[:1024]
+
+
+def note_event(
+    obj: Obj, note: Note, now: datetime, component: str = "kubestep-operator", name: str | None = None
+) -> Obj:
+    """A Kubernetes Event about ``obj`` telling what the engine noted (shown by ``kubectl describe``).
+
+    Named ``name`` when given (see :mod:`kubestep.controller.recorder`), else by the API server.
+    """
     meta = obj["metadata"]
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = event_stamp(now)
+    metadata = {"name": name} if name else {"generateName": f"{meta['name'][:200]}."}
     return {
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+        "metadata": {**metadata, "namespace": meta["namespace"]},
         "involvedObject": {
             "apiVersion": obj["apiVersion"],
             "kind": obj["kind"],
@@ -262,7 +291,7 @@ def note_event(obj: Obj, note: Note, now: datetime, component: str = "kubestep-o
             "uid": meta.get("uid"),
         },
         "reason": note.reason,
-        "message": note.message[:1024],
+        "message": event_message(note),
         "type": "Warning" if note.warning else "Normal",
         "source": {"component": component},
         "firstTimestamp": stamp,

@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Protocol
 
 from kubestep.api.event import Event
 from kubestep.controller.kube import Kube
+from kubestep.controller.recorder import EventRecorder
 
 #: Default window within which a second event with the same ``spec.id`` starts nothing (as Inngest).
 DEFAULT_DEDUPE_WINDOW = timedelta(hours=24)
@@ -57,6 +58,8 @@ class Controller:
     indices: Indices
     dedupe_window: timedelta = DEFAULT_DEDUPE_WINDOW
     clock: Callable[[], datetime] = field(default=utcnow)
+    recorder: EventRecorder = field(default_factory=EventRecorder)
+    """Posts the Kubernetes Events telling of what the operator did, aggregating repeats."""
     # What the run reconciler (`kubestep.controller.runs`) remembers between its passes; only it reads and
     # writes these (the pod watch hands over what it saw through `runs.remember_pod_ending`).
     pod_endings: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)

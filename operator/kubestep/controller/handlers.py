@@ -22,6 +22,7 @@ from kubestep.controller import builders, observe, runs
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import FIELD_MANAGER, Kube, load_configuration
 from kubestep.controller.leader import ElectionConfig, LeaderElector
+from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import WorkQueue
 from kubestep.controller.reconcile import reconcile
 
@@ -142,6 +143,7 @@ def register(
             for name in ("waiting_runs", "runs_by_workflow", "resumed_by", "events_by_name")
         }
         queue = WorkQueue()
+        METRICS.track_queue(lambda: queue.depth)
         elector: LeaderElector | None = None
         if election is not None:
 

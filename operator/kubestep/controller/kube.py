@@ -17,6 +17,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from kubestep.api.base import GROUP, VERSION
+from kubestep.controller.metrics import METRICS
 
 Obj = dict[str, Any]
 
@@ -178,9 +179,12 @@ class Kube:
             if may_write is not None and not may_write():
                 raise NotLeading("not sent: this operator does not hold the leader lease")
             try:
-                return fn(*args, **kwargs)
+                answer = fn(*args, **kwargs)
             except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
+                METRICS.api_request(fn.__name__, ok=False)
                 raise _domain_error(exc) from exc
+            METRICS.api_request(fn.__name__, ok=True)
+            return answer
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
@@ -327,6 +331,16 @@ class Kube:
     async def post_event(self, namespace: str, body: Obj) -> None:
         """Record a Kubernetes Event (what ``kubectl describe`` shows)."""
         await self._record(self.core.create_namespaced_event, namespace, body)
+
+    async def patch_event(self, namespace: str, name: str, patch: Obj) -> None:
+        """Merge ``patch`` into a Kubernetes Event (a repeat: its count and last time)."""
+        await self._record(
+            self.core.patch_namespaced_event,
+            name,
+            namespace,
+            patch,
+            _content_type="application/merge-patch+json",
+        )
 
     # Leases (leader election): never behind the write check, which they decide ------------------------
 

@@ -14,6 +14,7 @@ from kubestep.controller.context import DEFAULT_DEDUPE_WINDOW
 from kubestep.controller.handlers import register
 from kubestep.controller.kube import FIELD_MANAGER
 from kubestep.controller.leader import ElectionConfig
+from kubestep.controller.metrics import METRICS, Server
 
 #: How long the API server keeps one watch request open before it ends it (and kopf starts the next one,
 #: from the last resourceVersion seen, so nothing is missed). Whole seconds: it is sent as the watch's
@@ -62,6 +63,30 @@ def tune(settings: kopf.OperatorSettings) -> None:
     settings.networking.error_backoffs = EndlessBackoff()
 
 
+def serve_metrics(registry: kopf.OperatorRegistry, address: str, port: int) -> None:
+    """Serve the metrics, ``/healthz`` and ``/readyz`` on ``address:port`` while the operator runs.
+
+    Ready once the operator's startup is done (a standby of leader election is ready too: it is there to
+    take over). ``/healthz`` also shows the leader election's state, as ``--liveness`` does.
+    """
+
+    @kopf.on.startup(registry=registry)
+    async def start_metrics(memo: kopf.Memo, **_: Any) -> None:
+        def health() -> dict[str, Any]:
+            elector = memo.get("elector")
+            return {"leader": elector.state()} if elector is not None else {}
+
+        server = Server(METRICS, ready=lambda: "queue" in memo, health=health)
+        await server.start(address, port)
+        memo["metrics_server"] = server
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+        server: Server | None = memo.get("metrics_server")
+        if server is not None:
+            await server.stop()
+
+
 class FirstRetryOnly(logging.Filter):
     """Let through the first failure of a kopf request that is retried, not every later retry of it.
 
@@ -84,10 +109,13 @@ def run_operator(
     liveness: str | None = None,
     election: ElectionConfig | None = None,
     field_manager: str = FIELD_MANAGER,
+    metrics_port: int | None = None,
+    metrics_address: str = "0.0.0.0",
 ) -> None:
     """Watch ``namespaces`` (all of them when empty) and run workflows until stopped (SIGINT, SIGTERM).
 
-    With ``election``, reconcile only while holding the leader Lease it names.
+    With ``election``, reconcile only while holding the leader Lease it names. With ``metrics_port``, serve
+    Prometheus metrics, ``/healthz`` and ``/readyz`` there.
     """
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
     # kopf reports every watch reconnect and handler call at INFO: keep the operator's own log readable.
@@ -105,6 +133,9 @@ def run_operator(
     @kopf.on.startup(registry=registry)
     def tune_connections(settings: kopf.OperatorSettings, **_: Any) -> None:
         tune(settings)
+
+    if metrics_port is not None:
+        serve_metrics(registry, metrics_address, metrics_port)
 
     # kopf's own peering is off (standalone): it pauses every operator while another is alive instead
     # of electing one, so leader election is ours (see `kubestep.controller.leader`).

@@ -237,11 +237,10 @@ def event_received_at(event: Event) -> datetime:
 
 
 def event_payload(event: Event) -> dict[str, Any]:
-    """The event as workflow code and CEL see it; ``ts`` defaults to when it was created."""
-    spec = event.spec
-    if spec.ts is None and event.metadata.creation_timestamp is not None:
-        spec = spec.model_copy(update={"ts": event.metadata.creation_timestamp})
-    return spec.as_payload()
+    """The event as workflow code and CEL see it; ``id`` defaults to the object's uid, ``ts`` to when it was
+    created."""
+    meta = event.metadata
+    return event.spec.completed(meta.uid or meta.name, meta.creation_timestamp).as_payload()
 
 
 def arrived(event: Event) -> ArrivedEvent:

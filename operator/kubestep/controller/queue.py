@@ -140,6 +140,11 @@ class WorkQueue:
         return current[0] if current is not None else None
 
     @property
+    def depth(self) -> int:
+        """Keys waiting for a worker (not those being worked on, nor timers)."""
+        return len(self._pending)
+
+    @property
     def idle(self) -> bool:
         """Nothing queued and nothing being worked on (timers aside)."""
         return not self._pending and not self._active

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.events import reconcile_event
 from kubestep.controller.kube import KubeError, NotLeading, Rejected, Unavailable
+from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import Result
 from kubestep.controller.runs import reconcile_run
 from kubestep.controller.workflows import reconcile_workflow
@@ -30,6 +32,17 @@ async def reconcile(ctl: Controller, key: Hashable) -> Result:
     Anything else raised is a bug: the queue logs it with its traceback and retries with backoff too.
     """
     assert isinstance(key, Key)
+    began = time.monotonic()
+    result: Result | None = None
+    try:
+        result = await _reconcile(ctl, key)
+        return result
+    finally:
+        # An exception (a bug) counts as an error too; the queue logs it and retries.
+        METRICS.reconciled(key.kind, time.monotonic() - began, result is None or result.error is not None)
+
+
+async def _reconcile(ctl: Controller, key: Key) -> Result:
     try:
         return await RECONCILERS[key.kind](ctl, key)
     except NotLeading:

@@ -26,6 +26,7 @@ from kubestep.controller.kube import (
     TooLarge,
     Unavailable,
 )
+from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import Result
 from kubestep.engine.actions import (
     Action,
@@ -83,6 +84,10 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
             decision = await _save(ctl, obj, run, observed, decision)
         except (Conflict, NotFound):
             return Result.again()  # changed meanwhile: decide again from what is there now
+        # Counted once saved: a pass that lost a conflict counts nothing, the one deciding again counts.
+        METRICS.run_saved(run, decision.status, ctl.clock())
+    else:
+        METRICS.run_seen(run)
     try:
         refused = await _pay(ctl, obj, run, decision.status)
     finally:
@@ -129,6 +134,7 @@ async def _save(
 
 def _forget(ctl: Controller, key: Key) -> None:
     """Drop what this process remembers of a run that is gone."""
+    METRICS.run_gone(key.namespace, key.name)
     ctl.pod_endings.pop((key.namespace, key.name), None)
     ctl.owed.pop((key.namespace, key.name), None)
 
@@ -301,7 +307,7 @@ async def _start_child(ctl: Controller, run: WorkflowRun, action: StartChild) ->
     except (NotFound, ValidationError):
         return  # observed on the next pass as a child that failed at once
     with contextlib.suppress(AlreadyExists):
-        await ctl.kube.create(RUNS, namespace, builders.child_run(run, workflow, action))
+        await ctl.kube.create(RUNS, namespace, builders.child_run(run, workflow, action, ctl.clock()))
 
 
 def remember_pod_ending(ctl: Controller, namespace: str, run: str, job: str, pod: Obj) -> None:
@@ -325,7 +331,7 @@ async def _note(ctl: Controller, obj: Obj, note: Note) -> None:
         "%s/%s: %s: %s", obj["metadata"]["namespace"], obj["metadata"]["name"], note.reason, note.message
     )
     try:
-        await ctl.kube.post_event(obj["metadata"]["namespace"], builders.note_event(obj, note, ctl.clock()))
+        await ctl.recorder.record(ctl.kube, obj, note, ctl.clock())
     except KubeError as exc:
         log.debug("could not record event %s: %s", note.reason, exc)
 

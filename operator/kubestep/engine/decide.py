@@ -358,6 +358,11 @@ class _Decider:
         # A discovery execution's attempt number is the step's, not the execution's retry counter.
         number = execution.attempt if execution.step is not None else step.attempt_count + 1
         attempt = Attempt(number=number, job=execution.name, started_at=execution.started_at)
+        if execution.step is None:
+            # Its step was not known when it started: the start is told now, before how it ended.
+            self.note(
+                "StepStarted", f"step {step.id!r} attempt {number} started (execution {execution.name})"
+            )
         step.pending = ""
         step.attempts.append(attempt)
         step.attempt_count += 1
@@ -383,6 +388,11 @@ class _Decider:
         attempt.reason = reason
         attempt.message = message[:_MESSAGE_CHARS]
         attempt.log_tail = (log_tail or outcome.log_tail)[-_LOG_TAIL_CHARS:]
+        self.note(
+            "AttemptFailed",
+            f"step {step.id!r} attempt {attempt.number} failed ({result.value}) {reason}: {message}",
+            warning=True,
+        )
         policy = self.spec.retries
         if result.spends_budget:
             step.failures += 1
@@ -418,10 +428,9 @@ class _Decider:
         step.phase = StepPhase.RETRYING
         step.next_attempt_at = self.later(wait)
         self.note(
-            "StepRetrying",
-            f"step {step.id!r} attempt {attempt.number} failed ({result.value}) {reason}: {message}; "
-            f"retrying in {format_duration(wait)}",
-            warning=True,
+            "RetryScheduled",
+            f"step {step.id!r} attempt {step.attempt_count + 1} at {_stamp(step.next_attempt_at)} "
+            f"(in {format_duration(wait)})",
         )
 
     def discovery_failed(self, execution: Execution, outcome: Outcome) -> None:
@@ -560,6 +569,7 @@ class _Decider:
                 )
                 step.phase = StepPhase.RUNNING
                 step.next_attempt_at = None
+                self.note("StepStarted", f"step {step.id!r} attempt {attempt} started")
         unfinished = [s for s in status.steps if not s.phase.finished]
         backing_off = status.retry_at is not None and status.retry_at > self.now
         if not status.active and not unfinished and not backing_off:
@@ -663,8 +673,7 @@ class _Decider:
         for step in status.steps:
             if len(step.attempts) > MAX_ATTEMPTS_KEPT:
                 step.attempts = step.attempts[:1] + step.attempts[-(MAX_ATTEMPTS_KEPT - 1) :]
-        succeeded = sum(1 for s in status.steps if s.phase is StepPhase.SUCCEEDED)
-        status.progress = f"{succeeded}/{len(status.steps)}"
+        status.progress = progress(status)
         current = next((s for s in reversed(status.steps) if not s.phase.finished), None)
         running = [e for e in status.active if e.step is not None]
         if running:
@@ -701,7 +710,7 @@ class _Decider:
             error = status.error
             message = f"{error.type}: {error.message}" if error else status.phase.value
             return Condition(type="Succeeded", status="False", reason=status.phase.value, message=message)
-        message = f"progress {status.progress}"
+        message = f"progress: {status.progress}"
         if self.unstarted:
             message += f"; the run's pod has not started: {self.unstarted}"
         return Condition(type="Succeeded", status="Unknown", reason=status.phase.value, message=message)
@@ -709,6 +718,21 @@ class _Decider:
     def condition_message(self) -> str:
         """The Succeeded condition's message as it was before this decision."""
         return next((c.message for c in self.status.conditions if c.type == "Succeeded"), "")
+
+
+def progress(status: WorkflowRunStatus) -> str:
+    """Steps done (and failed) so far, e.g. ``3 done, 1 failed``.
+
+    No total: the function discovers its steps as it goes, so any total would be the steps reached so far
+    and look complete at every moment.
+    """
+    done = sum(1 for s in status.steps if s.phase is StepPhase.SUCCEEDED)
+    failed = sum(1 for s in status.steps if s.phase is StepPhase.FAILED)
+    return f"{done} done" + (f", {failed} failed" if failed else "")
+
+
+def _stamp(when: datetime | None) -> str:
+    return "" if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _json_size(value: object) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from kubestep.api import names
 from kubestep.api.base import ObjectMeta
+from kubestep.api.event import completed_payload
 from kubestep.api.run import (
     ErrorInfo,
     ParentRef,
@@ -113,6 +114,8 @@ class Driver:
             self.adopt(self.store.load(name), recover=True)
             return name
         spec = self.workflows[workflow].spec
+        # Every event has an id and a time, as in the cluster (where the Event's uid and creation time).
+        event = event.completed(uuid.uuid4().hex, self.clock.now())
         run = WorkflowRun(
             metadata=ObjectMeta(name=name, uid=uuid.uuid4().hex),
             spec=WorkflowRunSpec(
@@ -134,6 +137,7 @@ class Driver:
     def deliver(self, payload: dict[str, Any], source: str = "", sent_by_step: bool = False) -> None:
         """An event arrived: offer it to every run, and start the workflows it triggers."""
         now = self.clock.now()
+        payload = completed_payload(payload, uuid.uuid4().hex, now)
         if sent_by_step:
             # Sent by a step that has ended, so before anything this decision starts: a wait that begins
             # in the same instant (a virtual clock does not move) must not hear it.
@@ -214,7 +218,7 @@ class Driver:
         elif isinstance(action, StartChild):
             if action.workflow not in self.workflows:
                 return self._child_missing(action)
-            event = RunEvent(name="kubestep/function.invoked", data=action.data, source=name)
+            event = RunEvent(name="kubestep/function.invoked", data=action.data, id=action.name, source=name)
             self.create_run(action.workflow, event, action.name, ParentRef(run=name, step=action.step))
         elif isinstance(action, PublishEvents):
             for event_id, sent in zip(action.ids, action.events, strict=True):
@@ -264,6 +268,7 @@ def _run_event(payload: dict[str, Any], source: str) -> RunEvent:
         data=payload.get("data") or {},
         user=payload.get("user") or {},
         id=payload.get("id") or None,
+        ts=payload.get("ts") or None,
         source=source or None,
     )
 

@@ -1,0 +1,84 @@
+"""Kubernetes Events about kubestep objects, posted as client-go's event recorder posts them.
+
+- A repeat (same object, type, reason and message as an Event this process posted) does not create a new
+  Event: the first one's ``count`` is raised and its ``lastTimestamp`` moved to now, so ``kubectl
+  describe`` shows ``(x3 over 2m)`` instead of three lines.
+- Each new Event is named ``<object>.<nanoseconds in hex>``, as client-go names them: the API server lists
+  Events by name, so the list ``kubectl describe`` sorts (by ``lastTimestamp``, to the second) already
+  holds those of one second in the order they were posted, and ``kubectl`` keeps that order.
+
+What was posted is remembered in memory only, for the most recent :data:`REMEMBERED` Events (as client-go
+does): after a restart a repeat starts a new Event, which is harmless.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+
+from kubestep.controller import builders
+from kubestep.controller.kube import Kube, NotFound, Obj
+from kubestep.engine.actions import Note
+
+#: Events remembered for aggregation (client-go's cache holds as many).
+REMEMBERED = 4096
+
+_Key = tuple[str, str, str, str, str, str, str]
+
+
+@dataclass
+class _Posted:
+    name: str
+    count: int
+
+
+class EventRecorder:
+    """Posts Events, aggregating repeats of one this process posted; one per operator process."""
+
+    def __init__(self, remembered: int = REMEMBERED) -> None:
+        self._posted: OrderedDict[_Key, _Posted] = OrderedDict()
+        self._remembered = remembered
+        self._last_stamp = 0
+
+    async def record(self, kube: Kube, obj: Obj, note: Note, now: datetime) -> None:
+        """Tell ``note`` about ``obj``: a new Event, or one more count of the same Event. API errors raise."""
+        meta = obj["metadata"]
+        namespace = meta["namespace"]
+        key = _key(obj, note)
+        posted = self._posted.get(key)
+        if posted is not None:
+            patch = {"count": posted.count + 1, "lastTimestamp": builders.event_stamp(now)}
+            try:
+                await kube.patch_event(namespace, posted.name, patch)
+            except NotFound:
+                del self._posted[key]  # expired (the API server keeps Events an hour): start a new one
+            else:
+                posted.count += 1
+                self._posted.move_to_end(key)
+                return
+        name = f"{meta['name'][:200]}.{self._stamp(now):x}"
+        await kube.post_event(namespace, builders.note_event(obj, note, now, name=name))
+        self._posted[key] = _Posted(name, 1)
+        while len(self._posted) > self._remembered:
+            self._posted.popitem(last=False)
+
+    def _stamp(self, now: datetime) -> int:
+        # Strictly increasing, so that two Events posted within one clock tick still sort in order.
+        stamp = max(int(now.timestamp() * 1_000_000_000), self._last_stamp + 1)
+        self._last_stamp = stamp
+        return stamp
+
+
+def _key(obj: Obj, note: Note) -> _Key:
+    """What makes two Events the same, as client-go's ``getEventKey`` (the source is always this one)."""
+    meta = obj["metadata"]
+    return (
+        obj["kind"],
+        meta["namespace"],
+        meta["name"],
+        str(meta.get("uid")),
+        "Warning" if note.warning else "Normal",
+        note.reason,
+        builders.event_message(note),
+    )
