@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from kubestep.cli import cluster_cmds
 from kubestep.cli.operator_cmd import operator
 from kubestep.cli.run_cmd import run
 
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.command("run")(run)
 app.command("operator")(operator)
+cluster_cmds.register(app)
 
 
 @app.callback()

@@ -30,6 +30,7 @@ from kubestep.controller.queue import Result
 from kubestep.engine.actions import (
     Action,
     CancelChild,
+    LinkRerun,
     Note,
     PublishEvents,
     RequeueAt,
@@ -197,7 +198,8 @@ async def _execution_outcome(
     log_text = None
     ended = observe.outcome(name, job, pod)
     needs_log = observe.report_needs_log(pod)
-    if pod is not None and (needs_log or (ended is not None and not observe.is_final(ended.report))):
+    # Every ended attempt keeps its log's tail, so `kubestep logs` can show it once the pod is gone.
+    if pod is not None and (needs_log or ended is not None):
         try:
             log_text = await ctl.kube.pod_log_tail(
                 namespace, pod["metadata"]["name"], builders.CONTAINER, LOG_LINES
@@ -244,6 +246,21 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
                 await _note(ctl, obj, Note("EventRejected", message, warning=True))
     elif isinstance(action, Note):
         await _note(ctl, obj, action)
+    elif isinstance(action, LinkRerun):
+        await _link_rerun(ctl, namespace, action)
+
+
+async def _link_rerun(ctl: Controller, namespace: str, action: LinkRerun) -> None:
+    """List the rerun in the original's status (once; a conflict is retried by the queue)."""
+    try:
+        original = await ctl.kube.get(RUNS, namespace, action.original)
+    except NotFound:
+        return  # deleted meanwhile: nothing to link
+    status = dict(original.get("status") or {})
+    reruns = list(status.get("reruns") or [])
+    if action.rerun not in reruns:
+        status["reruns"] = [*reruns, action.rerun]
+        await ctl.kube.replace_status(RUNS, original, status)
 
 
 async def _pay(ctl: Controller, obj: Obj, run: WorkflowRun, status: WorkflowRunStatus) -> bool:

@@ -71,4 +71,14 @@ class Note:
     warning: bool = False
 
 
-Action = StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note
+@dataclass(frozen=True)
+class LinkRerun:
+    """List rerun ``rerun`` under ``reruns`` in the status of the run ``original`` it reruns."""
+
+    original: str
+    rerun: str
+
+
+Action = (
+    StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note | LinkRerun
+)

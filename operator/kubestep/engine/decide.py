@@ -30,6 +30,7 @@ from kubestep.api.run import (
     ErrorInfo,
     Execution,
     InvokeInfo,
+    RerunSpec,
     RunPhase,
     StepPhase,
     StepStatus,
@@ -38,10 +39,11 @@ from kubestep.api.run import (
     WorkflowRun,
     WorkflowRunStatus,
 )
-from kubestep.engine import backoff
+from kubestep.engine import backoff, rerun
 from kubestep.engine.actions import (
     Action,
     CancelChild,
+    LinkRerun,
     Note,
     PublishEvents,
     RequeueAt,
@@ -100,6 +102,8 @@ class _Decider:
             status.started_at = self.now
             status.phase = RunPhase.RUNNING
             self.note("RunStarted", f"run started by event {self.run.spec.event.name!r}")
+            if self.run.spec.rerun is not None:
+                self.start_rerun(self.run.spec.rerun)
         if self.run.spec.cancel:
             self.end_all(RunPhase.CANCELLED, None, "Cancelled", "the run was cancelled (spec.cancel)")
             return self.finish()
@@ -116,6 +120,13 @@ class _Decider:
         if observed.status_too_large:
             self.too_large(observed.status_too_large)
         return self.finish()
+
+    def start_rerun(self, spec: RerunSpec) -> None:
+        """Begin with the reused steps already succeeded, and link the original run to this one."""
+        self.status.steps = rerun.seed(spec, self.now)
+        self.status.rerun_of = spec.of
+        self.actions.append(LinkRerun(spec.of, self.run.metadata.name))
+        self.note("RerunStarted", f"rerun of run {spec.of} from step {spec.from_step!r}")
 
     def too_large(self, why: str) -> None:
         """End the run whose status cannot be stored, keeping what still fits: each step's id, phase,
@@ -290,6 +301,7 @@ class _Decider:
             attempt = self.add_attempt(step, execution, outcome)
             attempt.result = AttemptResult.SUCCEEDED
             attempt.reason = "Completed"
+            attempt.log_tail = outcome.log_tail[-_LOG_TAIL_CHARS:]
             self.step_done(step, output=report.output, took=_took(attempt))
             if report.next is not None and step.phase is StepPhase.SUCCEEDED:
                 # Replay went on from this output: what it reached is known without another execution.
