@@ -28,7 +28,17 @@ from kubestep.api.event import Event
 from kubestep.api.run import WorkflowRun
 from kubestep.api.workflow import Workflow
 from kubestep.cli import render
-from kubestep.cli.cluster import EVENTS, EXIT_USAGE, RUNS, WORKFLOWS, CliError, Cluster, Obj, Target
+from kubestep.cli.cluster import (
+    EVENTS,
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    RUNS,
+    WORKFLOWS,
+    CliError,
+    Cluster,
+    Obj,
+    Target,
+)
 from kubestep.cli.local_source import LocalRuns
 from kubestep.engine import rerun as reruns
 
@@ -79,7 +89,11 @@ def _err() -> Console:
 
 
 def _out() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    console = Console(highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        # Piped: one row a line, however long, for grep and scripts (Rich would wrap at 80 columns).
+        console = Console(highlight=False, soft_wrap=True, width=1000)
+    return console
 
 
 def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -547,7 +561,7 @@ def rerun(
     try:
         spec = reruns.plan(original, from_step)
     except reruns.RerunError as exc:
-        raise CliError(str(exc), EXIT_USAGE if from_step else 1) from None
+        raise CliError(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILURE) from None
     workflow = _model(Workflow, cluster.get(WORKFLOWS, original.spec.workflow_ref.name))
     prefix = name[:40].rstrip("-.") + "-rerun-"
     labels = {k: v for k, v in original.metadata.labels.items() if k != _LABEL_PARENT}

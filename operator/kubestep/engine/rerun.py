@@ -13,7 +13,12 @@ from kubestep.api.run import RerunSpec, ReusedStep, StepPhase, StepStatus, Workf
 
 
 class RerunError(ValueError):
-    """The run cannot be rerun as asked; the message says why and what to do instead."""
+    """The run cannot be rerun as asked; the message says why and what to do instead. ``usage`` is True
+    when a different choice of ``from_step`` would do."""
+
+    def __init__(self, message: str, usage: bool = False) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 def plan(original: WorkflowRun, from_step: str | None) -> RerunSpec:
@@ -30,7 +35,8 @@ def plan(original: WorkflowRun, from_step: str | None) -> RerunSpec:
         if failed is None:
             raise RerunError(
                 f"run {name} has no failed step: name the step to rerun from with --from "
-                f"(one of: {', '.join(ids) or 'no steps recorded'})"
+                f"(one of: {', '.join(ids) or 'no steps recorded'})",
+                usage=True,
             )
         from_step = failed.id
     if from_step not in ids:
@@ -44,7 +50,8 @@ def plan(original: WorkflowRun, from_step: str | None) -> RerunSpec:
         if step.phase is not StepPhase.SUCCEEDED:
             raise RerunError(
                 f"step {step.id!r} of run {name} comes before {from_step!r} but ended {step.phase.value}, "
-                f"so it has no output to reuse: rerun with --from {step.id}"
+                f"so it has no output to reuse: rerun with --from {step.id}",
+                usage=True,
             )
         reused.append(ReusedStep(id=step.id, name=step.name, type=step.type, output=step.output))
     return RerunSpec(of=name, from_step=from_step, steps=reused)
