@@ -120,7 +120,7 @@ def run_row(run: WorkflowRun, now: datetime, namespace: bool = False) -> list[st
         progress(run),
         step or "-",
         attempt or "-",
-        age(run.metadata.creation_timestamp, now),
+        age(run.metadata.creation_timestamp or status.started_at, now),  # local runs have no creation time
         between(status.started_at, end),
     ]
     return [run.metadata.namespace or "", *row] if namespace else row
