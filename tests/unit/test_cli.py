@@ -29,7 +29,7 @@ from kubestep.api.run import (
 from kubestep.api.workflow import Trigger, Workflow, WorkflowSpec
 from kubestep.cli import render
 from kubestep.cli.cluster import CliError
-from kubestep.cli.cluster_cmds import _json_option, _object_name
+from kubestep.cli.cluster_cmds import _json_option, _object_name, complete_runs
 from kubestep.cli.main import app
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -281,3 +281,18 @@ def test_bad_arguments_are_one_line_errors_before_any_cluster_call(
     assert line.startswith("error: ")
     for word in words:
         assert word in line, line
+
+
+def test_run_names_complete_from_the_runs_there(tmp_path: Path) -> None:
+    for name in ("contacts-1", "contacts-2", "other"):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        run = run_with([]).model_copy(update={"metadata": ObjectMeta(name=name)})
+        (folder / "run.json").write_text(run.model_dump_json(by_alias=True))
+
+    class Ctx:
+        params = {"local": tmp_path}
+
+    assert complete_runs(Ctx(), "contacts") == ["contacts-1", "contacts-2"]  # type: ignore[arg-type]
+    Ctx.params = {"local": tmp_path / "missing"}
+    assert complete_runs(Ctx(), "") == []  # type: ignore[arg-type]

@@ -196,6 +196,24 @@ def _source(
     return _ClusterRuns(_cluster(kubeconfig, context, namespace, all_ns))
 
 
+def complete_runs(ctx: typer.Context, incomplete: str) -> list[str]:
+    """Shell completion of a run's name: the runs of the namespace (or local runs) that start so."""
+    params = ctx.params
+    try:
+        source = _source(
+            params.get("local"), params.get("kubeconfig"), params.get("context"), params.get("namespace")
+        )
+        names = [str(o["metadata"]["name"]) for o in source.runs()]
+    except (CliError, OSError, KeyError):
+        return []  # completion never fails loudly
+    return [n for n in names if n.startswith(incomplete)]
+
+
+RunNameArg = Annotated[
+    str, typer.Argument(help="The run's name.", show_default=False, autocompletion=complete_runs)
+]
+
+
 # send ---------------------------------------------------------------------------------------------------
 
 
@@ -394,7 +412,7 @@ describe_app = typer.Typer(help="Show one object in detail.", no_args_is_help=Tr
 @describe_app.command("run")
 @one_line_errors
 def describe_run(
-    name: Annotated[str, typer.Argument(help="The run's name.", show_default=False)],
+    name: RunNameArg,
     output: OutputOpt = "table",
     local: LocalOpt = None,
     kubeconfig: KubeconfigOpt = None,
@@ -446,7 +464,7 @@ def _log_records(
 
 @one_line_errors
 def logs(
-    name: Annotated[str, typer.Argument(help="The run's name.", show_default=False)],
+    name: RunNameArg,
     step: Annotated[
         str | None, typer.Option("--step", "-s", help="Only this step's attempts.", show_default=False)
     ] = None,
@@ -522,7 +540,7 @@ def logs(
 
 @one_line_errors
 def cancel(
-    name: Annotated[str, typer.Argument(help="The run's name.", show_default=False)],
+    name: RunNameArg,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     namespace: NamespaceOpt = None,
@@ -538,7 +556,7 @@ def cancel(
 
 @one_line_errors
 def rerun(
-    name: Annotated[str, typer.Argument(help="The run to rerun.", show_default=False)],
+    name: RunNameArg,
     from_step: Annotated[
         str | None,
         typer.Option(

@@ -12,7 +12,7 @@ app = typer.Typer(
     name="kubestep",
     help="Durable, step-based workflows on Kubernetes — and on this machine.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
 )
 app.command("run")(run)
 app.command("operator")(operator)

@@ -160,7 +160,9 @@ def event_row(event: Event, now: datetime, namespace: bool = False) -> list[str]
     runs = [r.run for r in event.status.started] + [f"{r.run} (resumed)" for r in event.status.resumed]
     reason = "-" if processed is None else processed.reason or processed.status
     if processed is not None and not runs and processed.message:
-        reason += f": {processed.message}"
+        # The whole message is in `-o yaml`; a table row stays readable.
+        message = processed.message.split(";")[0]
+        reason += f": {message[:77] + '...' if len(message) > 80 else message}"
     row = [
         event.metadata.name,
         event.spec.name,
@@ -209,9 +211,8 @@ def step_lines(step: StepStatus, number: int) -> list[str]:
     style = phase_style(step.phase.value)
     phase = f"[{style}]{step.phase.value}[/]" if style else step.phase.value
     kind = "" if step.type.value == "run" else f" ({step.type.value})"
-    lines = [
-        f"{number}. [bold]{escape(step.id)}[/]{kind}  {phase}  {between(step.started_at, step.finished_at)}"
-    ]
+    took = "reused" if step.reused_from else between(step.started_at, step.finished_at)
+    lines = [f"{number}. [bold]{escape(step.id)}[/]{kind}  {phase}  {took}"]
     if step.reused_from:
         lines.append(f"     output reused from run {escape(step.reused_from)}: not run in this run")
     if step.attempt_count > len(step.attempts):
@@ -254,7 +255,8 @@ def timeline(run: WorkflowRun, now: datetime, children: list[WorkflowRun] | None
         f"Duration:   {between(status.started_at, end)}",
     ]
     source = f"Event {event.source}" if event.source else "no Event object"
-    lines.append(f"Event:      {escape(event.name)} ({source}, id {event.id or '-'}, ts {event.ts or '-'})")
+    ts = event.ts.isoformat() if event.ts else "-"
+    lines.append(f"Event:      {escape(event.name)} ({source}, id {event.id or '-'}, ts {ts})")
     lines.append(f"  data:     {escape(_json_line(event.data))}")
     if event.user:
         lines.append(f"  user:     {escape(_json_line(event.user))}")
