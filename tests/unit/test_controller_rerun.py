@@ -1,57 +1,68 @@
-"""A rerun through the run reconciler (on the in-memory API stand-in): the original lists it, once."""
+"""Reruns through the run reconciler (on the in-memory API stand-in): a request on an ended run makes the
+operator create the rerun from its own records, once, and list it."""
 
 from __future__ import annotations
 
-import copy
-
 from test_controller_reconcilers import NS, RUN, World, a_run
 
-from kubestep.api.run import RerunSpec, ReusedStep, StepPhase
+from kubestep.api.names import rerun_name
+from kubestep.api.run import StepPhase
 from kubestep.controller.context import Key
-from kubestep.controller.kube import RUNS, Conflict
+from kubestep.controller.kube import RUNS, WORKFLOWS
 
-RERUN = Key("run", NS, "contacts-run-rerun-1")
+RERUN = Key("run", NS, rerun_name(RUN.name, 0))
+ENDED = {
+    "phase": "Failed",
+    "steps": [
+        {"id": "a", "name": "a", "phase": "Succeeded", "output": {"n": 1}},
+        {"id": "b", "name": "b", "phase": "Failed", "error": {"type": "E", "message": "m"}},
+    ],
+}
 
 
-def a_rerun(world: World) -> None:
-    """The original run (finished) and a rerun of it as `kubestep rerun` creates it: no status yet."""
+def an_ended_run_asked_to_rerun(world: World) -> None:
     a_run(world)
-    original = world.kube.peek(RUNS, NS, RUN.name)
-    assert original is not None
-    world.kube.touch(RUNS, NS, RUN.name, status={"phase": "Failed", "reruns": ["an-earlier-rerun"]})
-    rerun = copy.deepcopy(original)
-    rerun["metadata"] = {"name": RERUN.name, "namespace": NS}
-    rerun.pop("status", None)
-    spec = RerunSpec(of=RUN.name, from_step="b", steps=[ReusedStep(id="a", name="a", output={"n": 1})])
-    rerun["spec"]["rerun"] = spec.to_dict()
-    world.kube.put(RUNS, rerun)
+    world.kube.touch(RUNS, NS, RUN.name, status=ENDED)
+    obj = world.kube.peek(RUNS, NS, RUN.name)
+    assert obj is not None
+    world.kube.touch(RUNS, NS, RUN.name, spec={**obj["spec"], "rerunRequests": [{}]})
 
 
-def test_a_rerun_is_listed_in_the_original_and_starts_from_the_reused_steps() -> None:
+def test_the_operator_creates_the_rerun_with_the_workflows_spec_and_lists_it() -> None:
     world = World()
-    a_rerun(world)
-    world.reconcile(RERUN)
-    assert world.run(RUN.name).status.reruns == ["an-earlier-rerun", RERUN.name]
+    an_ended_run_asked_to_rerun(world)
+    # The Workflow changed since the original started (a fix): the rerun takes it as it is now.
+    workflow = world.kube.peek(WORKFLOWS, NS, "contacts")
+    assert workflow is not None
+    world.kube.touch(
+        WORKFLOWS, NS, "contacts", spec={**workflow["spec"], "image": "registry.example/contacts:2"}
+    )
+    world.reconcile()
+    original = world.run(RUN.name)
+    assert original.status.reruns == [RERUN.name] and original.status.rerun_requests_handled == 1
+    created = [c.method for c in world.kube.writes() if c.method != "post_event"]
+    assert created == ["create", "replace_status"]  # the rerun exists before the status saying so
     new = world.run(RERUN.name)
-    assert new.status.rerun_of == RUN.name
-    assert [(s.id, s.phase, s.reused_from) for s in new.status.steps] == [
+    assert new.spec.workflow.image == "registry.example/contacts:2"
+    assert new.spec.event == original.spec.event
+    assert new.spec.rerun is not None and new.spec.rerun.of == RUN.name and new.spec.rerun.from_step == "b"
+    assert new.spec.rerun_requests == [] and not new.metadata.owner_references
+    # The rerun starts from the reused step.
+    world.reconcile(RERUN)
+    started = world.run(RERUN.name)
+    assert started.status.rerun_of == RUN.name
+    assert [(s.id, s.phase, s.reused_from) for s in started.status.steps] == [
         ("a", StepPhase.SUCCEEDED, RUN.name)
     ]
-    assert "RerunStarted" in world.notes()
-    # Linked before the rerun's own status is saved; a pass deciding the start again links nothing twice.
-    methods = [c.method for c in world.kube.writes() if c.method != "post_event"]
-    assert methods[:2] == ["replace_status", "replace_status"]
-    world.kube.touch(RUNS, NS, RERUN.name, status={})
-    world.reconcile(RERUN)
-    assert world.run(RUN.name).status.reruns == ["an-earlier-rerun", RERUN.name]
+    assert "RerunStarted" in world.notes() and "Rerun" in world.notes()
 
 
-def test_a_conflict_linking_the_original_leaves_the_rerun_unstarted_and_is_tried_again() -> None:
+def test_a_rerun_created_by_a_pass_whose_save_was_lost_is_not_created_twice() -> None:
     world = World()
-    a_rerun(world)
-    world.kube.fail("replace_status", Conflict("the object has been modified", 409), times=1)
-    result = world.reconcile(RERUN)
-    assert result.requeue or result.error is not None
-    assert world.run(RERUN.name).status.started_at is None
-    world.reconcile(RERUN)
-    assert world.run(RUN.name).status.reruns == ["an-earlier-rerun", RERUN.name]
+    an_ended_run_asked_to_rerun(world)
+    world.reconcile()
+    # As if the save had been lost: the request is decided again; the same name exists already.
+    world.kube.touch(RUNS, NS, RUN.name, status=ENDED)
+    world.reconcile()
+    assert world.run(RUN.name).status.reruns == [RERUN.name]
+    assert len([o for o in world.kube.objects(RUNS, NS) if o["metadata"]["name"] == RERUN.name]) == 1

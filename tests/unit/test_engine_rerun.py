@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 from test_engine import T0, Sim, make_run, ok
 
+from kubestep.api.names import rerun_name
 from kubestep.api.run import (
     ErrorInfo,
+    RerunRequest,
     RerunSpec,
     ReusedStep,
     RunPhase,
@@ -19,7 +21,7 @@ from kubestep.api.run import (
     WorkflowRun,
 )
 from kubestep.engine import Observed, Outcome, StartExecution, decide
-from kubestep.engine.actions import LinkRerun, Note
+from kubestep.engine.actions import Note, StartRerun
 from kubestep.engine.observations import ExitKind
 from kubestep.engine.rerun import RerunError, plan, seed
 
@@ -113,26 +115,57 @@ def test_seed_marks_reused_steps_succeeded_and_not_run() -> None:
     assert step.attempts == [] and step.attempt_count == 0
 
 
-def test_a_rerun_starts_with_the_reused_outputs_and_links_the_original_once() -> None:
+def test_a_rerun_starts_with_the_reused_outputs_and_never_runs_them() -> None:
     sim = Sim(rerun_of(("validate", {"rows": [1, 2]})))
     assert sim.status.rerun_of == "orig"
     (validate,) = sim.status.steps
-    assert (
-        validate.phase is StepPhase.SUCCEEDED
-        and validate.output == {"rows": [1, 2]}
-        and validate.attempts == []
-    )
-    assert sim.decision.of(LinkRerun) == [LinkRerun("orig", "orig-rerun-x")]
+    assert validate.phase is StepPhase.SUCCEEDED and validate.output == {"rows": [1, 2]}
+    assert validate.attempts == []
     assert any(n.reason == "RerunStarted" for n in sim.decision.of(Note))
     # The runner replays validation from its output and reaches the next step: validation never runs.
     start = sim.only_start()
     assert start.step is None
     assert [(m.id, m.done, m.output) for m in start.state.steps] == [("validate", True, {"rows": [1, 2]})]
-    # Later decisions do not link again, and the next step is recorded after the reused one.
     sim.finish(ok("enrich", [3]))
-    assert sim.decision.of(LinkRerun) == []
     assert [s.id for s in sim.status.steps] == ["validate", "enrich"]
     assert [len(s.attempts) for s in sim.status.steps] == [0, 1]
+
+
+def asked(run: WorkflowRun, *from_steps: str | None) -> WorkflowRun:
+    run.spec.rerun_requests = [RerunRequest(from_step=f) for f in from_steps]
+    return run
+
+
+def test_rerun_requests_on_an_ended_run_start_one_rerun_each_once() -> None:
+    run = asked(finished_run(RunPhase.FAILED, ("a", S, 1), ("b", F, None)), None, "a")
+    decision = decide(run, Observed(), T0)
+    starts = decision.of(StartRerun)
+    assert [s.name for s in starts] == [rerun_name("orig", 0), rerun_name("orig", 1)]
+    assert [(s.rerun.from_step, [r.id for r in s.rerun.steps]) for s in starts] == [("b", ["a"]), ("a", [])]
+    assert decision.status.reruns == [s.name for s in starts]
+    assert decision.status.rerun_requests_handled == 2
+    # Decided again from the saved status: nothing new.
+    again = decide(run.model_copy(update={"status": decision.status}), Observed(), T0)
+    assert again.of(StartRerun) == [] and again.status == decision.status
+    # One more request: one more rerun, after the others.
+    more = asked(run.model_copy(update={"status": decision.status}), None, "a", "b")
+    third = decide(more, Observed(), T0)
+    assert [s.name for s in third.of(StartRerun)] == [rerun_name("orig", 2)]
+    assert third.status.reruns == [*decision.status.reruns, rerun_name("orig", 2)]
+
+
+def test_a_request_that_cannot_be_carried_out_is_refused_once_with_the_reason() -> None:
+    run = asked(finished_run(RunPhase.FAILED, ("a", S, 1), ("b", F, None)), "zzz")
+    decision = decide(run, Observed(), T0)
+    assert decision.of(StartRerun) == [] and decision.status.reruns == []
+    (note,) = [n for n in decision.of(Note) if n.reason == "RerunRefused"]
+    assert note.warning and "spec.rerunRequests[0]" in note.message and "no step 'zzz'" in note.message
+    assert decision.status.rerun_requests_handled == 1
+
+
+def test_requests_wait_while_the_run_goes_on() -> None:
+    sim = Sim(asked(make_run(), None))
+    assert sim.decision.of(StartRerun) == [] and sim.status.rerun_requests_handled == 0
 
 
 def test_deciding_a_rerun_twice_gives_the_same_answer() -> None:

@@ -237,8 +237,17 @@ class ReusedStep(Model):
     """The output the step returned in the original run."""
 
 
+class RerunRequest(Model):
+    """A request for a new run of this run's event (`kubestep rerun`), carried out by the operator."""
+
+    from_step: str | None = None
+    """The first step to run again (default: the first failed step); every step before it must have
+    succeeded, and the new run reuses their recorded outputs without running them."""
+
+
 class RerunSpec(Model):
-    """What a rerun repeats: the run it reruns and the recorded steps it reuses (`kubestep rerun`)."""
+    """What a rerun repeats: the run it reruns and the recorded steps it reuses. Written by the operator,
+    which creates reruns from `spec.rerunRequests` of the original run."""
 
     of: str = Field(min_length=1)
     """The original run, in the same namespace; its status lists this run under `reruns`."""
@@ -284,6 +293,20 @@ class WorkflowRunSpec(Model):
         ),
     )
     """Set when the run reruns another run's event, reusing the outputs of the steps before `fromStep`."""
+    rerun_requests: list[RerunRequest] = Field(
+        default_factory=list,
+        max_length=100,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.size() >= oldSelf.size()",
+                    "message": "spec.rerunRequests only grows; append an entry to ask for another rerun",
+                }
+            ]
+        },
+    )
+    """Append an entry to ask for a new run of this run's event once this run has ended; the operator starts
+    it (with the Workflow's current spec) and lists it under `status.reruns`. `kubestep rerun` appends."""
 
 
 class WorkflowRunStatus(Model):
@@ -322,6 +345,8 @@ class WorkflowRunStatus(Model):
     """The run this one reruns (from `spec.rerun.of`)."""
     reruns: list[str] = Field(default_factory=list)
     """Runs started later to rerun this one's event, oldest first."""
+    rerun_requests_handled: int = 0
+    """How many of `spec.rerunRequests` the operator has acted on (started, or refused with a warning)."""
 
 
 class WorkflowRun(Model):

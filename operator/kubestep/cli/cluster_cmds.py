@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kubestep.api import names
 from kubestep.api.event import Event
 from kubestep.api.run import WorkflowRun
 from kubestep.api.workflow import Workflow
@@ -47,8 +48,6 @@ R = TypeVar("R")
 
 #: How often --watch and --follow look again.
 POLL_SECONDS = 1.0
-_LABEL_EVENT = "kubestep.dev/event"
-_LABEL_PARENT = "kubestep.dev/parent"
 
 KubeconfigOpt = Annotated[
     Path | None,
@@ -563,6 +562,9 @@ def rerun(
             "--from", help="The first step to run again (default: the first failed step).", show_default=False
         ),
     ] = None,
+    wait_seconds: Annotated[
+        float, typer.Option("--wait-timeout", help="How long to wait for the operator, in seconds.")
+    ] = 10.0,
     output: OutputOpt = "table",
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -570,38 +572,42 @@ def rerun(
 ) -> None:
     """Start a new run of the same event that reuses the recorded outputs of the steps before --from.
 
-    The new run executes the Workflow as it is now (a fixed image or setting applies) and is linked to
-    the original: `rerunOf` in its status, `reruns` in the original's.
+    Appends to the run's spec.rerunRequests; the operator starts the rerun with the Workflow as it is now
+    (a fixed image or setting applies) and links both: `rerunOf` in the new run's status, `reruns` in the
+    original's.
     """
     _check_output(output)
     cluster = _cluster(kubeconfig, context, namespace)
-    original = _model(WorkflowRun, cluster.get(RUNS, name))
+    obj = cluster.get(RUNS, name)
+    original = _model(WorkflowRun, obj)
     try:
-        spec = reruns.plan(original, from_step)
+        spec = reruns.plan(original, from_step)  # the operator decides the same; say why here, at once
     except reruns.RerunError as exc:
         raise CliError(str(exc), EXIT_USAGE if exc.usage else EXIT_FAILURE) from None
-    workflow = _model(Workflow, cluster.get(WORKFLOWS, original.spec.workflow_ref.name))
-    prefix = name[:40].rstrip("-.") + "-rerun-"
-    labels = {k: v for k, v in original.metadata.labels.items() if k != _LABEL_PARENT}
-    body = {
-        "apiVersion": "kubestep.dev/v1alpha1",
-        "kind": "WorkflowRun",
-        "metadata": {"generateName": prefix, "labels": labels},
-        "spec": {
-            "workflowRef": {"name": workflow.metadata.name},
-            "workflow": workflow.spec.to_dict(),
-            "event": original.spec.event.to_dict(),
-            "rerun": spec.to_dict(),
-        },
+    # Appended under the version read: a rerun asked for meanwhile by someone else is never overwritten.
+    requests = [*(obj.get("spec") or {}).get("rerunRequests", []), {"fromStep": spec.from_step}]
+    patch = {
+        "metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]},
+        "spec": {"rerunRequests": requests},
     }
-    created = cluster.create(RUNS, body)
+    cluster.merge_patch(RUNS, name, patch)
+    new_name = names.rerun_name(name, len(requests) - 1)
+    deadline = time.monotonic() + max(0.0, wait_seconds)
+    created: Obj | None = None
+    while created is None:
+        try:
+            created = cluster.get(RUNS, new_name)
+        except CliError:
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.3)
     if output != "table":
-        print(render.dump(created, output))
+        print(render.dump(created or cluster.get(RUNS, name), output))
         return
     reused = ", ".join(s.id for s in spec.steps) or "none"
+    state = "started" if created is not None else "asked for (the operator has not started it yet)"
     _out().print(
-        f"run {created['metadata']['name']} started: rerun of {name} from step {spec.from_step} "
-        f"(reusing: {reused})",
+        f"run {new_name} {state}: rerun of {name} from step {spec.from_step} (reusing: {reused})",
         markup=False,
     )
 

@@ -30,12 +30,12 @@ from kubestep.controller.queue import Result
 from kubestep.engine.actions import (
     Action,
     CancelChild,
-    LinkRerun,
     Note,
     PublishEvents,
     RequeueAt,
     StartChild,
     StartExecution,
+    StartRerun,
     StopExecution,
 )
 from kubestep.engine.decide import Decision, decide
@@ -246,21 +246,21 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
                 await _note(ctl, obj, Note("EventRejected", message, warning=True))
     elif isinstance(action, Note):
         await _note(ctl, obj, action)
-    elif isinstance(action, LinkRerun):
-        await _link_rerun(ctl, namespace, action)
+    elif isinstance(action, StartRerun):
+        await _start_rerun(ctl, run, action)
 
 
-async def _link_rerun(ctl: Controller, namespace: str, action: LinkRerun) -> None:
-    """List the rerun in the original's status (once; a conflict is retried by the queue)."""
+async def _start_rerun(ctl: Controller, run: WorkflowRun, action: StartRerun) -> None:
+    """Create the rerun, with the Workflow's current spec (the original's copy if the Workflow is gone)."""
+    namespace = run.metadata.namespace or ""
     try:
-        original = await ctl.kube.get(RUNS, namespace, action.original)
-    except NotFound:
-        return  # deleted meanwhile: nothing to link
-    status = dict(original.get("status") or {})
-    reruns = list(status.get("reruns") or [])
-    if action.rerun not in reruns:
-        status["reruns"] = [*reruns, action.rerun]
-        await ctl.kube.replace_status(RUNS, original, status)
+        workflow: Workflow | None = Workflow.model_validate(
+            await ctl.kube.get(WORKFLOWS, namespace, run.spec.workflow_ref.name)
+        )
+    except (NotFound, ValidationError):
+        workflow = None
+    with contextlib.suppress(AlreadyExists):
+        await ctl.kube.create(RUNS, namespace, builders.rerun_run(run, workflow, action))
 
 
 async def _pay(ctl: Controller, obj: Obj, run: WorkflowRun, status: WorkflowRunStatus) -> bool:

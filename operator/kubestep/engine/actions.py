@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from kubestep.api.report import RunnerState
+from kubestep.api.run import RerunSpec
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,13 @@ class Note:
 
 
 @dataclass(frozen=True)
-class LinkRerun:
-    """List rerun ``rerun`` under ``reruns`` in the status of the run ``original`` it reruns."""
+class StartRerun:
+    """Start run ``name``: a rerun of this run's event that reuses what ``rerun`` lists."""
 
-    original: str
-    rerun: str
+    name: str
+    rerun: RerunSpec
 
 
 Action = (
-    StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note | LinkRerun
+    StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note | StartRerun
 )

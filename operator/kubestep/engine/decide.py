@@ -43,7 +43,6 @@ from kubestep.engine import backoff, rerun
 from kubestep.engine.actions import (
     Action,
     CancelChild,
-    LinkRerun,
     Note,
     PublishEvents,
     RequeueAt,
@@ -97,7 +96,8 @@ class _Decider:
     def decide(self, observed: Observed) -> Decision:
         status = self.status
         if status.phase.finished:
-            return Decision(status)
+            self.start_reruns()
+            return Decision(status, self.actions)
         if status.started_at is None:
             status.started_at = self.now
             status.phase = RunPhase.RUNNING
@@ -122,11 +122,17 @@ class _Decider:
         return self.finish()
 
     def start_rerun(self, spec: RerunSpec) -> None:
-        """Begin with the reused steps already succeeded, and link the original run to this one."""
+        """Begin with the reused steps already succeeded."""
         self.status.steps = rerun.seed(spec, self.now)
         self.status.rerun_of = spec.of
-        self.actions.append(LinkRerun(spec.of, self.run.metadata.name))
         self.note("RerunStarted", f"rerun of run {spec.of} from step {spec.from_step!r}")
+
+    def start_reruns(self) -> None:
+        """Start the reruns asked for in ``spec.rerunRequests`` since the last decision (once ended)."""
+        starts, notes, handled = rerun.requested(self.run)
+        self.status.reruns = [*self.status.reruns, *(s.name for s in starts)]
+        self.status.rerun_requests_handled = handled
+        self.actions.extend([*starts, *notes])
 
     def too_large(self, why: str) -> None:
         """End the run whose status cannot be stored, keeping what still fits: each step's id, phase,

@@ -1,15 +1,19 @@
 """Reruns: a new run of a finished run's event that reuses the recorded outputs of its first steps.
 
-``plan`` chooses what a rerun reuses (``kubestep rerun`` puts it in the new run's ``spec.rerun``);
-``seed`` turns that into the new run's first steps, already succeeded, so the runner replays them from
-their outputs and the first step that runs is ``fromStep``. Both are pure.
+People ask for a rerun by appending to the finished run's ``spec.rerunRequests`` (``kubestep rerun``);
+``requested`` turns the new requests into runs to start, each with what ``plan`` chose to reuse (its
+``spec.rerun``); ``seed`` turns that into the new run's first steps, already succeeded, so the runner
+replays them from their outputs and the first step that runs is ``fromStep``. All are pure. The operator
+creates the rerun from its own records, so no one but the operator writes a run's spec.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from kubestep.api import names
 from kubestep.api.run import RerunSpec, ReusedStep, StepPhase, StepStatus, WorkflowRun
+from kubestep.engine.actions import Note, StartRerun
 
 
 class RerunError(ValueError):
@@ -72,3 +76,23 @@ def seed(rerun: RerunSpec, now: datetime) -> list[StepStatus]:
         )
         for s in rerun.steps
     ]
+
+
+def requested(run: WorkflowRun) -> tuple[list[StartRerun], list[Note], int]:
+    """The reruns to start for the requests not yet acted on, the warnings for those refused, and how
+    many requests are acted on then. Requests wait while the run has not ended."""
+    handled = run.status.rerun_requests_handled
+    requests = run.spec.rerun_requests
+    if not run.status.phase.finished or handled >= len(requests):
+        return [], [], handled
+    starts, notes = [], []
+    for index in range(handled, len(requests)):
+        try:
+            spec = plan(run, requests[index].from_step)
+        except RerunError as exc:
+            notes.append(Note("RerunRefused", f"spec.rerunRequests[{index}]: {exc}", warning=True))
+            continue
+        name = names.rerun_name(run.metadata.name, index)
+        starts.append(StartRerun(name, spec))
+        notes.append(Note("Rerun", f"started run {name}, a rerun from step {spec.from_step!r}"))
+    return starts, notes, len(requests)
