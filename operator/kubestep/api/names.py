@@ -47,3 +47,8 @@ def sent_event_name(run: str, step_id: str, index: int) -> str:
 def run_name(workflow: str, event_uid: str) -> str:
     """The run an event starts for a workflow: one per (event, workflow), whatever happens."""
     return _join(workflow, short_hash(event_uid, workflow, size=10))
+
+
+def rerun_name(run: str, index: int) -> str:
+    """The run started for the ``index``-th entry of ``spec.rerunRequests`` of ``run``."""
+    return _join(run, short_hash(run, "rerun", str(index), size=6), f"rerun{index + 1}")

@@ -114,7 +114,7 @@ class Attempt(Model):
     message: str = ""
     """The error message, shortened."""
     log_tail: str = ""
-    """The last lines the step printed, when it failed."""
+    """The last lines the attempt printed (`kubestep logs` shows them once its pod is gone)."""
     retry_delay_seconds: float | None = None
     """The wait before the next attempt, when one follows."""
 
@@ -184,6 +184,8 @@ class StepStatus(Model):
     """Why the pod of this step's running attempt has not started yet, as Kubernetes says (e.g.
     `ImagePullBackOff: Back-off pulling image ...`); empty once it runs. Past `spec.timeouts.podStart` the
     attempt fails with that reason."""
+    reused_from: str | None = None
+    """In a rerun: the run whose recorded output this step reuses. The step did not run in this run."""
 
 
 class Execution(Model):
@@ -222,6 +224,40 @@ class ParentRef(Model):
     """The parent's invoke step."""
 
 
+class ReusedStep(Model):
+    """A step of the original run whose recorded output a rerun reuses instead of running the step."""
+
+    id: str
+    """The step's id in the original run."""
+    name: str
+    """The name the code gave the step."""
+    type: StepType = StepType.RUN
+    """`run`, `sleep`, `wait_for_event`, `invoke` or `send_event`."""
+    output: Any = Field(default=None, json_schema_extra=_PRESERVE)
+    """The output the step returned in the original run."""
+
+
+class RerunRequest(Model):
+    """A request for a new run of this run's event (`kubestep rerun`), carried out by the operator."""
+
+    from_step: str | None = None
+    """The first step to run again (default: the first failed step); every step before it must have
+    succeeded, and the new run reuses their recorded outputs without running them."""
+
+
+class RerunSpec(Model):
+    """What a rerun repeats: the run it reruns and the recorded steps it reuses. Written by the operator,
+    which creates reruns from `spec.rerunRequests` of the original run."""
+
+    of: str = Field(min_length=1)
+    """The original run, in the same namespace; its status lists this run under `reruns`."""
+    from_step: str = Field(min_length=1)
+    """The first step that runs again; every step before it reuses the original's output."""
+    steps: list[ReusedStep] = Field(default_factory=list)
+    """The steps reused, in the order the original reached them; the function replays them from these
+    outputs without running them."""
+
+
 class WorkflowRunSpec(Model):
     """The frozen inputs of a run. Editing the Workflow never changes a run already started."""
 
@@ -250,6 +286,27 @@ class WorkflowRunSpec(Model):
     """Set when another run invoked this one."""
     cancel: bool = False
     """Set to true to cancel the run: running step pods are deleted and the run ends Cancelled."""
+    rerun: RerunSpec | None = Field(
+        default=None,
+        json_schema_extra=_immutable(
+            "spec.rerun is immutable: it is what the run reuses; start another rerun instead"
+        ),
+    )
+    """Set when the run reruns another run's event, reusing the outputs of the steps before `fromStep`."""
+    rerun_requests: list[RerunRequest] = Field(
+        default_factory=list,
+        max_length=100,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.size() >= oldSelf.size()",
+                    "message": "spec.rerunRequests only grows; append an entry to ask for another rerun",
+                }
+            ]
+        },
+    )
+    """Append an entry to ask for a new run of this run's event once this run has ended; the operator starts
+    it (with the Workflow's current spec) and lists it under `status.reruns`. `kubestep rerun` appends."""
 
 
 class WorkflowRunStatus(Model):
@@ -286,6 +343,12 @@ class WorkflowRunStatus(Model):
     started when its step is not known yet), then True or False, so `kubectl wait` works."""
     observed_generation: int | None = None
     """The generation of the spec last acted on."""
+    rerun_of: str | None = None
+    """The run this one reruns (from `spec.rerun.of`)."""
+    reruns: list[str] = Field(default_factory=list)
+    """Runs started later to rerun this one's event, oldest first."""
+    rerun_requests_handled: int = 0
+    """How many of `spec.rerunRequests` the operator has acted on (started, or refused with a warning)."""
 
 
 class WorkflowRun(Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from kubestep.cli import cluster_cmds
 from kubestep.cli.operator_cmd import operator
 from kubestep.cli.run_cmd import run
 
@@ -11,10 +12,11 @@ app = typer.Typer(
     name="kubestep",
     help="Durable, step-based workflows on Kubernetes — and on this machine.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
 )
 app.command("run")(run)
 app.command("operator")(operator)
+cluster_cmds.register(app)
 
 
 @app.callback()

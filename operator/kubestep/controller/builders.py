@@ -12,11 +12,11 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from kubestep.api.base import API_VERSION
+from kubestep.api.base import API_VERSION, ObjectMeta
 from kubestep.api.event import Event
 from kubestep.api.run import ParentRef, RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
 from kubestep.api.workflow import Workflow
-from kubestep.engine.actions import Note, StartChild, StartExecution
+from kubestep.engine.actions import Note, StartChild, StartExecution, StartRerun
 
 Obj = dict[str, Any]
 
@@ -211,6 +211,28 @@ def event_run(workflow: Workflow, event: Event, name: str, ts: datetime) -> Obj:
         LABEL_WORKFLOW: _label_value(workflow.metadata.name),
         LABEL_EVENT: _label_value(event.metadata.name),
     }
+    body.pop("status", None)
+    return body
+
+
+def rerun_run(original: WorkflowRun, workflow: Workflow | None, action: StartRerun) -> Obj:
+    """A rerun of ``original``'s event: the Workflow's current spec (the original's copy when the Workflow
+    is gone), the same event, and the recorded steps it reuses. Not owned by the original: deleting one
+    run leaves the other."""
+    spec = original.spec.model_copy(
+        update={
+            "workflow": workflow.spec if workflow is not None else original.spec.workflow,
+            "rerun": action.rerun,
+            "rerun_requests": [],
+            "cancel": False,
+        }
+    )
+    body = WorkflowRun(
+        metadata=ObjectMeta(name=action.name, namespace=original.metadata.namespace), spec=spec
+    ).to_dict()
+    body["metadata"]["labels"] = {
+        key: value for key, value in original.metadata.labels.items() if key != LABEL_PARENT
+    } or {LABEL_MANAGED: MANAGER, LABEL_WORKFLOW: _label_value(original.spec.workflow_ref.name)}
     body.pop("status", None)
     return body
 

@@ -36,6 +36,7 @@ from kubestep.engine.actions import (
     RequeueAt,
     StartChild,
     StartExecution,
+    StartRerun,
     StopExecution,
 )
 from kubestep.engine.decide import Decision, decide
@@ -203,7 +204,8 @@ async def _execution_outcome(
     log_text = None
     ended = observe.outcome(name, job, pod)
     needs_log = observe.report_needs_log(pod)
-    if pod is not None and (needs_log or (ended is not None and not observe.is_final(ended.report))):
+    # Every ended attempt keeps its log's tail, so `kubestep logs` can show it once the pod is gone.
+    if pod is not None and (needs_log or ended is not None):
         try:
             log_text = await ctl.kube.pod_log_tail(
                 namespace, pod["metadata"]["name"], builders.CONTAINER, LOG_LINES
@@ -250,6 +252,21 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
                 await _note(ctl, obj, Note("EventRejected", message, warning=True))
     elif isinstance(action, Note):
         await _note(ctl, obj, action)
+    elif isinstance(action, StartRerun):
+        await _start_rerun(ctl, run, action)
+
+
+async def _start_rerun(ctl: Controller, run: WorkflowRun, action: StartRerun) -> None:
+    """Create the rerun, with the Workflow's current spec (the original's copy if the Workflow is gone)."""
+    namespace = run.metadata.namespace or ""
+    try:
+        workflow: Workflow | None = Workflow.model_validate(
+            await ctl.kube.get(WORKFLOWS, namespace, run.spec.workflow_ref.name)
+        )
+    except (NotFound, ValidationError):
+        workflow = None
+    with contextlib.suppress(AlreadyExists):
+        await ctl.kube.create(RUNS, namespace, builders.rerun_run(run, workflow, action))
 
 
 async def _pay(ctl: Controller, obj: Obj, run: WorkflowRun, status: WorkflowRunStatus) -> bool:

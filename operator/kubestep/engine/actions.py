@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from kubestep.api.report import RunnerState
+from kubestep.api.run import RerunSpec
 
 
 @dataclass(frozen=True)
@@ -71,4 +72,14 @@ class Note:
     warning: bool = False
 
 
-Action = StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note
+@dataclass(frozen=True)
+class StartRerun:
+    """Start run ``name``: a rerun of this run's event that reuses what ``rerun`` lists."""
+
+    name: str
+    rerun: RerunSpec
+
+
+Action = (
+    StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note | StartRerun
+)

@@ -30,6 +30,7 @@ from kubestep.api.run import (
     ErrorInfo,
     Execution,
     InvokeInfo,
+    RerunSpec,
     RunPhase,
     StepPhase,
     StepStatus,
@@ -38,7 +39,7 @@ from kubestep.api.run import (
     WorkflowRun,
     WorkflowRunStatus,
 )
-from kubestep.engine import backoff
+from kubestep.engine import backoff, rerun
 from kubestep.engine.actions import (
     Action,
     CancelChild,
@@ -95,11 +96,14 @@ class _Decider:
     def decide(self, observed: Observed) -> Decision:
         status = self.status
         if status.phase.finished:
-            return Decision(status)
+            self.start_reruns()
+            return Decision(status, self.actions)
         if status.started_at is None:
             status.started_at = self.now
             status.phase = RunPhase.RUNNING
             self.note("RunStarted", f"run started by event {self.run.spec.event.name!r}")
+            if self.run.spec.rerun is not None:
+                self.start_rerun(self.run.spec.rerun)
         if self.run.spec.cancel:
             self.end_all(RunPhase.CANCELLED, None, "Cancelled", "the run was cancelled (spec.cancel)")
             return self.finish()
@@ -116,6 +120,19 @@ class _Decider:
         if observed.status_too_large:
             self.too_large(observed.status_too_large)
         return self.finish()
+
+    def start_rerun(self, spec: RerunSpec) -> None:
+        """Begin with the reused steps already succeeded."""
+        self.status.steps = rerun.seed(spec, self.now)
+        self.status.rerun_of = spec.of
+        self.note("RerunStarted", f"rerun of run {spec.of} from step {spec.from_step!r}")
+
+    def start_reruns(self) -> None:
+        """Start the reruns asked for in ``spec.rerunRequests`` since the last decision (once ended)."""
+        starts, notes, handled = rerun.requested(self.run)
+        self.status.reruns = [*self.status.reruns, *(s.name for s in starts)]
+        self.status.rerun_requests_handled = handled
+        self.actions.extend([*starts, *notes])
 
     def too_large(self, why: str) -> None:
         """End the run whose status cannot be stored, keeping what still fits: each step's id, phase,
@@ -290,6 +307,7 @@ class _Decider:
             attempt = self.add_attempt(step, execution, outcome)
             attempt.result = AttemptResult.SUCCEEDED
             attempt.reason = "Completed"
+            attempt.log_tail = outcome.log_tail[-_LOG_TAIL_CHARS:]
             self.step_done(step, output=report.output, took=_took(attempt))
             if report.next is not None and step.phase is StepPhase.SUCCEEDED:
                 # Replay went on from this output: what it reached is known without another execution.
