@@ -395,7 +395,7 @@ def test_schema_describes_every_value() -> None:
 # --- the admission policy --------------------------------------------------------------------------------
 
 
-def test_admission_policy_compares_every_spec_field_but_cancel(helm: Helm) -> None:
+def test_admission_policy_compares_every_spec_field_but_cancel_and_rerun_requests(helm: Helm) -> None:
     docs = helm.template()
     policy = one(docs, "ValidatingAdmissionPolicy")["spec"]
     assert policy["failurePolicy"] == "Fail"
@@ -417,7 +417,7 @@ def test_admission_policy_compares_every_spec_field_but_cancel(helm: Helm) -> No
     crd = yaml.safe_load((ROOT / "crds" / "workflowruns.kubestep.dev.yaml").read_text())
     fields = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
     compared = set(re.findall(r"object\.spec\.(\w+) == oldObject", update["expression"]))
-    assert compared == set(fields) - {"cancel"}
+    assert compared == set(fields) - {"cancel", "rerunRequests"}
 
 
 @pytest.mark.parametrize("mode", MODES)
