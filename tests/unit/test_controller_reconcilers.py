@@ -78,6 +78,16 @@ class FakeIndices:
     def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
         return self.resumed.get(event, [])
 
+    # An empty watch cache: every read is a miss, answered by the API (`test_controller_cache` fills it).
+    def run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
+    def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return []
+
 
 class World:
     """A fake API server, the operator's memory (a :class:`Controller`) and a clock one can move."""

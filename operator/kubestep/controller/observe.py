@@ -104,14 +104,16 @@ def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None)
             "because the operator stopped in between",
         )
     finished = job_finished(job)
-    if finished is None:
-        return None
     terminated = terminated_state(pod)
     message = terminated.get("message") or ""
     report = decode_report(message, log)
+    if finished is None and not (terminated and is_final(report)):
+        # Still running, or ended without a final report: the Job controller's verdict (a deadline, ...)
+        # is awaited. A final report is acted on as soon as the node records it, seconds before that.
+        return None
     exit_code = terminated.get("exitCode")
     ended = _time(terminated.get("finishedAt")) or _time(
-        _job_condition(job, finished).get("lastTransitionTime")
+        _job_condition(job, finished or "").get("lastTransitionTime")
     )
     tail = _tail(log if log is not None else ("" if report is not None or message == "log" else message))
     if report is not None and report.kind is not ReportKind.STARTED:

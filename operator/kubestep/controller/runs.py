@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from kubestep.api.run import StepPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import Workflow
-from kubestep.controller import builders, observe
+from kubestep.controller import builders, cache, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import (
     RUNS,
@@ -56,7 +56,7 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
     the save passed — the Jobs of the executions it records and the Kubernetes Events telling of it.
     """
     try:
-        obj = await ctl.kube.get(RUNS, key.namespace, key.name)
+        obj = await cache.run(ctl, key.namespace, key.name)
     except NotFound:
         _forget(ctl, key)
         return Result.done()
@@ -82,7 +82,9 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
         try:
             decision = await _save(ctl, obj, run, observed, decision)
         except (Conflict, NotFound):
-            return Result.again()  # changed meanwhile: decide again from what is there now
+            # Changed meanwhile: decide again from what is there now, read from the API.
+            cache.forget_run(ctl, key.namespace, key.name)
+            return Result.again()
     try:
         refused = await _pay(ctl, obj, run, decision.status)
     finally:
@@ -116,14 +118,14 @@ async def _save(
     what still fits, and that decision is the one saved.
     """
     try:
-        await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
+        cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict()))
         return decision
     except TooLarge as exc:
         log.warning("%s/%s: status refused as too large: %s", run.metadata.namespace, run.metadata.name, exc)
         why = str(exc)
     smaller = decide(run, dataclasses.replace(observed, status_too_large=why), ctl.clock())
     await _carry_out(ctl, obj, run, smaller)
-    await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict())
+    cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict()))
     return smaller
 
 
@@ -131,6 +133,7 @@ def _forget(ctl: Controller, key: Key) -> None:
     """Drop what this process remembers of a run that is gone."""
     ctl.pod_endings.pop((key.namespace, key.name), None)
     ctl.owed.pop((key.namespace, key.name), None)
+    cache.forget_run(ctl, key.namespace, key.name)
 
 
 async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
@@ -172,12 +175,9 @@ async def _execution_outcome(
         return Outcome(name, ExitKind.REFUSED, reason="JobRejected", message=rejected)
     if name in ctl.owed.get((namespace, run.metadata.name), {}):
         return None  # recorded, not created yet: this pass creates it
-    try:
-        job: Obj | None = await ctl.kube.get_job(namespace, name)
-    except NotFound:
-        job = None
-    pod = observe.newest_pod(await ctl.kube.job_pods(namespace, name))
-    if job is not None and observe.job_finished(job) is None:
+    job, pods = await cache.job_and_pods(ctl, namespace, name)
+    pod = observe.newest_pod(pods)
+    if job is not None and observe.job_finished(job) is None and not observe.terminated_state(pod):
         events: list[Obj] = []
         if pod is None and _age(job, ctl.clock()) >= JOB_EVENTS_AFTER:
             events = await ctl.kube.job_events(namespace, name)
