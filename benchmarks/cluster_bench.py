@@ -298,13 +298,15 @@ class Bench:
 
     # Objects ----------------------------------------------------------------------------------------------
 
-    def apply_workflow(self, name: str, function: str) -> None:
-        workflow = {
+    def apply_workflow(self, name: str, function: str, chained: bool = False) -> None:
+        workflow: dict[str, Any] = {
             "apiVersion": "kubestep.dev/v1alpha1",
             "kind": "Workflow",
             "metadata": {"name": name},
             "spec": {"triggers": [{"event": f"bench/{name}"}], "image": "bench", "function": function},
         }
+        if chained:
+            workflow["spec"]["execution"] = {"mode": "Chained", "maxStepsPerPod": 10}
         self.plane.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=yaml.safe_dump(workflow))
 
     def publish(self, workflow: str, names: list[str]) -> dict[str, float]:
@@ -338,13 +340,13 @@ class Bench:
 
     # Phases ------------------------------------------------------------------------------------------------
 
-    def ceiling(self, watcher: Watcher) -> float:
-        """Bare Jobs (one trivial Python container each) created at once and completed, per minute."""
+    def ceiling(self, watcher: Watcher, label: str, command: list[str]) -> float:
+        """Bare Jobs (one Python container each) created at once and completed, per minute."""
         n = self.count(300)
-        self.say(f"ceiling: {n} bare Jobs at once, no operator running")
+        self.say(f"{label}: {n} bare Jobs at once running {' '.join(command)!r}, no operator running")
 
         def job(i: int) -> str:
-            name = f"bare-{i}"
+            name = f"{label}-{i}"
             body = {
                 "apiVersion": "batch/v1",
                 "kind": "Job",
@@ -354,9 +356,7 @@ class Bench:
                     "template": {
                         "spec": {
                             "restartPolicy": "Never",
-                            "containers": [
-                                {"name": "c", "image": "bench", "command": ["python", "-c", "pass"]}
-                            ],
+                            "containers": [{"name": "c", "image": "bench", "command": command}],
                         }
                     },
                 },
@@ -374,7 +374,12 @@ class Bench:
                 break
             time.sleep(0.5)
         per_minute = len(done) / (max(done) - start) * 60
-        self.figures["ceiling"] = {"jobs": n, "jobs_per_min": per_minute, "seconds": max(done) - start}
+        self.figures[label] = {
+            "jobs": n,
+            "jobs_per_min": per_minute,
+            "seconds": max(done) - start,
+            "command": command,
+        }
         self.say(f"  {per_minute:.0f} Jobs/min ({max(done) - start:.1f} s)")
         return per_minute
 
@@ -400,6 +405,7 @@ class Bench:
             handoffs, first_jobs, sizes = [], [], []
             mine = [j for jobs in jobs_by_run.values() for j in jobs]
             lags = [t.job_done[j] - t.pod_ended[j] for j in mine if j in t.job_done and j in t.pod_ended]
+            durations = [t.run_finished[r] - events[t.run_event[r]] for r in runs]
             for run in runs:
                 jobs = sorted(jobs_by_run.get(run, []), key=lambda j: t.job_added[j])
                 if jobs:
@@ -425,6 +431,7 @@ class Bench:
             "runs_per_min": n / seconds * 60,
             "steps_per_min": n * steps / seconds * 60,
             "jobs_per_min": attempts / seconds * 60,
+            "run_seconds": {p: percentile(durations, p) for p in (50, 99)},
             "handoff_s": {p: percentile(handoffs, p) for p in (50, 95, 99)},
             "job_controller_lag_s": {p: percentile(lags, p) for p in (50, 99)},
             "event_to_first_job_s": {p: percentile(first_jobs, p) for p in (50, 99)},
@@ -563,9 +570,12 @@ def bench_cluster(workdir: Path, scale: float, say: Callable[[str], None]) -> di
     """Every cluster figure, as a dict (also printed as it goes)."""
     with control_plane(workdir, say) as (plane, audit_log), Watcher(plane.kubeconfig) as watcher:
         bench = Bench(plane, workdir, audit_log, scale, say)
-        bench.ceiling(watcher)
+        bench.ceiling(watcher, "ceiling", ["python", "-c", "pass"])
+        # A step pod's interpreter imports the runner (pydantic, ...): the same cost without the operator.
+        bench.ceiling(watcher, "ceiling-runner", ["python", "-c", "import kubestep.runner.main"])
         bench.apply_workflow("one-step", "bench_flows:one_step")
         bench.apply_workflow("five-steps", "bench_flows:five_steps")
+        bench.apply_workflow("five-steps-chained", "bench_flows:five_steps", chained=True)
         bench.start_operator()
         try:
             bench.runs_phase(watcher, "warmup", "one-step", 1, 1)
@@ -575,6 +585,10 @@ def bench_cluster(workdir: Path, scale: float, say: Callable[[str], None]) -> di
             for concurrency in (10, 100):
                 n = bench.count(concurrency, least=2)
                 bench.runs_phase(watcher, f"handoff-{concurrency}", "five-steps", n, 5)
+            # One pod per step against one pod for the five (the same function), a few runs each.
+            few = bench.count(10, least=3)
+            bench.runs_phase(watcher, "ratio-pod-per-step", "five-steps", few, 5)
+            bench.runs_phase(watcher, "ratio-chained", "five-steps-chained", few, 5)
             peak, rss, _ = bench.usage()
             bench.figures["operator_after_runs"] = {"peak_rss_bytes": peak, "rss_bytes": rss}
             bench.caches(bench.count(5000, least=50), bench.count(1000, least=10))

@@ -41,11 +41,13 @@ def print_table(document: dict[str, Any]) -> None:
     ceiling = cluster["ceiling"]["jobs_per_min"]
     mib = 2**20
     m = document["machine"]
+    runner = cluster["ceiling-runner"]["jobs_per_min"]
     rows: list[tuple[str, str]] = [
         (
-            "cluster ceiling (bare Jobs, no operator)",
+            "cluster ceiling (bare Jobs running `python -c pass`, no operator)",
             f"{ceiling:.0f} Jobs/min ({cluster['ceiling']['jobs']} Jobs)",
-        )
+        ),
+        ("bare Jobs importing the runner (a step pod's interpreter start)", f"{runner:.0f} Jobs/min"),
     ]
     for label in ("one-step", "five-steps"):
         f = cluster[label]
@@ -54,7 +56,8 @@ def print_table(document: dict[str, Any]) -> None:
             (
                 f"{f['runs']} {label} runs at once",
                 f"{f['runs_per_min']:.0f} runs/min, {f['steps_per_min']:.0f} steps/min, "
-                f"{f['jobs_per_run']:.2f} Jobs/run; {share:.0f} % of the ceiling",
+                f"{f['jobs_per_run']:.2f} Jobs/run; {share:.0f} % of the ceiling "
+                f"({f['jobs_per_min'] / runner * 100:.0f} % of the runner-import one)",
             )
         )
     for label in ("handoff-10", "handoff-100", "five-steps"):
@@ -78,6 +81,15 @@ def print_table(document: dict[str, Any]) -> None:
                 f"{o['reads']:.1f} / {o['writes']:.1f} (all clients: {c['reads']:.1f} / {c['writes']:.1f})",
             )
         )
+    per_pod, chained = cluster["ratio-pod-per-step"], cluster["ratio-chained"]
+    ratio = (chained["run_seconds"][50] or 0) / (per_pod["run_seconds"][50] or 1)
+    rows.append(
+        (
+            f"5-step run, chained vs pod per step ({per_pod['runs']} runs each, median)",
+            f"{chained['run_seconds'][50]:.1f} s vs {per_pod['run_seconds'][50]:.1f} s: {ratio * 100:.0f} %, "
+            f"{chained['jobs_per_run']:.1f} vs {per_pod['jobs_per_run']:.1f} Jobs per run",
+        )
+    )
     f = cluster["five-steps"]
     after = cluster["operator_after_runs"]
     caches = cluster["caches"]

@@ -10,8 +10,9 @@ from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
+from kubestep.api.report import decode_step_lines
 from kubestep.api.run import StepPhase, WorkflowRun, WorkflowRunStatus
-from kubestep.api.workflow import Workflow
+from kubestep.api.workflow import ExecutionMode, Workflow
 from kubestep.controller import builders, cache, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import (
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: Lines of a step's log read for its report (when too large for the termination message) or its tail.
 LOG_LINES = 60
+#: Lines of a chained execution's log read for the steps it recorded (one marked line per step).
+CHAIN_LOG_LINES = 100_000
 #: A Job with no pod this old is asked why (its Events): younger ones are just being started.
 JOB_EVENTS_AFTER = timedelta(seconds=10)
 
@@ -197,15 +200,28 @@ async def _execution_outcome(
     log_text = None
     ended = observe.outcome(name, job, pod)
     needs_log = observe.report_needs_log(pod)
-    if pod is not None and (needs_log or (ended is not None and not observe.is_final(ended.report))):
+    # A chained execution's log records every step it finished: read it whole once it ended.
+    chained = run.spec.workflow.execution.mode is ExecutionMode.CHAINED and ended is not None
+    if pod is not None and (
+        needs_log or chained or (ended is not None and not observe.is_final(ended.report))
+    ):
         try:
             log_text = await ctl.kube.pod_log_tail(
-                namespace, pod["metadata"]["name"], builders.CONTAINER, LOG_LINES
+                namespace,
+                pod["metadata"]["name"],
+                builders.CONTAINER,
+                CHAIN_LOG_LINES if chained else LOG_LINES,
             )
-        except KubeError:
+        except NotFound:
             if needs_log:
+                raise
+            # The pod and its log are gone (deleted with its node): the steps it finished run again.
+        except KubeError:
+            if needs_log or chained:
                 raise  # the report is in the log: decide once it can be read, never without it
         ended = observe.outcome(name, job, pod, log_text)
+        if chained and ended is not None:
+            ended = dataclasses.replace(ended, chained=decode_step_lines(log_text))
     return None if ended is None else observe.timed(ended, ctl.clock())
 
 
