@@ -10,15 +10,16 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from fake_kube import JOBS, PODS
+from fake_kube import JOBS, PODS, SECRETS, Call
 from test_controller_reconcilers import NS, RUN, FakeIndices, World, a_running_run, report
 
-from kubestep.api.report import ReportKind
+from kubestep.api.report import Report, ReportKind
 from kubestep.api.run import RunPhase
 from kubestep.controller.context import Controller
 from kubestep.controller.kube import RUNS
 
 READS = ("get", "get_job", "job_pods")
+COMPLETED = Report(kind=ReportKind.COMPLETED, output=3)
 
 
 @dataclass
@@ -144,3 +145,46 @@ def test_a_pod_that_ended_without_a_final_report_waits_for_its_jobs_verdict() ->
     # The Job may yet say why (a deadline, an eviction): nothing is recorded before it does.
     assert world.active() == [job]
     assert world.run().status.phase is RunPhase.RUNNING
+
+
+def test_a_run_ended_by_a_pod_before_its_job_is_marked_finished_keeps_that_job_and_its_pod() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output={"rows": 3}))
+    world.kube.touch(JOBS, NS, job, status={"active": 1})
+    cache.sync()
+    world.reconcile()
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+    # Not taken for a stray of an unsaved pass: the step's pod (and its log) stays for the user to read.
+    assert world.jobs() == [job]
+    assert "delete_job" not in world.kube.methods()
+
+
+# State Secrets: one request per run, not per step attempt -------------------------------------------------
+
+
+def test_a_recorded_steps_small_state_secret_stays_until_the_run_ends_then_all_go_at_once() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
+    cache.sync()
+    world.reconcile()
+    (nxt,) = world.active()
+    assert "delete_secret" not in world.kube.methods()
+    assert {s["metadata"]["name"] for s in world.kube.objects(SECRETS, NS)} == {job, nxt}
+    world.kube.end_job(NS, nxt, report(ReportKind.STEP_SUCCEEDED, "store", output=2, next=COMPLETED))
+    cache.sync()
+    world.reconcile()
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+    assert world.kube.methods("delete_secret", "delete_secrets") == ["delete_secrets"]
+    assert world.kube.objects(SECRETS, NS) == []
+
+
+def test_a_large_state_secret_is_deleted_as_soon_as_its_attempt_is_recorded() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.ctl.large_states.add((NS, job))  # as its creation noted it
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
+    cache.sync()
+    world.reconcile()
+    assert Call("delete_secret", job) in world.kube.calls

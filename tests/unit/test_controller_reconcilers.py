@@ -502,8 +502,10 @@ def test_a_finished_run_cleans_up_and_asks_for_nothing_more() -> None:
     result = world.reconcile()
     assert world.run().status.phase is RunPhase.SUCCEEDED
     calls = world.kube.writes()
-    assert index(calls, "replace_status") < index(calls, "delete_secret")
-    assert Call("delete_secret", job) in calls
+    # Its state Secrets go in one request, once the end is saved.
+    assert index(calls, "replace_status") < index(calls, "delete_secrets")
+    assert "delete_secret" not in world.kube.methods()
+    assert world.kube.objects(SECRETS, NS) == []
     assert result == Result.done()
     assert (NS, RUN.name) not in world.ctl.owed
 

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 LOG_LINES = 60
 #: Lines of a chained execution's log read for the steps it recorded (one marked line per step).
 CHAIN_LOG_LINES = 100_000
+#: A state Secret larger than this is deleted as soon as its execution is recorded; smaller ones are deleted
+#: together when their run ends (one request per run instead of one per step attempt).
+LARGE_STATE_BYTES = 64 * 1024
 #: A Job with no pod this old is asked why (its Events): younger ones are just being started.
 JOB_EVENTS_AFTER = timedelta(seconds=10)
 
@@ -283,8 +286,11 @@ async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: 
     """Create the execution's Secret and Job; False if the API server refused the Job as invalid."""
     namespace = run.metadata.namespace or ""
     job = builders.step_job(run, action)
+    secret = builders.state_secret(run, action)
+    if len(str(secret["stringData"])) > LARGE_STATE_BYTES:
+        ctl.large_states.add((namespace, action.name))
     try:
-        await ctl.kube.create_secret(namespace, builders.state_secret(run, action))
+        await ctl.kube.create_secret(namespace, secret)
     except AlreadyExists:
         # Created by a previous pass before a crash or a conflict (same name, same content) — unless it is
         # left over from an earlier run of the same name that is still being garbage-collected.
@@ -355,19 +361,32 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
             # Its outcome is recorded: the input it was given is no longer needed.
             endings.pop(execution.name, None)
             ctl.rejected.pop((namespace, execution.name), None)
-            await _ignore_missing_quiet(ctl, namespace, execution.name)
+            if (namespace, execution.name) in ctl.large_states:
+                ctl.large_states.discard((namespace, execution.name))
+                await _ignore_missing_quiet(ctl, namespace, execution.name)
     if status.phase.finished:
         _forget(ctl, key)
+        # Every state Secret of the run (its executions' inputs), in one request; owned by the run anyway.
+        label = builders.execution_labels(before)[builders.LABEL_RUN]
+        if before.status.active or any(step.attempts for step in status.steps):
+            with contextlib.suppress(KubeError):
+                await ctl.kube.delete_secrets(namespace, f"{builders.LABEL_RUN}={label}")
         if not before.status.phase.finished:
-            await _stop_strays(ctl, namespace, before)
+            await _stop_strays(ctl, namespace, before, status)
     # The workflow's counts, the parent of an invoked run and the Events whose waits matched are queued by
     # the watch of this change, once the indices they read have it.
 
 
-async def _stop_strays(ctl: Controller, namespace: str, run: WorkflowRun) -> None:
+async def _stop_strays(ctl: Controller, namespace: str, run: WorkflowRun, status: WorkflowRunStatus) -> None:
     # A Job created by a pass whose status was never saved (a conflict with a cancel, a crash) is in no
-    # status: once the run is over, nothing of it may keep running.
+    # status: once the run is over, nothing of it may keep running. A recorded execution's Job is no stray,
+    # though the Job controller may not have marked it finished yet (its pod's report was read at once):
+    # it and its pod's log stay. (Executions the run's end stopped were deleted by their StopExecution.)
+    recorded = {attempt.job for step in status.steps for attempt in step.attempts}
+    recorded.update(execution.name for execution in run.status.active)  # ended now, or stopped
     for job in await ctl.kube.run_jobs(namespace, run.metadata.name):
+        if job["metadata"]["name"] in recorded:
+            continue
         if observe.owned_by(job, run.metadata.uid) and observe.job_finished(job) is None:
             await _ignore_missing(ctl.kube.delete_job(namespace, job["metadata"]["name"]))
             await _ignore_missing_quiet(ctl, namespace, job["metadata"]["name"])
