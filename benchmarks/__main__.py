@@ -2,7 +2,8 @@
 
 Not a test: nothing here asserts. Prints a table and writes every figure as JSON (with the machine, the
 commit and the date) to ``BENCH_OUT`` (default ``benchmarks/results/<date>.json``). ``BENCH_SCALE``
-(default 0.5: 150 runs at once, under 20 minutes on 2 CPUs) scales the cluster's counts; ``BENCH_SCALE=1`` starts the full 300 runs at once, ``BENCH_SCALE=0.1`` is a quick check.
+(default 0.5: 150 runs at once, under 20 minutes on 2 CPUs) scales the cluster's counts;
+``BENCH_SCALE=1`` starts the full 300 runs at once, ``BENCH_SCALE=0.1`` is a quick check.
 """
 
 from __future__ import annotations
