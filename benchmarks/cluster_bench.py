@@ -178,9 +178,13 @@ def scrape_requests(plane: Any) -> Counter[str]:
     return counts
 
 
+#: How ``apiserver_request_total`` names the verbs of writes (HTTP methods, lowercased here).
+METRIC_WRITES = ("post", "put", "patch", "delete", "deletecollection", "apply")
+
+
 def reads_writes(counts: Counter[str]) -> tuple[int, int]:
-    """(reads, writes) of a count by verb."""
-    return sum(counts[v] for v in READS), sum(counts[v] for v in WRITES)
+    """(reads, writes) of a count by verb, as ``apiserver_request_total`` names them."""
+    return sum(counts[v] for v in READS), sum(counts[v] for v in METRIC_WRITES)
 
 
 @dataclass
