@@ -24,6 +24,7 @@ from kubestep.api.run import RunEvent, RunPhase, StepPhase, WorkflowRef, Workflo
 from kubestep.api.workflow import ExecutionMode, ExecutionPolicy, Trigger, WorkflowSpec
 from kubestep.engine import ExitKind, Observed, Outcome, decide
 from kubestep.engine.actions import StartExecution
+from kubestep.engine.decide import chain_settings, pod_deadline
 from kubestep.sdk.step import Replay
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -167,3 +168,12 @@ def test_the_step_of_the_last_report_is_recorded_once_though_the_log_has_it_too(
     decision = decide(run, Observed(outcomes=[ended]), at(4))
     assert [(s.id, len(s.attempts)) for s in decision.status.steps] == [("s1", 1), ("s2", 1)]
     assert decision.status.phase is RunPhase.SUCCEEDED and decision.status.output == 3
+
+
+def test_a_chained_pods_deadline_is_the_step_timeout_plus_the_chains_own_bound() -> None:
+    chained = ExecutionPolicy(mode=ExecutionMode.CHAINED, max_pod_seconds=120)
+    assert pod_deadline(chained, "5m") == 300 + 120
+    assert pod_deadline(ExecutionPolicy(), "5m") == 300
+    assert pod_deadline(chained, None) is None
+    assert chain_settings(ExecutionPolicy()) == {}
+    assert chain_settings(chained) == {"chain_steps": 10, "chain_seconds": 120.0}
