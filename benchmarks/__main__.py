@@ -1,4 +1,10 @@
-"""Print figures for the engine, replay, CEL and a local run. Not a test: nothing here asserts."""
+"""``make bench``: figures of the engine, a local run and the operator on a local control plane.
+
+Not a test: nothing here asserts. Prints a table and writes every figure as JSON (with the machine, the
+commit and the date) to ``BENCH_OUT`` (default ``benchmarks/results/<date>.json``). ``BENCH_SCALE``
+(default 0.5: 150 runs at once, under 20 minutes on 2 CPUs) scales the cluster's counts;
+``BENCH_SCALE=1`` starts the full 300 runs at once, ``BENCH_SCALE=0.1`` is a quick check.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from benchmarks.operator_bench import bench_operator
+from benchmarks.cluster_bench import bench_cluster
+from benchmarks.report import machine, print_table
 from kubestep.api.base import ObjectMeta
 from kubestep.api.report import Report, ReportKind, RunnerState, StepRef
 from kubestep.api.run import AttemptResult, RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
@@ -173,14 +180,76 @@ def bench_local_run() -> None:
         )
 
 
+def bench_local_hundred() -> dict[str, float]:
+    """``kubestep run`` of a 100-step workflow: total and per step (one runner process per step)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "workflow.yaml").write_text(
+            "apiVersion: kubestep.dev/v1alpha1\nkind: Workflow\nmetadata: {name: hundred}\n"
+            "spec: {triggers: [{event: bench/hundred}], image: bench, function: bench_flows:hundred_steps}\n"
+        )
+        (Path(tmp) / "event.yaml").write_text(
+            "apiVersion: kubestep.dev/v1alpha1\nkind: Event\nmetadata: {name: go}\n"
+            "spec: {name: bench/hundred}\n"
+        )
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(REPO / "benchmarks"), os.environ.get("PYTHONPATH", "")]),
+        }
+        start = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kubestep.cli.main",
+                "run",
+                "workflow.yaml",
+                "-e",
+                "event.yaml",
+                "-o",
+                "json",
+            ],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        total = time.perf_counter() - start
+    print(f"kubestep run, 100-step workflow:             {total:6.1f} s ({total * 10:.0f} ms per step)")
+    return {"seconds": total, "seconds_per_step": total / 100}
+
+
 def main() -> None:
-    print(f"kubestep benchmarks — Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    started = datetime.now(UTC)
+    scale = float(os.environ.get("BENCH_SCALE", "0.5"))
+    print(
+        f"kubestep benchmarks — Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, BENCH_SCALE={scale}"
+    )
     bench_engine()
     bench_status_size()
     bench_replay()
     bench_cel()
     bench_local_run()
-    bench_operator()
+    figures: dict[str, object] = {"local_100_steps": bench_local_hundred()}
+    with tempfile.TemporaryDirectory(prefix="kubestep-bench-") as tmp:
+        figures["cluster"] = bench_cluster(Path(tmp), scale, lambda line: print(line, flush=True))
+    document = {
+        "machine": machine(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip(),
+        "date": started.isoformat(timespec="seconds"),
+        "command": f"BENCH_SCALE={scale} make bench",
+        "minutes": (datetime.now(UTC) - started).total_seconds() / 60,
+        "figures": figures,
+    }
+    out = Path(
+        os.environ.get("BENCH_OUT") or REPO / "benchmarks" / "results" / f"{started:%Y%m%dT%H%M%SZ}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    print_table(document)
+    print(f"figures written to {out}")
 
 
 if __name__ == "__main__":

@@ -105,11 +105,14 @@ class ControlPlane:
         detach: bool = False,
         keep_workdir: bool = False,
         log: Log = _stderr,
+        apiserver_args: Sequence[str] = (),
     ) -> None:
         self.versions: Versions = pinned()
         self._owns_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="kubecp-")) if workdir is None else workdir.resolve()
         self.node_options = node if node is not None else NodeOptions()
+        #: Extra kube-apiserver flags (e.g. an audit log for a benchmark that counts each client's calls).
+        self.apiserver_args = list(apiserver_args)
         self.run_node = run_node
         self.detach = detach
         self.keep_workdir = keep_workdir
@@ -194,6 +197,7 @@ class ControlPlane:
                 f"--kubelet-certificate-authority={files['ca.crt']}",
                 "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
+                *self.apiserver_args,
             ],
         )
         context = self._admin_ssl_context()

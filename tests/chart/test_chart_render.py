@@ -32,7 +32,7 @@ OPERATOR_CALLS = {
     *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")),
     *(("", "pods", v) for v in ("list", "watch", "delete")),
     ("", "pods/log", "get"),
-    *(("", "secrets", v) for v in ("get", "create", "delete")),
+    *(("", "secrets", v) for v in ("get", "create", "delete", "deletecollection")),
     ("", "events", "create"),
 }
 

@@ -122,6 +122,12 @@ def jobs_of(cluster: Cluster, run: str) -> list[dict[str, Any]]:
     return cluster.items("jobs", f"kubestep.dev/run={run}")
 
 
+def ended_jobs(cluster: Cluster, run: str) -> list[dict[str, Any]] | None:
+    """The run's Jobs once the Job controller marked every one of them finished, else None."""
+    jobs = jobs_of(cluster, run)
+    return jobs if all(job_end(job) is not None for job in jobs) else None
+
+
 def job_end(job: dict[str, Any]) -> str | None:
     """``Complete`` or ``Failed`` once the Job controller decided, else None."""
     for cond in job.get("status", {}).get("conditions") or []:
@@ -276,8 +282,11 @@ def assert_each_step_once(cluster: Cluster, operator: Operator, data_dir: Path) 
     nap = step(run, "nap")
     assert nap["type"] == "sleep" and not nap.get("attempts"), nap
 
-    # Every Job of the run, ever (none is deleted): exactly one per (step, attempt), one pod each.
-    jobs = jobs_of(cluster, name)
+    # Every Job of the run, ever (none is deleted): exactly one per (step, attempt), one pod each. The last
+    # one's end may be recorded (from its pod's report) a moment before the Job controller marks it finished.
+    jobs = wait_for(
+        lambda: ended_jobs(cluster, name), timeout=60, interval=0.5, what="every Job to be finished"
+    )
     pods = pods_by_job(cluster, name)
     per_attempt: Counter[tuple[str, int]] = Counter()
     discovery_only: list[str] = []

@@ -79,6 +79,25 @@ def test_the_contacts_example_succeeds_with_five_steps(contacts: Path) -> None:
     assert "validate-upload-contents' succeeded" in proc.stderr
 
 
+def test_the_contacts_example_chained_runs_its_steps_in_one_process_with_the_same_outputs(
+    contacts: Path,
+) -> None:
+    manifest = yaml.safe_load((contacts / "workflow.yaml").read_text())
+    manifest["spec"]["execution"] = {"mode": "Chained", "maxStepsPerPod": 10}
+    (contacts / "workflow.yaml").write_text(yaml.safe_dump(manifest))
+    proc = kubestep("run", "workflow.yaml", "--event", "event.yaml", "--output", "json", cwd=contacts)
+    assert proc.returncode == 0, proc.stderr
+    record = as_record(proc)
+    assert record["phase"] == "Succeeded" and record["output"] == {"imported": 5}
+    steps = steps_of(record)
+    assert steps["create-contacts-in-crm"]["output"] == {"total_users_added": 5}
+    # The four step.run steps, each with one attempt, all of the same execution.
+    runs = [s for s in record["steps"] if s["type"] == "run"]
+    assert len(runs) == 4 and all(len(s["attempts"]) == 1 for s in runs)
+    assert len({s["attempts"][0]["job"] for s in runs}) == 1
+    assert len(crm_rows(contacts)) == 5
+
+
 def test_flaky_enrichment_is_retried_alone_with_the_workflows_backoff(contacts: Path) -> None:
     proc = kubestep(
         "run",

@@ -34,6 +34,7 @@ WRITES = frozenset(
         "delete_pod",
         "create_secret",
         "delete_secret",
+        "delete_secrets",
         "post_event",
         "patch_event",
     }
@@ -270,6 +271,15 @@ class FakeKube:
         """Delete a Secret."""
         self._enter("delete_secret", name)
         self._delete(SECRETS, namespace, name)
+
+    async def delete_secrets(self, namespace: str, label_selector: str) -> None:
+        """Delete every Secret with these labels (``key=value``, comma-separated)."""
+        self._enter("delete_secrets", label_selector)
+        wanted = dict(pair.split("=", 1) for pair in label_selector.split(","))
+        for (kind, ns, name), obj in list(self.store.items()):
+            labels = obj["metadata"].get("labels") or {}
+            if kind == SECRETS and ns == namespace and all(labels.get(k) == v for k, v in wanted.items()):
+                del self.store[(kind, ns, name)]
 
     async def post_event(self, namespace: str, body: Obj) -> None:
         """Record a Kubernetes Event."""

@@ -329,10 +329,14 @@ def test_how_an_execution_ended(case: Case) -> None:
     ],
 )
 def test_a_job_the_job_controller_has_not_finished_is_still_running(running_job: Obj) -> None:
-    # Even a pod that already shows a final report waits for the Job controller's verdict.
+    # Unless its pod ended with a final report: the step is over, and the run goes on seconds before the
+    # Job controller says so. A pod that ended without one waits for the Job's verdict (a deadline, ...).
     assert observe.job_finished(running_job) is None
-    assert observe.outcome(NAME, running_job, pod(0, message_of(SUCCEEDED))) is None
     assert observe.outcome(NAME, running_job, pod(None)) is None
+    assert observe.outcome(NAME, running_job, pod(137, message_of(STARTED))) is None
+    assert observe.outcome(NAME, running_job, pod(1, "Traceback ...")) is None
+    ended = observe.outcome(NAME, running_job, pod(0, message_of(SUCCEEDED)))
+    assert ended is not None and ended.kind is ExitKind.EXITED and ended.report == SUCCEEDED
 
 
 def test_test_inputs_exercise_each_report_encoding() -> None:

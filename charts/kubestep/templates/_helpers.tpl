@@ -116,7 +116,7 @@ the calls it makes and no more:
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["get", "create", "delete", "deletecollection"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -17,6 +17,8 @@ from kubestep.api.run import StepType
 
 #: Marks the log line that carries a report too large for the termination message.
 LOG_REPORT_MARKER = "::kubestep-report::"
+#: Marks the log line by which a chained execution records a step it finished (its report, packed).
+LOG_STEP_MARKER = "::kubestep-step::"
 #: Exit codes of `python -m kubestep.runner`.
 EXIT_OK = 0
 """A report was written: a step result (success or error), a plan, a wait, or the function's end."""
@@ -62,6 +64,10 @@ class RunnerState(Model):
     """The attempt number being run (1-based)."""
     max_output_bytes: int = 65536
     """Largest JSON output a step may return."""
+    chain_steps: int = 1
+    """Most `step.run` steps this execution may execute in a row (more than 1: chained mode)."""
+    chain_seconds: float | None = None
+    """Chained mode: begin no further step once the execution has run this long."""
 
 
 class ReportKind(StrEnum):
@@ -218,3 +224,35 @@ def decode_report(message: str | None, log: str | None = None) -> Report | None:
         return Report.model_validate_json(text)
     except (ValueError, zlib.error):
         return None
+
+
+def encode_step_line(report: Report, finished_at: datetime) -> str:
+    """The log line recording a step a chained execution finished, and when (one line, however large)."""
+    import base64
+    import zlib
+
+    text = report.model_dump_json(by_alias=True, exclude_none=True)
+    packed = base64.b64encode(zlib.compress(text.encode(), 6)).decode()
+    return f"{LOG_STEP_MARKER}{finished_at.isoformat()} {packed}"
+
+
+def decode_step_lines(log: str | None) -> list[tuple[Report, datetime]]:
+    """The steps a chained execution recorded in its log as it finished them, in order, with their end
+    times (unreadable lines are skipped: the step is then executed again, as after a lost pod)."""
+    import base64
+    import zlib
+
+    found: list[tuple[Report, datetime]] = []
+    for line in (log or "").splitlines():
+        if not line.startswith(LOG_STEP_MARKER):
+            continue
+        when, _, packed = line[len(LOG_STEP_MARKER) :].partition(" ")
+        try:
+            finished_at = datetime.fromisoformat(when)
+            text = zlib.decompress(base64.b64decode(packed)).decode()
+            report = Report.model_validate_json(text)
+        except (ValueError, zlib.error):
+            continue
+        if report.kind is ReportKind.STEP_SUCCEEDED and finished_at.tzinfo is not None:
+            found.append((report, finished_at))
+    return found

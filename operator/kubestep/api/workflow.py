@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
@@ -222,6 +223,29 @@ class Limits(SpecModel):
         return self
 
 
+class ExecutionMode(StrEnum):
+    """How a run's steps map to pods."""
+
+    POD_PER_STEP = "PodPerStep"
+    CHAINED = "Chained"
+
+
+class ExecutionPolicy(SpecModel):
+    """How steps are given pods: one each (isolation, per-step resources and timeouts), or several in a row
+    in one pod (speed: no pod start between them)."""
+
+    mode: ExecutionMode = ExecutionMode.POD_PER_STEP
+    """`PodPerStep`: every step attempt runs in a pod of its own. `Chained`: a pod that finished a
+    `step.run` goes on to execute the next one, up to `maxStepsPerPod` steps and `maxPodSeconds`; each step
+    is recorded as it finishes (a marked line in the pod's log), so a pod that dies keeps the steps it
+    finished. Sleeps, waits, invokes, sends, parallel groups and retries end the chain, as does a step
+    that fails. In a chain `timeouts.step` bounds the whole pod (plus `maxPodSeconds`), not each step."""
+    max_steps_per_pod: int = Field(default=10, ge=1, le=100)
+    """`Chained` only: most steps one pod executes."""
+    max_pod_seconds: int = Field(default=300, ge=1, le=86400)
+    """`Chained` only: no new step is begun in a pod that has run this long (seconds)."""
+
+
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
@@ -242,6 +266,8 @@ class WorkflowSpec(SpecModel):
     """Size limits of step outputs."""
     pod_template: PodTemplate = Field(default_factory=PodTemplate)
     """Overrides applied to every step pod."""
+    execution: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
+    """One pod per step (the default), or several steps in a row per pod (`mode: Chained`)."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:

@@ -44,6 +44,17 @@ class Indices(Protocol):
     def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
         """``(workflow, run)`` of the runs whose wait this Event ended."""
 
+    # The watch cache (see `kubestep.controller.cache`): what the watches last saw, possibly behind.
+
+    def run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The run as its watch last saw it, if unfinished (finished runs are not kept)."""
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A step Job as its watch last saw it (metadata and status only)."""
+
+    def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The pods of a step Job as their watch last saw them (metadata and status only)."""
+
 
 def utcnow() -> datetime:
     """The operator's clock."""
@@ -74,3 +85,9 @@ class Controller:
     """Executions recorded in a run's status whose Job this process has not created yet, by (namespace,
     run), then Job name: the ``StartExecution`` to carry out. A recorded execution with no Job and no debt
     here was deleted (or a restart cut its creation short): its attempt is Lost, never created again."""
+    large_states: set[tuple[str, str]] = field(default_factory=set)
+    """State Secrets too large to keep until their run ends, by (namespace, name): deleted as soon as their
+    execution is recorded. The others are deleted together, in one request, when the run ends."""
+    run_versions: dict[tuple[str, str], str] = field(default_factory=dict)
+    """The newest ``resourceVersion`` of each run this process read from the API or wrote, by (namespace,
+    run): a cached copy at another version may be behind, and is read again from the API."""

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Reconciles running at once.
 WORKERS = 8
+#: Phases of a finished run (not kept in the watch cache).
+_FINISHED = ("Succeeded", "Failed", "Cancelled")
 
 
 class KopfIndices:
@@ -59,6 +61,15 @@ class KopfIndices:
 
     def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
         return self._get("resumed_by", (namespace, event))
+
+    def run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(self._get("run_cache", (namespace, name))), None)
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(self._get("job_cache", (namespace, name))), None)
+
+    def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return self._get("pod_cache", (namespace, job))
 
 
 #: Every object a reconciler owns, by kind: all of them are queued when this operator starts leading.
@@ -126,6 +137,42 @@ def register(
     def workflow_keys(namespace: str, name: str, **_: Any) -> dict[Hashable, tuple[str, str]]:
         return {"workflow": (namespace, name)}
 
+    # The watch cache (`kubestep.controller.cache`): what a pass reads instead of GETs. Finished runs are
+    # not kept (rarely read again, and most of the memory); Jobs and pods only as far as a pass reads them.
+    @kopf.index(GROUP, VERSION, "workflowruns", id="run_cache", **on)  # type: ignore[arg-type]
+    def run_cache(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Hashable, dict[str, Any]]:
+        if (body.get("status") or {}).get("phase") in _FINISHED:
+            return {}
+        return {
+            (namespace, name): {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
+        }
+
+    managed = {"labels": {builders.LABEL_MANAGED: builders.MANAGER}}
+
+    @kopf.index("batch", "v1", "jobs", id="job_cache", **managed, **on)  # type: ignore[arg-type]
+    def job_cache(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Hashable, dict[str, Any]]:
+        meta = body["metadata"]
+        keep = ("name", "namespace", "creationTimestamp", "ownerReferences", "labels", "resourceVersion")
+        return {
+            (namespace, name): {
+                "metadata": {k: meta.get(k) for k in keep},
+                "status": body.get("status") or {},
+            }
+        }
+
+    @kopf.index("", "v1", "pods", id="pod_cache", **managed, **on)  # type: ignore[arg-type]
+    def pod_cache(
+        namespace: str, body: kopf.Body, labels: dict[str, str], **_: Any
+    ) -> dict[Hashable, dict[str, Any]]:
+        job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name")
+        if not job:
+            return {}
+        meta = body["metadata"]
+        keep = ("name", "creationTimestamp", "deletionTimestamp")
+        return {
+            (namespace, job): {"metadata": {k: meta.get(k) for k in keep}, "status": body.get("status") or {}}
+        }
+
     @kopf.on.login(**on)  # type: ignore[arg-type]
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # The same credentials as the API module: in-cluster ServiceAccount, else the kubeconfig.
@@ -140,7 +187,15 @@ def register(
         load_configuration()
         indices = {
             name: kwargs[name]
-            for name in ("waiting_runs", "runs_by_workflow", "resumed_by", "events_by_name")
+            for name in (
+                "waiting_runs",
+                "runs_by_workflow",
+                "resumed_by",
+                "events_by_name",
+                "run_cache",
+                "job_cache",
+                "pod_cache",
+            )
         }
         queue = WorkQueue()
         METRICS.track_queue(lambda: queue.depth)
@@ -245,9 +300,11 @@ def register(
             return
         meta = body["metadata"]
         if event.get("type") != "DELETED" and not meta.get("deletionTimestamp"):
-            # A pod that is not going away can be read when its Job ends; but one held up on its way to
-            # running (ErrImagePull, ...) changes nothing in its Job: look at its run now, to show why.
-            if observe.held_up({"status": body.get("status") or {}}):
+            # A pod held up on its way to running (ErrImagePull, ...) changes nothing in its Job: look at its
+            # run now, to show why. A pod that ended is acted on at once, without waiting
+            # for the Job controller to mark its Job finished (seconds on a busy cluster).
+            status = {"status": body.get("status") or {}}
+            if observe.held_up(status) or observe.terminated_state(status):
                 queue.add(Key("run", namespace, run))
             return
         # Remember how it ended: once deleted, the pod (and the step its report named) is gone.

@@ -328,6 +328,12 @@ class Kube:
         """Delete a Secret."""
         await self._write(self.core.delete_namespaced_secret, name, namespace)
 
+    async def delete_secrets(self, namespace: str, label_selector: str) -> None:
+        """Delete every Secret with these labels, in one request."""
+        await self._write(
+            self.core.delete_collection_namespaced_secret, namespace, label_selector=label_selector
+        )
+
     async def post_event(self, namespace: str, body: Obj) -> None:
         """Record a Kubernetes Event (what ``kubectl describe`` shows)."""
         await self._record(self.core.create_namespaced_event, namespace, body)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubestep.api.event import Event
-from kubestep.api.report import LOG_REPORT_MARKER, Report, ReportKind, decode_report
+from kubestep.api.report import LOG_REPORT_MARKER, LOG_STEP_MARKER, Report, ReportKind, decode_report
 from kubestep.api.run import ErrorInfo, RunPhase, WorkflowRun
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Outcome
 
@@ -104,14 +104,16 @@ def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None)
             "because the operator stopped in between",
         )
     finished = job_finished(job)
-    if finished is None:
-        return None
     terminated = terminated_state(pod)
     message = terminated.get("message") or ""
     report = decode_report(message, log)
+    if finished is None and not (terminated and is_final(report)):
+        # Still running, or ended without a final report: the Job controller's verdict (a deadline, ...)
+        # is awaited. A final report is acted on as soon as the node records it, seconds before that.
+        return None
     exit_code = terminated.get("exitCode")
     ended = _time(terminated.get("finishedAt")) or _time(
-        _job_condition(job, finished).get("lastTransitionTime")
+        _job_condition(job, finished or "").get("lastTransitionTime")
     )
     tail = _tail(log if log is not None else ("" if report is not None or message == "log" else message))
     if report is not None and report.kind is not ReportKind.STARTED:
@@ -221,8 +223,12 @@ def timed(ended: Outcome, now: datetime) -> Outcome:
 
 
 def _tail(text: str, lines: int = 20) -> str:
-    # The report line (large reports travel in the log) is data, not output anyone wants to read.
-    kept = [line for line in text.strip().splitlines() if not line.startswith(LOG_REPORT_MARKER)]
+    # The report line (large reports travel in the log) is data, not output anyone wants to read. In a
+    # chained execution the tail is the last step's own: what follows the line recording the step before.
+    kept = text.strip().splitlines()
+    ends = [i for i, line in enumerate(kept) if line.startswith(LOG_STEP_MARKER)]
+    kept = kept[ends[-1] + 1 :] if ends else kept
+    kept = [line for line in kept if not line.startswith(LOG_REPORT_MARKER)]
     return "\n".join(kept[-lines:])
 
 

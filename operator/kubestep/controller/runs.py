@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
+from kubestep.api.report import decode_step_lines
 from kubestep.api.run import StepPhase, WorkflowRun, WorkflowRunStatus
-from kubestep.api.workflow import Workflow
-from kubestep.controller import builders, observe
+from kubestep.api.workflow import ExecutionMode, Workflow
+from kubestep.controller import builders, cache, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import (
     RUNS,
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 
 #: Lines of a step's log read for its report (when too large for the termination message) or its tail.
 LOG_LINES = 60
+#: Lines of a chained execution's log read for the steps it recorded (one marked line per step).
+CHAIN_LOG_LINES = 100_000
+#: A state Secret larger than this is deleted as soon as its execution is recorded; smaller ones are deleted
+#: together when their run ends (one request per run instead of one per step attempt).
+LARGE_STATE_BYTES = 64 * 1024
 #: A Job with no pod this old is asked why (its Events): younger ones are just being started.
 JOB_EVENTS_AFTER = timedelta(seconds=10)
 
@@ -58,7 +64,7 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
     the save passed — the Jobs of the executions it records and the Kubernetes Events telling of it.
     """
     try:
-        obj = await ctl.kube.get(RUNS, key.namespace, key.name)
+        obj = await cache.run(ctl, key.namespace, key.name)
     except NotFound:
         _forget(ctl, key)
         return Result.done()
@@ -84,7 +90,9 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
         try:
             decision = await _save(ctl, obj, run, observed, decision)
         except (Conflict, NotFound):
-            return Result.again()  # changed meanwhile: decide again from what is there now
+            # Changed meanwhile: decide again from what is there now, read from the API.
+            cache.forget_run(ctl, key.namespace, key.name)
+            return Result.again()
         # Counted once saved: a pass that lost a conflict counts nothing, the one deciding again counts.
         METRICS.run_saved(run, decision.status, ctl.clock())
     else:
@@ -122,14 +130,14 @@ async def _save(
     what still fits, and that decision is the one saved.
     """
     try:
-        await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
+        cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict()))
         return decision
     except TooLarge as exc:
         log.warning("%s/%s: status refused as too large: %s", run.metadata.namespace, run.metadata.name, exc)
         why = str(exc)
     smaller = decide(run, dataclasses.replace(observed, status_too_large=why), ctl.clock())
     await _carry_out(ctl, obj, run, smaller)
-    await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict())
+    cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict()))
     return smaller
 
 
@@ -138,6 +146,7 @@ def _forget(ctl: Controller, key: Key) -> None:
     METRICS.run_gone(key.namespace, key.name)
     ctl.pod_endings.pop((key.namespace, key.name), None)
     ctl.owed.pop((key.namespace, key.name), None)
+    cache.forget_run(ctl, key.namespace, key.name)
 
 
 async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
@@ -179,12 +188,9 @@ async def _execution_outcome(
         return Outcome(name, ExitKind.REFUSED, reason="JobRejected", message=rejected)
     if name in ctl.owed.get((namespace, run.metadata.name), {}):
         return None  # recorded, not created yet: this pass creates it
-    try:
-        job: Obj | None = await ctl.kube.get_job(namespace, name)
-    except NotFound:
-        job = None
-    pod = observe.newest_pod(await ctl.kube.job_pods(namespace, name))
-    if job is not None and observe.job_finished(job) is None:
+    job, pods = await cache.job_and_pods(ctl, namespace, name)
+    pod = observe.newest_pod(pods)
+    if job is not None and observe.job_finished(job) is None and not observe.terminated_state(pod):
         events: list[Obj] = []
         if pod is None and _age(job, ctl.clock()) >= JOB_EVENTS_AFTER:
             events = await ctl.kube.job_events(namespace, name)
@@ -204,16 +210,27 @@ async def _execution_outcome(
     log_text = None
     ended = observe.outcome(name, job, pod)
     needs_log = observe.report_needs_log(pod)
-    # Every ended attempt keeps its log's tail, so `kubestep logs` can show it once the pod is gone.
-    if pod is not None and (needs_log or ended is not None):
+    # A chained execution's log records every step it finished: read it whole once it ended. Every ended
+    # attempt keeps its log's tail too, so `kubestep logs` can show it once the pod is gone.
+    chained = run.spec.workflow.execution.mode is ExecutionMode.CHAINED and ended is not None
+    if pod is not None and (needs_log or chained or ended is not None):
         try:
             log_text = await ctl.kube.pod_log_tail(
-                namespace, pod["metadata"]["name"], builders.CONTAINER, LOG_LINES
+                namespace,
+                pod["metadata"]["name"],
+                builders.CONTAINER,
+                CHAIN_LOG_LINES if chained else LOG_LINES,
             )
-        except KubeError:
+        except NotFound:
             if needs_log:
+                raise
+            # The pod and its log are gone (deleted with its node): the steps it finished run again.
+        except KubeError:
+            if needs_log or chained:
                 raise  # the report is in the log: decide once it can be read, never without it
         ended = observe.outcome(name, job, pod, log_text)
+        if chained and ended is not None:
+            ended = dataclasses.replace(ended, chained=decode_step_lines(log_text))
     return None if ended is None else observe.timed(ended, ctl.clock())
 
 
@@ -290,8 +307,11 @@ async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: 
     """Create the execution's Secret and Job; False if the API server refused the Job as invalid."""
     namespace = run.metadata.namespace or ""
     job = builders.step_job(run, action)
+    secret = builders.state_secret(run, action)
+    if len(str(secret["stringData"])) > LARGE_STATE_BYTES:
+        ctl.large_states.add((namespace, action.name))
     try:
-        await ctl.kube.create_secret(namespace, builders.state_secret(run, action))
+        await ctl.kube.create_secret(namespace, secret)
     except AlreadyExists:
         # Created by a previous pass before a crash or a conflict (same name, same content) — unless it is
         # left over from an earlier run of the same name that is still being garbage-collected.
@@ -362,19 +382,32 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
             # Its outcome is recorded: the input it was given is no longer needed.
             endings.pop(execution.name, None)
             ctl.rejected.pop((namespace, execution.name), None)
-            await _ignore_missing_quiet(ctl, namespace, execution.name)
+            if (namespace, execution.name) in ctl.large_states:
+                ctl.large_states.discard((namespace, execution.name))
+                await _ignore_missing_quiet(ctl, namespace, execution.name)
     if status.phase.finished:
         _forget(ctl, key)
+        # Every state Secret of the run (its executions' inputs), in one request; owned by the run anyway.
+        label = builders.execution_labels(before)[builders.LABEL_RUN]
+        if before.status.active or any(step.attempts for step in status.steps):
+            with contextlib.suppress(KubeError):
+                await ctl.kube.delete_secrets(namespace, f"{builders.LABEL_RUN}={label}")
         if not before.status.phase.finished:
-            await _stop_strays(ctl, namespace, before)
+            await _stop_strays(ctl, namespace, before, status)
     # The workflow's counts, the parent of an invoked run and the Events whose waits matched are queued by
     # the watch of this change, once the indices they read have it.
 
 
-async def _stop_strays(ctl: Controller, namespace: str, run: WorkflowRun) -> None:
+async def _stop_strays(ctl: Controller, namespace: str, run: WorkflowRun, status: WorkflowRunStatus) -> None:
     # A Job created by a pass whose status was never saved (a conflict with a cancel, a crash) is in no
-    # status: once the run is over, nothing of it may keep running.
+    # status: once the run is over, nothing of it may keep running. A recorded execution's Job is no stray,
+    # though the Job controller may not have marked it finished yet (its pod's report was read at once):
+    # it and its pod's log stay. (Executions the run's end stopped were deleted by their StopExecution.)
+    recorded = {attempt.job for step in status.steps for attempt in step.attempts}
+    recorded.update(execution.name for execution in run.status.active)  # ended now, or stopped
     for job in await ctl.kube.run_jobs(namespace, run.metadata.name):
+        if job["metadata"]["name"] in recorded:
+            continue
         if observe.owned_by(job, run.metadata.uid) and observe.job_finished(job) is None:
             await _ignore_missing(ctl.kube.delete_job(namespace, job["metadata"]["name"]))
             await _ignore_missing_quiet(ctl, namespace, job["metadata"]["name"])

@@ -16,9 +16,11 @@ failed for good) is started for a known step, and a function that returns right 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from kubestep.api import names
 from kubestep.api.base import Condition, set_condition
@@ -39,6 +41,7 @@ from kubestep.api.run import (
     WorkflowRun,
     WorkflowRunStatus,
 )
+from kubestep.api.workflow import ExecutionMode, ExecutionPolicy
 from kubestep.engine import backoff, rerun
 from kubestep.engine.actions import (
     Action,
@@ -184,6 +187,10 @@ class _Decider:
             self.end_all(RunPhase.FAILED, error, error.type, outcome.message)
             return
         report = outcome.report
+        if outcome.chained:
+            execution = self.absorb_chain(execution, outcome)
+            if execution is None:
+                return
         final = report is not None and report.kind is not ReportKind.STARTED
         if final:
             assert report is not None
@@ -206,6 +213,30 @@ class _Decider:
         result, reason = _failure_class(outcome)
         message = outcome.message or _describe_exit(outcome, self.spec.timeouts.step)
         self.attempt_failed(step, execution, outcome, result, reason, message, None)
+
+    def absorb_chain(self, execution: Execution, outcome: Outcome) -> Execution | None:
+        """Record the steps a chained execution finished before its last report; the execution as its last
+        report is to be read (a discovery of whatever step came next), or None if the run failed."""
+        recorded = chained_steps(outcome)
+        for done, finished_at in recorded:
+            assert done.step is not None
+            if execution.step is None:
+                stray = self.stray_boundary(done)
+            elif done.step.id != execution.step:
+                stray = (
+                    f"execution {execution.name} was to run step {execution.step!r} but ran {done.step.id!r}"
+                )
+            else:
+                stray = None
+            if stray:
+                error = ErrorInfo(type="NondeterminismError", message=stray)
+                self.end_all(RunPhase.FAILED, error, "NondeterminismError", stray)
+                return None
+            ended = dataclasses.replace(outcome, finished_at=finished_at, exit_code=0)
+            self.apply_report(execution, done.model_copy(update={"next": None}), ended)
+            # The next step of the chain is a new step of this execution, begun when this one ended.
+            execution = execution.model_copy(update={"step": None, "attempt": 1, "started_at": finished_at})
+        return execution
 
     def check_starts(self, stalled: list[Stalled]) -> None:
         """Say on each step why its pod has not started (on the Succeeded condition for an execution with no
@@ -624,7 +655,7 @@ class _Decider:
                 attempt=attempt,
                 # A discovery execution runs the first attempt of whatever new step it reaches.
                 state=self.runner_state(step_id, attempt if step_id else 1),
-                timeout_seconds=None if timeout is None else parse_duration(timeout),
+                timeout_seconds=pod_deadline(self.spec.execution, timeout),
             )
         )
 
@@ -648,6 +679,7 @@ class _Decider:
             target=target,
             attempt=attempt,
             max_output_bytes=self.spec.limits.step_output_bytes,
+            **chain_settings(self.spec.execution),
         )
 
     # Ending -------------------------------------------------------------------------------------------
@@ -751,6 +783,27 @@ def progress(status: WorkflowRunStatus) -> str:
 
 def _stamp(when: datetime | None) -> str:
     return "" if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def chain_settings(execution: ExecutionPolicy) -> dict[str, Any]:
+    """What a runner is told of chained mode: how many steps in a row, for how long."""
+    if execution.mode is not ExecutionMode.CHAINED:
+        return {}
+    return {"chain_steps": execution.max_steps_per_pod, "chain_seconds": float(execution.max_pod_seconds)}
+
+
+def pod_deadline(execution: ExecutionPolicy, step_timeout: str | None) -> float | None:
+    """A step pod's ``activeDeadlineSeconds``: the step's timeout; in a chain, plus the chain's own bound."""
+    if step_timeout is None:
+        return None
+    extra = execution.max_pod_seconds if execution.mode is ExecutionMode.CHAINED else 0
+    return parse_duration(step_timeout) + extra
+
+
+def chained_steps(outcome: Outcome) -> list[tuple[Report, datetime]]:
+    """The steps a chained execution recorded, less the one its last report tells of (told there too)."""
+    last = outcome.report.step.id if outcome.report is not None and outcome.report.step else None
+    return [(r, t) for r, t in outcome.chained if r.step is not None and r.step.id != last]
 
 
 def _json_size(value: object) -> int:

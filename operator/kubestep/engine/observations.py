@@ -46,6 +46,8 @@ class Outcome:
     """The last lines it printed."""
     finished_at: datetime | None = None
     """When it ended, if known."""
+    chained: list[tuple[Report, datetime]] = field(default_factory=list)
+    """Chained mode: the steps it finished, in order, with their end times, as its log recorded them."""
 
 
 @dataclass(frozen=True)

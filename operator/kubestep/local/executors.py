@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from kubestep.api.report import EXIT_BAD_INPUT, decode_report
+from kubestep.api.report import EXIT_BAD_INPUT, LOG_STEP_MARKER, Report, decode_report, decode_step_lines
 from kubestep.engine.actions import StartExecution
 from kubestep.engine.observations import ExitKind, Outcome
 from kubestep.runner.main import load_function
@@ -144,11 +145,20 @@ class ProcessExecutor:
         return proc.pid is not None and _alive(proc.pid)
 
     def _outcome(self, proc: _Process) -> Outcome:
+        outcome = self._ended(proc)
+        log_path = proc.folder / "log"
+        log = log_path.read_text(errors="replace") if log_path.exists() else ""
+        # Chained mode: the steps the process finished before its last report are in its log.
+        return dataclasses.replace(outcome, chained=decode_step_lines(log))
+
+    def _ended(self, proc: _Process) -> Outcome:
         log_path, report_path = proc.folder / "log", proc.folder / "report"
         log = log_path.read_text(errors="replace") if log_path.exists() else ""
         message = report_path.read_text(errors="replace") if report_path.exists() else ""
         report = decode_report(message, log)
-        tail = "\n".join(log.splitlines()[-_TAIL_LINES:])
+        lines = log.splitlines()
+        ends = [i for i, line in enumerate(lines) if line.startswith(LOG_STEP_MARKER)]
+        tail = "\n".join(lines[ends[-1] + 1 if ends else 0 :][-_TAIL_LINES:])
         now = datetime.now(UTC)
         if proc.timed_out:
             return Outcome(proc.name, ExitKind.DEADLINE, report, None, "DeadlineExceeded", "", tail, now)
@@ -230,10 +240,15 @@ class InProcessExecutor:
         workflow = self._functions.get(spec) or load_function(spec)
         replay = Replay(action.state, now=self._now)
         replay.stubs = self._stubs
+        chained: list[tuple[Report, datetime]] = []
+        if action.state.chain_steps > 1:
+            replay.on_succeeded = lambda done: chained.append((done, self._now()))
         report = replay.run(workflow)
         failed = report.kind.value in ("step_failed", "failed")
         tail = report.error.traceback if report.error else ""
-        outcome = Outcome(action.name, ExitKind.EXITED, report, 1 if failed else 0, "", "", tail, self._now())
+        outcome = Outcome(
+            action.name, ExitKind.EXITED, report, 1 if failed else 0, "", "", tail, self._now(), chained
+        )
         self._done.append((run, outcome))
 
     def stop(self, run: str, name: str) -> None:

@@ -20,6 +20,7 @@ from kubestep.api.report import (
     ReportKind,
     RunnerState,
     encode_report,
+    encode_step_line,
 )
 from kubestep.sdk.errors import Interrupt
 from kubestep.sdk.step import Replay, classify, encodable
@@ -94,6 +95,10 @@ def run(state: RunnerState, report_path: Path) -> Report:
             write_report(succeeded, report_path)
         except OSError as exc:
             raise ReportUnwritable(exc) from exc
+        if state.chain_steps > 1:
+            # A chained execution goes on to other steps: the log keeps each one it finished, durably.
+            sys.stderr.flush()
+            print(encode_step_line(succeeded, datetime.now(UTC)), flush=True)
 
     replay.on_start = announce
     replay.on_succeeded = persist

@@ -276,6 +276,8 @@ class Replay:
         self.on_succeeded: Callable[[Report], None] = lambda report: None
         """Called with the ``step_succeeded`` report as soon as the step returns, before replay goes on to
         the next boundary (the runner persists it, so an output is never lost to what follows)."""
+        self._executed = 0  # steps this replay executed (more than one only in chained mode)
+        self._began = self._clock()
         self.stubs: dict[str, Any] = {}
         """Test doubles by step id or name: a value to return, an exception to raise, or a callable."""
 
@@ -313,6 +315,11 @@ class Replay:
                 raise StepError(ref.id, memo.error.get("type", "Error"), memo.error.get("message", ""))
             return memo.output
         if (self._succeeded is not None or self._boundaries) and not self._in_parallel:
+            if kind is StepType.RUN and self._may_chain():
+                # Chained mode: the step just finished is recorded (``on_succeeded``); execute this one here.
+                self._succeeded = None
+                self.state = self.state.model_copy(update={"target": None})
+                return on_new(ref)
             if kind is StepType.RUN:
                 # The next step's body belongs to an execution of its own: name it, do not run it.
                 self.report(Report(kind=ReportKind.NEXT_STEP, step=ref))
@@ -338,6 +345,16 @@ class Replay:
                 "execute; the function must reach its steps in the same order every time"
             )
         return on_new(ref)
+
+    def _may_chain(self) -> bool:
+        """Whether this execution may go on to execute the next ``step.run`` (chained mode).
+
+        Not past a send (its events are published from the report), nor after a retry (the steps after a
+        retried one start a chain of their own, with their own attempt numbers)."""
+        state = self.state
+        if self._boundaries or state.attempt != 1 or self._executed >= state.chain_steps:
+            return False
+        return state.chain_seconds is None or (self.now - self._began).total_seconds() < state.chain_seconds
 
     def _unique_id(self, name: str) -> str:
         """``name``, or ``name:N`` for its N-th repeat, skipping ids already taken (a user may have named a
@@ -411,6 +428,7 @@ class Replay:
         """Execute a ``run`` step in this process and stop the function with its result."""
         self.on_start(Report(kind=ReportKind.STARTED, step=ref))
         self._executing = ref.id
+        self._executed += 1
         try:
             output = to_json(
                 self._call(ref, fn, args, kwargs), f"step {ref.id!r}", self.state.max_output_bytes

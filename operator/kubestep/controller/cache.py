@@ -1,0 +1,59 @@
+"""Read runs, step Jobs and their pods from the watch cache, and from the API only when it may be behind.
+
+The watches stream every change of these objects anyway; reading them again with a GET per pass cost
+the operator most of its requests. A cache can lag, never lie about the past: it may not have a Job
+created a moment ago, or may still show a Job running whose pod has ended. Each read here therefore
+goes to the API server whenever the cached copy cannot be trusted for the decision at hand:
+
+- a Job missing from the cache is read from the API (a lagging cache is never taken for a deleted Job);
+- a finished Job whose cached pod shows no end yet has its pods listed from the API (the pod watch may
+  be behind the Job watch, and a pod without an end would read as one the cluster took away);
+- a run is read from the cache only at the newest ``resourceVersion`` this process has seen of it
+  (read or written); any other cached version may be older, so the run is read from the API.
+
+A cached Job still running that has in fact ended is harmless: its watch event queues the run again.
+"""
+
+from __future__ import annotations
+
+from kubestep.controller import observe
+from kubestep.controller.context import Controller
+from kubestep.controller.kube import RUNS, NotFound, Obj
+
+
+async def run(ctl: Controller, namespace: str, name: str) -> Obj:
+    """The run, from the cache if it is at the newest version seen, else from the API (NotFound if gone)."""
+    cached = ctl.indices.run(namespace, name)
+    newest = ctl.run_versions.get((namespace, name))
+    if cached is not None and newest is not None and cached["metadata"].get("resourceVersion") == newest:
+        return cached
+    fresh = await ctl.kube.get(RUNS, namespace, name)
+    saw_run(ctl, fresh)
+    return fresh
+
+
+def saw_run(ctl: Controller, obj: Obj) -> None:
+    """Note the version of a run just read from or written to the API: the newest this process knows."""
+    meta = obj.get("metadata") or {}
+    if meta.get("resourceVersion"):
+        ctl.run_versions[(meta["namespace"], meta["name"])] = str(meta["resourceVersion"])
+
+
+def forget_run(ctl: Controller, namespace: str, name: str) -> None:
+    """Drop what is known of a run that is gone or finished."""
+    ctl.run_versions.pop((namespace, name), None)
+
+
+async def job_and_pods(ctl: Controller, namespace: str, name: str) -> tuple[Obj | None, list[Obj]]:
+    """A step Job (None if it does not exist) and its pods, read from the API where the cache may lag."""
+    job = ctl.indices.job(namespace, name)
+    if job is None:
+        try:
+            job = await ctl.kube.get_job(namespace, name)
+        except NotFound:
+            job = None
+        return job, await ctl.kube.job_pods(namespace, name)
+    pods = ctl.indices.job_pods(namespace, name)
+    if observe.job_finished(job) is not None and not observe.terminated_state(observe.newest_pod(pods)):
+        pods = await ctl.kube.job_pods(namespace, name)
+    return job, pods

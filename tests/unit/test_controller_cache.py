@@ -1,0 +1,190 @@
+"""A run's pass reads the watch cache, and the API only where the cache may be behind.
+
+The cache here is a snapshot of the fake API server taken when the test says the watches caught up
+(``sync``); between two syncs it lags, as a real watch may.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from fake_kube import JOBS, PODS, SECRETS, Call
+from test_controller_reconcilers import NS, RUN, FakeIndices, World, a_running_run, report
+
+from kubestep.api.report import Report, ReportKind
+from kubestep.api.run import RunPhase
+from kubestep.controller.context import Controller
+from kubestep.controller.kube import RUNS
+
+READS = ("get", "get_job", "job_pods")
+COMPLETED = Report(kind=ReportKind.COMPLETED, output=3)
+
+
+@dataclass
+class CachedIndices(FakeIndices):
+    """The fake's indices plus a watch cache of runs, Jobs and pods as of the last :meth:`sync`."""
+
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def sync(self, *kinds: str) -> None:
+        """The watches of ``kinds`` (default: all) caught up with the API server."""
+        kinds = kinds or (RUNS, JOBS, PODS)
+        if RUNS in kinds:
+            self.runs = {o["metadata"]["name"]: o for o in self.kube.objects(RUNS, NS)}
+        if JOBS in kinds:
+            self.jobs = {o["metadata"]["name"]: o for o in self.kube.objects(JOBS, NS)}
+        if PODS in kinds:
+            self.pods = {}
+            for pod in self.kube.objects(PODS, NS):
+                self.pods.setdefault(pod["metadata"]["labels"]["batch.kubernetes.io/job-name"], []).append(
+                    pod
+                )
+
+    def run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.runs.get(name))
+
+    def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.jobs.get(name))
+
+    def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.pods.get(job, []))
+
+
+def cached_world() -> tuple[World, CachedIndices]:
+    world = World()
+    cache = CachedIndices(world.kube)
+    world.ctl = Controller(world.kube, cache, clock=lambda: world.now)  # type: ignore[arg-type]
+    return world, cache
+
+
+def test_a_pass_over_a_step_that_ended_reads_the_run_its_job_and_pod_from_the_cache() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output={"rows": 3}))
+    cache.sync()
+    world.reconcile()
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+    assert world.kube.methods(*READS) == []
+
+
+def test_a_job_the_cache_has_not_seen_yet_is_read_from_the_api_not_taken_for_deleted() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.run_job(NS, job)
+    cache.sync(RUNS)  # the Job watch is behind: the cache has no Job of that name yet
+    world.reconcile()
+    assert world.active() == [job]
+    assert world.run().status.phase is RunPhase.RUNNING
+    assert world.kube.methods("get_job", "job_pods") == ["get_job", "job_pods"]
+
+
+def test_a_finished_job_whose_cached_pod_has_not_ended_yet_has_its_pods_read_from_the_api() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.run_job(NS, job)
+    cache.sync()  # the pod seen running
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output={"rows": 3}))
+    cache.sync(RUNS, JOBS)  # the Job watch saw it finish, the pod watch not yet the pod's end
+    world.reconcile()
+    # Not a pod the cluster took away (PodLost): its report, read from the API, is what counts.
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+    assert world.kube.methods(*READS) == ["job_pods"]
+
+
+def test_a_cached_run_older_than_the_version_this_process_wrote_is_read_from_the_api() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    cache.sync()
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output={"rows": 3}))
+    cache.sync(JOBS, PODS)
+    cache.runs[RUN.name]["metadata"]["resourceVersion"] = "1"  # a version from before the last save
+    world.reconcile()
+    assert world.kube.methods(*READS)[:1] == ["get"]
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+
+
+def test_a_run_never_read_by_this_process_is_read_from_the_api_once() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    cache.sync()
+    world.restart()  # a new process: it knows no version of the run
+    world.ctl = Controller(world.kube, cache, clock=lambda: world.now)  # type: ignore[arg-type]
+    world.reconcile()
+    assert world.kube.methods("get") == ["get"]
+    world.reconcile()
+    assert world.kube.methods("get") == []
+    assert world.active() == [job]
+
+
+# The handoff: a step's end is acted on when the node records it, not when the Job controller does ----------
+
+
+def test_a_pod_that_ended_with_its_report_is_recorded_before_its_job_is_marked_finished() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
+    world.kube.touch(JOBS, NS, job, status={"active": 1})  # the Job controller has not caught up
+    cache.sync()
+    world.reconcile()
+    (step,) = world.run().status.steps
+    assert step.id == "fetch" and step.output == 1
+    assert world.active() != [job]
+
+
+def test_a_pod_that_ended_without_a_final_report_waits_for_its_jobs_verdict() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.STARTED, "fetch"), exit_code=137)
+    world.kube.touch(JOBS, NS, job, status={"active": 1})
+    cache.sync()
+    world.reconcile()
+    # The Job may yet say why (a deadline, an eviction): nothing is recorded before it does.
+    assert world.active() == [job]
+    assert world.run().status.phase is RunPhase.RUNNING
+
+
+def test_a_run_ended_by_a_pod_before_its_job_is_marked_finished_keeps_that_job_and_its_pod() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output={"rows": 3}))
+    world.kube.touch(JOBS, NS, job, status={"active": 1})
+    cache.sync()
+    world.reconcile()
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+    # Not taken for a stray of an unsaved pass: the step's pod (and its log) stays for the user to read.
+    assert world.jobs() == [job]
+    assert "delete_job" not in world.kube.methods()
+
+
+# State Secrets: one request per run, not per step attempt -------------------------------------------------
+
+
+def test_a_recorded_steps_small_state_secret_stays_until_the_run_ends_then_all_go_at_once() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
+    cache.sync()
+    world.reconcile()
+    (nxt,) = world.active()
+    assert "delete_secret" not in world.kube.methods()
+    assert {s["metadata"]["name"] for s in world.kube.objects(SECRETS, NS)} == {job, nxt}
+    world.kube.end_job(NS, nxt, report(ReportKind.STEP_SUCCEEDED, "store", output=2, next=COMPLETED))
+    cache.sync()
+    world.reconcile()
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+    assert world.kube.methods("delete_secret", "delete_secrets") == ["delete_secrets"]
+    assert world.kube.objects(SECRETS, NS) == []
+
+
+def test_a_large_state_secret_is_deleted_as_soon_as_its_attempt_is_recorded() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.ctl.large_states.add((NS, job))  # as its creation noted it
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
+    cache.sync()
+    world.reconcile()
+    assert Call("delete_secret", job) in world.kube.calls
