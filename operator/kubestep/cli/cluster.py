@@ -3,6 +3,7 @@ call the read and write commands make, with client errors turned into one-line `
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -102,8 +103,6 @@ class Cluster:
             return CliError(f"{what}: forbidden ({exc.reason}); check your kubeconfig's user and RBAC")
         message = exc.reason or ""
         try:
-            import json
-
             message = json.loads(exc.body or "{}").get("message") or message
         except (ValueError, AttributeError):
             pass
