@@ -296,3 +296,21 @@ def test_run_names_complete_from_the_runs_there(tmp_path: Path) -> None:
     assert complete_runs(Ctx(), "contacts") == ["contacts-1", "contacts-2"]  # type: ignore[arg-type]
     Ctx.params = {"local": tmp_path / "missing"}
     assert complete_runs(Ctx(), "") == []  # type: ignore[arg-type]
+
+
+def test_watch_prints_a_run_again_only_when_more_than_its_age_changed() -> None:
+    run = run_with([VALIDATE, ENRICH_RETRYING])
+    later = render.run_row(run, at(95))
+    assert render.watch_key(render.run_row(run, at(90))) == render.watch_key(later)
+    moved = run_with([VALIDATE, ENRICH_RETRYING.model_copy(update={"phase": StepPhase.RUNNING})])
+    assert render.watch_key(render.run_row(moved, at(95))) != render.watch_key(later)
+    header = render.watch_line(list(render.RUN_COLUMNS))
+    line = render.watch_line(later)
+    assert line.index("Running") == header.index("PHASE") and line.index("1 done") == header.index("PROGRESS")
+
+
+def test_objects_are_printed_without_managed_fields_as_kubectl_does() -> None:
+    obj = {"metadata": {"name": "r1", "managedFields": [{"manager": "x"}]}, "spec": {}}
+    assert "managedFields" not in render.dump(obj, "yaml")
+    assert "managedFields" not in render.dump([obj], "json")
+    assert obj["metadata"]["managedFields"]  # the caller's object is left alone

@@ -3,6 +3,8 @@ call the read and write commands make, with client errors turned into one-line `
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -101,12 +103,8 @@ class Cluster:
         if exc.status in (401, 403):
             return CliError(f"{what}: forbidden ({exc.reason}); check your kubeconfig's user and RBAC")
         message = exc.reason or ""
-        try:
-            import json
-
+        with contextlib.suppress(ValueError, AttributeError):  # a body that is no Status: keep the reason
             message = json.loads(exc.body or "{}").get("message") or message
-        except (ValueError, AttributeError):
-            pass
         exit_code = EXIT_USAGE if exc.status in (400, 422) else EXIT_FAILURE
         return CliError(f"{what}: {message}", exit_code)
 

@@ -379,28 +379,44 @@ def runs(
     source = _source(local, kubeconfig, context, namespace, all_namespaces)
     objs, rows = _run_rows(source.runs(), workflow, phase, all_namespaces)
     out = _out()
-    if output != "table":
+    if watch:
+        _watch(source, objs, rows, workflow, phase, all_namespaces, output, out)
+    elif output != "table":
         print(render.dump(objs, output))
-    elif rows or watch:
+    elif rows:
         out.print(_table(render.RUN_COLUMNS, rows, all_namespaces, {2: render.phase_style}))
     else:
         out.print("no runs found", markup=False)
-    if not watch:
-        return
-    seen = {tuple(r) for r in rows}
+
+
+def _watch(
+    source: RunSource,
+    objs: list[Obj],
+    rows: list[list[str]],
+    workflow: str | None,
+    phase: str | None,
+    all_ns: bool,
+    output: str,
+    out: Console,
+) -> None:
+    """As ``kubectl get -w``: every run once, then a run again whenever it changed (not just its age)."""
+    header = (["NAMESPACE"] if all_ns else []) + list(render.RUN_COLUMNS)
+    if output == "table":
+        out.print(render.watch_line(header), markup=False)
+    seen: dict[str, tuple[str, ...]] = {}
     while True:
-        time.sleep(POLL_SECONDS)
-        objs, rows = _run_rows(source.runs(), workflow, phase, all_namespaces)
         for obj, row in zip(objs, rows, strict=True):
-            if tuple(row) in seen:
+            key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
+            if seen.get(key) == render.watch_key(row):
                 continue
-            seen.add(tuple(row))
-            if output != "table":
-                print(json.dumps(obj) if output == "json" else render.dump(obj, "yaml") + "---", flush=True)
+            seen[key] = render.watch_key(row)
+            if output == "table":
+                out.print(render.watch_line(row), markup=False)
             else:
-                line = "   ".join(row)
-                out.print(line, markup=False)
-                sys.stdout.flush()
+                print(json.dumps(obj) if output == "json" else render.dump(obj, "yaml") + "---")
+        sys.stdout.flush()
+        time.sleep(POLL_SECONDS)
+        objs, rows = _run_rows(source.runs(), workflow, phase, all_ns)
 
 
 # describe -----------------------------------------------------------------------------------------------

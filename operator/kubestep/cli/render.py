@@ -41,10 +41,35 @@ STEP_COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "br
 def dump(obj: Obj | list[Obj], output: str) -> str:
     """``obj`` as JSON or YAML; a list becomes a ``List``, as kubectl prints it."""
     if isinstance(obj, list):
-        obj = {"apiVersion": "v1", "kind": "List", "items": obj}
+        obj = {"apiVersion": "v1", "kind": "List", "items": [_shown(o) for o in obj]}
+    else:
+        obj = _shown(obj)
     if output == "json":
         return json.dumps(obj, indent=2, default=str)
     return yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)
+
+
+def _shown(obj: Obj) -> Obj:
+    """An object as kubectl prints it: without ``metadata.managedFields``, which says who wrote what."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+#: Column widths of `kubestep runs --watch`, whose lines come one by one (a long value just pushes on).
+WATCH_WIDTHS = (40, 28, 10, 17, 38, 8, 7, 8)
+
+
+def watch_line(row: list[str]) -> str:
+    """One line of ``kubestep runs --watch``: the row, in columns of fixed width."""
+    widths = ((30,) if len(row) > len(WATCH_WIDTHS) else ()) + WATCH_WIDTHS
+    return " ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip()
+
+
+def watch_key(row: list[str]) -> tuple[str, ...]:
+    """What makes a run's row worth printing again: anything but its age and duration (the last two)."""
+    return tuple(row[:-2])
 
 
 def short_duration(seconds: float) -> str:
