@@ -143,6 +143,27 @@ def load_configuration() -> None:
         config.load_kube_config()  # type: ignore[no-untyped-call]
 
 
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _gate_writes(api_client: client.ApiClient, may_write: Callable[[], bool]) -> None:
+    """Ask ``may_write`` again as the request goes onto the connection.
+
+    The check in :meth:`Kube._call` runs before the client serialises the body and takes a connection; a
+    process frozen (SIGSTOP, a starved VM) in between would send its write when it wakes, after another
+    replica took the lease. Asking at the last moment before the socket leaves only the send itself.
+    """
+    pool = api_client.rest_client.pool_manager
+    send = pool.urlopen
+
+    def urlopen(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if method.upper() not in _READS and not may_write():
+            raise NotLeading("not sent: this operator does not hold the leader lease")
+        return send(method, url, *args, **kwargs)
+
+    pool.urlopen = urlopen  # type: ignore[method-assign]
+
+
 class Kube:
     """Typed, asynchronous access to the objects the operator reads and writes.
 
@@ -167,6 +188,8 @@ class Kube:
         self.may_write = may_write
         self.field_manager = field_manager
         self._executor = executor
+        if may_write is not None:
+            _gate_writes(self.api_client, may_write)
 
     async def _call(self, fn: Callable[..., Any], *args: Any, write: bool = False, **kwargs: Any) -> Any:
         # Without a timeout a half-open connection would block a worker, and its key, forever.
