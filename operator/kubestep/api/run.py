@@ -10,6 +10,7 @@ from pydantic import Field
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
 from kubestep.api.event import EventSpec
+from kubestep.api.flow import RunAdmission
 from kubestep.api.workflow import WorkflowSpec
 
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
@@ -24,6 +25,7 @@ class RunPhase(StrEnum):
     """Where a run is in its life."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"
     RUNNING = "Running"
     SLEEPING = "Sleeping"
     WAITING = "Waiting"
@@ -256,7 +258,8 @@ class WorkflowRunStatus(Model):
     """Progress and results of the run, written by the operator only."""
 
     phase: RunPhase = RunPhase.PENDING
-    """Pending, Running, Sleeping, Waiting, Succeeded, Failed or Cancelled."""
+    """Pending, Queued (waiting for the workflow's flow control to admit it; see `admission`), Running,
+    Sleeping, Waiting, Succeeded, Failed or Cancelled."""
     started_at: datetime | None = None
     """When the run started."""
     finished_at: datetime | None = None
@@ -284,6 +287,9 @@ class WorkflowRunStatus(Model):
     started when its step is not known yet), then True or False, so `kubectl wait` works."""
     observed_generation: int | None = None
     """The generation of the spec last acted on."""
+    admission: RunAdmission | None = None
+    """The run under the workflow's flow control (`spec.workflow.concurrency`): the slots granted to it and
+    what it waits for. Unset for workflows without flow control."""
 
 
 class WorkflowRun(Model):

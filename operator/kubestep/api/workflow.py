@@ -15,6 +15,7 @@ from kubestep.api.durations import (
     SPEC_DURATION_PATTERN,
     parse_duration,
 )
+from kubestep.api.flow import MAX_CONCURRENCY_ENTRIES, UNIQUE_CONCURRENCY, Concurrency
 from kubestep.api.pod import PodTemplate
 
 #: Event names: a path of words, for example `api/contact_list.uploaded`.
@@ -242,12 +243,22 @@ class WorkflowSpec(SpecModel):
     """Size limits of step outputs."""
     pod_template: PodTemplate = Field(default_factory=PodTemplate)
     """Overrides applied to every step pod."""
+    concurrency: list[Concurrency] = Field(
+        default_factory=list,
+        max_length=MAX_CONCURRENCY_ENTRIES,
+        json_schema_extra={"x-kubernetes-validations": [UNIQUE_CONCURRENCY]},
+    )
+    """Flow control: at most two caps on step attempts (`scope: Steps`) or runs (`scope: Runs`) executing at
+    once, overall or per key. Work over a cap waits in phase `Queued`; see "Flow control" in the README."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:
         events = [t.event for t in self.triggers]
         if len(set(events)) != len(events):
             raise ValueError(_UNIQUE_TRIGGER_EVENTS["message"])
+        pairs = [(c.scope, c.key or "") for c in self.concurrency]
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(UNIQUE_CONCURRENCY["message"])
         return self
 
 

@@ -30,6 +30,16 @@ def readiness(workflow: Workflow) -> Condition:
                 observed_generation=generation,
                 message=f"spec.triggers[{index}].if: {problem}; fix the expression (CEL over `event`)",
             )
+    for index, entry in enumerate(workflow.spec.concurrency):
+        problem = None if entry.key is None else check(entry.key)
+        if problem is not None:
+            return Condition(
+                type=READY,
+                status="False",
+                reason="InvalidExpression",
+                observed_generation=generation,
+                message=f"spec.concurrency[{index}].key: {problem}; fix the expression (CEL over `event`)",
+            )
     return Condition(
         type=READY,
         status="True",

@@ -21,6 +21,7 @@ from kubestep.api.run import (
     WorkflowRunSpec,
 )
 from kubestep.api.workflow import Workflow
+from kubestep.engine import admission
 from kubestep.engine.actions import (
     CancelChild,
     Note,
@@ -114,7 +115,8 @@ class Driver:
             return name
         spec = self.workflows[workflow].spec
         run = WorkflowRun(
-            metadata=ObjectMeta(name=name, uid=uuid.uuid4().hex),
+            # Its creation orders it in the queues of the workflow's flow control, as in the cluster.
+            metadata=ObjectMeta(name=name, uid=uuid.uuid4().hex, creation_timestamp=self.clock.now()),
             spec=WorkflowRunSpec(
                 workflow_ref=WorkflowRef(name=workflow), workflow=spec, event=event, parent=parent
             ),
@@ -161,7 +163,7 @@ class Driver:
                 self._outcomes[run].append(outcome)
                 if self.timeline is not None:
                     self.timeline.output(outcome.name, self.executor.log(run, outcome.name))
-            changed = False
+            changed = self._admit()
             for name in list(self.state.runs):
                 changed |= self._step(name)
             if all(self.state.runs[t].status.phase.finished for t in targets):
@@ -169,6 +171,28 @@ class Driver:
             if changed:
                 continue
             self._sleep()
+
+    def _admit(self) -> bool:
+        """Grant the slots of the workflows' flow control, as the operator does; True if any was."""
+        by_workflow: dict[str, list[WorkflowRun]] = defaultdict(list)
+        for run in self.state.runs.values():
+            if run.spec.workflow.concurrency or run.status.admission is not None:
+                by_workflow[run.spec.workflow_ref.name].append(run)
+        changed = False
+        now = self.clock.now()
+        for workflow, runs in by_workflow.items():
+            loaded = self.workflows.get(workflow)
+            entries = loaded.spec.concurrency if loaded is not None else runs[-1].spec.workflow.concurrency
+            decided = admission.admit(entries, [admission.candidate(r) for r in runs])
+            for run in runs:
+                verdict = decided.verdicts.get(run.metadata.name)
+                if verdict is None:
+                    continue
+                status = admission.apply(run.status, verdict, now)
+                if status != run.status:
+                    self.state.runs[run.metadata.name] = run.model_copy(update={"status": status})
+                    changed = changed or bool(verdict.admit or verdict.tickets)
+        return changed
 
     def _step(self, name: str) -> bool:
         run = self.state.runs[name]

@@ -1,0 +1,326 @@
+"""Admission: which queued work of a workflow may start now. Pure: no I/O, the time is given.
+
+A workflow's flow control (`spec.concurrency`) is decided here from what its runs record, never from
+memory, so that the operator (one pass per workflow at a time) and `kubestep run` apply the same rules and
+a restarted operator carries on where the last one stopped.
+
+How slots are held, all read from the runs' statuses:
+
+- scope `Runs`: a run holds a slot from its admission (`status.admission.admittedAt`, or its start for a
+  run started before the workflow had the entry) until it finishes;
+- scope `Steps`: a run holds one slot per execution in flight (`status.active`) plus one per *ticket*
+  (`status.admission.tickets`): a step start granted by a pass of admission and not used yet. The run's
+  engine turns a ticket into an execution (`take_ticket`) and gives back the tickets it did not use at the
+  end of its pass, so an ended, vanished or never-started execution frees its slot when the engine drops it
+  from `status.active`, and a finished or deleted run holds nothing.
+
+Admission only ever *adds* slots, and every other change to a run only frees them: a pass that computed
+its grants from a consistent read never grants past a limit, whatever happens meanwhile.
+
+Fairness: the runs are grouped by the values of the keyed entries. Each free slot goes to the group that
+holds the fewest slots (ties to the group whose oldest waiting work is oldest), and within a group to its
+oldest work. With K groups waiting for N free slots, no group gets more than ⌈N/K⌉ of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kubestep.api.base import Condition, set_condition
+from kubestep.api.flow import ADMITTED, Concurrency, ConcurrencyScope, QueueReason, RunAdmission
+from kubestep.api.run import WorkflowRun, WorkflowRunStatus
+from kubestep.engine.cel import CelError, evaluate
+
+_EPOCH = datetime.fromtimestamp(0, UTC)
+#: The longest key value shown in a queued run's status.
+_KEY_CHARS = 63
+
+
+# The engine's side: what one run may do on its own -------------------------------------------------------
+
+
+def scopes(entries: Iterable[Concurrency]) -> tuple[bool, bool]:
+    """Whether ``entries`` cap runs, and whether they cap steps."""
+    listed = [e.scope for e in entries]
+    return ConcurrencyScope.RUNS in listed, ConcurrencyScope.STEPS in listed
+
+
+def must_wait(run: WorkflowRun) -> bool:
+    """Whether a run not started yet waits for admission before anything of it starts."""
+    runs_capped, steps_capped = scopes(run.spec.workflow.concurrency)
+    admission = run.status.admission or RunAdmission()
+    if runs_capped and admission.admitted_at is None:
+        return True
+    return steps_capped and admission.tickets == 0
+
+
+def take_ticket(run: WorkflowRun, status: WorkflowRunStatus) -> bool:
+    """Spend a ticket of ``status`` to start one execution; False when the run must wait for one."""
+    if not scopes(run.spec.workflow.concurrency)[1]:
+        return True
+    admission = status.admission
+    if admission is None or admission.tickets == 0:
+        return False
+    admission.tickets -= 1
+    return True
+
+
+def settle(run: WorkflowRun, status: WorkflowRunStatus, held: int) -> None:
+    """End a pass of the run's engine: ``held`` starts wait for a ticket, unused tickets are given back."""
+    if not run.spec.workflow.concurrency and status.admission is None:
+        return
+    admission = status.admission or RunAdmission()
+    admission.wants = 0 if status.phase.finished else held
+    admission.tickets = 0
+    status.admission = admission
+
+
+# The workflow's side: which waiting work starts now ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A run as admission sees it."""
+
+    name: str
+    queued_at: datetime
+    """When its work joined the queue: the run's creation (oldest first)."""
+    event: dict[str, Any]
+    """The run's trigger as CEL sees it (`event`)."""
+    finished: bool = False
+    started: bool = False
+    """It has started (its engine set `startedAt`)."""
+    admitted: bool = False
+    """It holds its slots of the `Runs` entries."""
+    active: int = 0
+    """Executions in flight."""
+    tickets: int = 0
+    """Step starts granted and not used."""
+    wants: int = 0
+    """Step starts waiting for a ticket, as its engine last said."""
+
+
+def candidate(run: WorkflowRun) -> Candidate:
+    """What admission reads of a run."""
+    status = run.status
+    admission = status.admission or RunAdmission()
+    return Candidate(
+        name=run.metadata.name,
+        queued_at=run.metadata.creation_timestamp or status.started_at or _EPOCH,
+        event=run.spec.event.as_payload(),
+        finished=status.phase.finished,
+        started=status.started_at is not None,
+        admitted=admission.admitted_at is not None or status.started_at is not None,
+        active=len(status.active),
+        tickets=admission.tickets,
+        wants=admission.wants,
+    )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What admission says of one run that wanted something."""
+
+    admit: bool = False
+    """Grant its slots of the `Runs` entries."""
+    tickets: int = 0
+    """Step starts granted now."""
+    reason: str = ""
+    """Why it still waits (a `QueueReason`); empty when it got all it wanted."""
+    waiting_for: str = ""
+    """The limit and its key value, short (the printer column)."""
+    message: str = ""
+    """The limit, its key value and the slots in use, in a sentence."""
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The verdicts of one pass, by run name: only runs that wanted something have one."""
+
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+
+
+@dataclass
+class _Work:
+    run: Candidate
+    keys: tuple[str, ...]
+    """The run's key value under each entry ('' for an entry without key)."""
+    group: tuple[str, ...]
+    """Its fairness group: its key values under the keyed entries."""
+    needs_admit: bool
+    tickets: int
+    granted_admit: bool = False
+    granted_tickets: int = 0
+
+    @property
+    def waiting(self) -> bool:
+        return (self.needs_admit and not self.granted_admit) or self.granted_tickets < self.tickets
+
+
+def key_value(expression: str | None, event: dict[str, Any]) -> str:
+    """The value of a concurrency key for ``event``: '' without a key, or when the key fails to evaluate."""
+    if expression is None:
+        return ""
+    try:
+        value = evaluate(expression, {"event": event})
+    except CelError:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def admit(entries: Sequence[Concurrency], runs: Iterable[Candidate], paused: bool = False) -> Admission:
+    """Which waiting work of a workflow with ``entries`` starts now, given all its ``runs``.
+
+    ``paused``: nothing is admitted, and every waiting run says the workflow is paused.
+    """
+    steps_capped = scopes(entries)[1]
+    entries = list(entries)
+    keyed = [i for i, e in enumerate(entries) if e.key is not None]
+    held: list[dict[str, int]] = [{} for _ in entries]
+    share: dict[tuple[str, ...], int] = {}
+    works: list[_Work] = []
+    for run in runs:
+        if run.finished:
+            continue
+        keys = tuple(key_value(e.key, run.event) for e in entries)
+        # Every run not started is admitted before it starts, capped or not (its own copy of the spec may
+        # cap it where the workflow's no longer does); each of its step starts is granted the same way.
+        admitted = run.admitted
+        holding = 0
+        for index, entry in enumerate(entries):
+            if entry.scope is ConcurrencyScope.RUNS:
+                count = 1 if admitted else 0
+            else:
+                count = run.active + run.tickets
+            if count:
+                held[index][keys[index]] = held[index].get(keys[index], 0) + count
+                holding = max(holding, count)
+        group = tuple(keys[i] for i in keyed)
+        share[group] = share.get(group, 0) + holding
+        wants = run.wants if run.started or not steps_capped else max(run.wants, 1)
+        tickets = max(0, wants - run.tickets)
+        if not admitted or tickets:
+            works.append(_Work(run, keys, group, not admitted, tickets))
+    if not paused:
+        _grant(entries, held, share, works)
+    return Admission({w.run.name: _verdict(entries, held, w, paused) for w in works})
+
+
+def _grant(
+    entries: list[Concurrency],
+    held: list[dict[str, int]],
+    share: dict[tuple[str, ...], int],
+    works: list[_Work],
+) -> None:
+    """Hand out free slots one at a time: to the group holding fewest, within it to the oldest work."""
+    groups: dict[tuple[str, ...], list[_Work]] = {}
+    for work in sorted(works, key=lambda w: (w.run.queued_at, w.run.name)):
+        groups.setdefault(work.group, []).append(work)
+    while groups:
+        best: tuple[tuple[int, datetime, str], _Work, ConcurrencyScope] | None = None
+        for group, members in list(groups.items()):
+            found = _first_admissible(entries, held, members)
+            if found is None:
+                del groups[group]  # grants only fill slots: it stays blocked for the rest of this pass
+                continue
+            work, scope = found
+            rank = (share.get(group, 0), work.run.queued_at, work.run.name)
+            if best is None or rank < best[0]:
+                best = (rank, work, scope)
+        if best is None:
+            return
+        _, work, scope = best
+        for index, entry in enumerate(entries):
+            if entry.scope is scope:
+                held[index][work.keys[index]] = held[index].get(work.keys[index], 0) + 1
+        if scope is ConcurrencyScope.RUNS:
+            work.granted_admit = True
+        else:
+            work.granted_tickets += 1
+            share[work.group] = share.get(work.group, 0) + 1
+        if scope is ConcurrencyScope.RUNS and not scopes(entries)[1]:
+            share[work.group] = share.get(work.group, 0) + 1
+
+
+def _room(
+    entries: list[Concurrency], held: list[dict[str, int]], work: _Work, scope: ConcurrencyScope
+) -> bool:
+    return all(held[i].get(work.keys[i], 0) < e.limit for i, e in enumerate(entries) if e.scope is scope)
+
+
+def _first_admissible(
+    entries: list[Concurrency], held: list[dict[str, int]], members: list[_Work]
+) -> tuple[_Work, ConcurrencyScope] | None:
+    """The oldest work of a group that can take a slot now, and the scope of that slot."""
+    for work in members:
+        if work.needs_admit and not work.granted_admit:
+            if _room(entries, held, work, ConcurrencyScope.RUNS):
+                return work, ConcurrencyScope.RUNS
+            continue  # its tickets wait for its admission
+        if work.granted_tickets < work.tickets and _room(entries, held, work, ConcurrencyScope.STEPS):
+            return work, ConcurrencyScope.STEPS
+    return None
+
+
+def _verdict(entries: list[Concurrency], held: list[dict[str, int]], work: _Work, paused: bool) -> Verdict:
+    if not work.waiting:
+        return Verdict(admit=work.granted_admit, tickets=work.granted_tickets)
+    if paused:
+        return Verdict(
+            reason=QueueReason.WORKFLOW_PAUSED,
+            waiting_for=QueueReason.WORKFLOW_PAUSED,
+            message="the workflow is paused; the run starts when it is resumed",
+        )
+    scope = ConcurrencyScope.RUNS if work.needs_admit and not work.granted_admit else ConcurrencyScope.STEPS
+    full = [
+        i for i, e in enumerate(entries) if e.scope is scope and held[i].get(work.keys[i], 0) >= e.limit
+    ] or [i for i, e in enumerate(entries) if e.scope is scope]
+    index = full[0]
+    entry = entries[index]
+    what = "runs" if scope is ConcurrencyScope.RUNS else "step attempts"
+    used = held[index].get(work.keys[index], 0)
+    if entry.key is None:
+        short = QueueReason.CONCURRENCY_LIMITED.value
+        where = ""
+    else:
+        value = work.keys[index]
+        shown = value if len(value) <= _KEY_CHARS else value[: _KEY_CHARS - 3] + "..."
+        short = f"{QueueReason.CONCURRENCY_LIMITED.value} {entry.key}={shown}"
+        where = f" for key {entry.key} = {shown!r}"
+    message = (
+        f"waiting for a slot: spec.concurrency[{index}] allows {entry.limit} {what} at once{where}, "
+        f"and {used} are in use"
+    )
+    return Verdict(
+        admit=work.granted_admit,
+        tickets=work.granted_tickets,
+        reason=QueueReason.CONCURRENCY_LIMITED,
+        waiting_for=short,
+        message=message,
+    )
+
+
+def apply(status: WorkflowRunStatus, verdict: Verdict, now: datetime) -> WorkflowRunStatus:
+    """The run's status with ``verdict`` applied: slots granted, and its `Admitted` condition."""
+    out = status.model_copy(deep=True)
+    admission = out.admission or RunAdmission()
+    if verdict.admit and admission.admitted_at is None:
+        admission.admitted_at = now
+    admission.tickets += verdict.tickets
+    admission.waiting_for = verdict.waiting_for
+    out.admission = admission
+    if verdict.reason:
+        condition = Condition(type=ADMITTED, status="False", reason=verdict.reason, message=verdict.message)
+    else:
+        condition = Condition(
+            type=ADMITTED,
+            status="True",
+            reason="Admitted",
+            message="the workflow's flow control admitted the run",
+        )
+    out.conditions = set_condition(out.conditions, condition, now)
+    return out
