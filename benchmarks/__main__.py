@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from benchmarks.bench_admission import bench_admission
 from benchmarks.operator_bench import bench_operator
 from kubestep.api.base import ObjectMeta
 from kubestep.api.report import Report, ReportKind, RunnerState, StepRef
@@ -179,6 +180,7 @@ def main() -> None:
     bench_status_size()
     bench_replay()
     bench_cel()
+    bench_admission(timeit)
     bench_local_run()
     bench_operator()
 

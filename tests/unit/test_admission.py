@@ -113,8 +113,8 @@ def test_grants(entries: list[Concurrency], runs: list[Candidate], expected: dic
 def test_runs_scope_admits_the_oldest_and_says_why_the_rest_wait() -> None:
     entries = [Concurrency(limit=1, scope=RUNS, key="event.data.tenant")]
     verdicts = admit(entries, [waiting("r2", 2), waiting("r1", 1), waiting("b", 3, "b")]).verdicts
-    assert verdicts["r1"] == Verdict(admit=True)
-    assert verdicts["b"] == Verdict(admit=True)
+    assert verdicts["r1"] == Verdict(admit=True, keys={"event.data.tenant": "a"})
+    assert verdicts["b"] == Verdict(admit=True, keys={"event.data.tenant": "b"})
     assert not verdicts["r2"].admit
     assert verdicts["r2"].reason == "ConcurrencyLimited"
     assert verdicts["r2"].waiting_for == "ConcurrencyLimited event.data.tenant=a"
@@ -344,3 +344,16 @@ def test_simulated_runs_never_exceed_the_limit_and_all_finish(seed: int) -> None
 def test_simulated_runs_under_a_shared_limit_all_finish(seed: int) -> None:
     runs = _simulate(GLOBAL_2_FAIR, ["a"] * 12 + ["b"] * 3, seed)
     assert all(r.status.phase is RunPhase.SUCCEEDED for r in runs)
+
+
+def test_key_values_are_computed_once_and_kept() -> None:
+    entries = [Concurrency(limit=1, key="event.data.tenant")]
+    verdict = admit(entries, [waiting("r1", 0, "acme")]).verdicts["r1"]
+    assert verdict.keys == {"event.data.tenant": "acme"}
+    status = apply(make_run(entries).status, verdict, at(1))
+    assert status.admission is not None and status.admission.keys == {"event.data.tenant": "acme"}
+    # A kept value is used as is (the event never changes).
+    kept = admit(
+        entries, [running("r0", 0, "x", keys={"event.data.tenant": "acme"}), waiting("r1", 1, "acme")]
+    )
+    assert kept.verdicts["r1"].tickets == 0

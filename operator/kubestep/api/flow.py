@@ -74,6 +74,9 @@ class RunAdmission(Model):
     """Step attempts granted under the entries of scope `Steps` and not started yet."""
     wants: int = Field(default=0, ge=0)
     """Step attempts due to start that wait for a slot."""
+    keys: dict[str, str] = Field(default_factory=dict)
+    """The run's value of each concurrency `key` expression, by expression: computed once, as the event
+    never changes."""
     waiting_for: str = ""
     """While the run waits: the limit and its key value, e.g. `ConcurrencyLimited tenant=acme`; empty once
     admitted."""

@@ -14,7 +14,7 @@ import logging
 from pydantic import ValidationError
 
 from kubestep.api.flow import Concurrency
-from kubestep.api.run import RunPhase, WorkflowRun
+from kubestep.api.run import RunPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import Workflow
 from kubestep.controller import builders
 from kubestep.controller.context import Controller, Key
@@ -39,27 +39,33 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     queued = RunPhase.QUEUED.value in ctl.indices.run_phases(key.namespace, key.name)
     if not entries and not queued:
         return Result.done()  # no flow control and no run waiting: no list needed
-    runs: list[tuple[Obj, WorkflowRun]] = []
-    for obj in await ctl.kube.list_runs(key.namespace, builders.workflow_label(key.name)):
-        if (obj.get("spec") or {}).get("workflowRef", {}).get("name") != key.name:
-            continue  # a longer name cut to the same label
+    objs = [
+        obj
+        for obj in await ctl.kube.list_runs(key.namespace, builders.workflow_label(key.name))
+        # A longer name cut to the same label is another workflow's run.
+        if (obj.get("spec") or {}).get("workflowRef", {}).get("name") == key.name
+    ]
+    candidates: dict[str, tuple[Obj, admission.Candidate]] = {}
+    for obj in objs:
         try:
-            runs.append((obj, WorkflowRun.model_validate(obj)))
-        except ValidationError:
-            continue  # its own reconcile says why
+            candidates[obj["metadata"]["name"]] = (obj, admission.candidate_of(obj))
+        except (ValidationError, ValueError, TypeError):
+            continue  # its own reconcile says what is wrong with it
     if entries is None:
-        # Deleted workflow: the newest run's copy of its spec says what its runs were started under.
-        newest = max(runs, key=lambda r: admission.candidate(r[1]).queued_at, default=None)
-        entries = newest[1].spec.workflow.concurrency if newest is not None else []
-    decided = admission.admit(entries, [admission.candidate(run) for _, run in runs])
+        entries = _entries_of_newest(candidates)
+    decided = admission.admit(entries, [c for _, c in candidates.values()])
     now = ctl.clock()
     again = False
-    for obj, run in runs:
-        verdict = decided.verdicts.get(run.metadata.name)
-        if verdict is None:
+    for name, verdict in decided.verdicts.items():
+        obj = candidates[name][0]
+        if admission.settled(obj.get("status") or {}, verdict):
             continue
-        status = admission.apply(run.status, verdict, now)
-        if status == run.status:
+        try:
+            current = WorkflowRunStatus.model_validate(obj.get("status") or {})
+        except ValidationError:
+            continue
+        status = admission.apply(current, verdict, now)
+        if status == current:
             continue
         try:
             await ctl.kube.replace_status(RUNS, obj, status.to_dict())
@@ -68,3 +74,14 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
         except Conflict:
             again = True  # changed since the list: decided again from what is there then
     return Result.again() if again else Result.done()
+
+
+def _entries_of_newest(candidates: dict[str, tuple[Obj, admission.Candidate]]) -> list[Concurrency]:
+    """For a deleted workflow, the limits its newest run was started under (its copy of the spec)."""
+    if not candidates:
+        return []
+    obj, _ = max(candidates.values(), key=lambda c: (c[1].queued_at, c[1].name))
+    try:
+        return WorkflowRun.model_validate(obj).spec.workflow.concurrency
+    except ValidationError:
+        return []

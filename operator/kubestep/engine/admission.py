@@ -24,15 +24,17 @@ oldest work. With K groups waiting for N free slots, no group gets more than ⌈
 
 from __future__ import annotations
 
+import heapq
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from kubestep.api.base import Condition, set_condition
 from kubestep.api.flow import ADMITTED, Concurrency, ConcurrencyScope, QueueReason, RunAdmission
-from kubestep.api.run import WorkflowRun, WorkflowRunStatus
+from kubestep.api.run import RunEvent, RunPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.engine.cel import CelError, evaluate
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -102,6 +104,8 @@ class Candidate:
     """Step starts granted and not used."""
     wants: int = 0
     """Step starts waiting for a ticket, as its engine last said."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """Key values already computed, by expression."""
 
 
 def candidate(run: WorkflowRun) -> Candidate:
@@ -118,6 +122,29 @@ def candidate(run: WorkflowRun) -> Candidate:
         active=len(status.active),
         tickets=admission.tickets,
         wants=admission.wants,
+        keys=admission.keys,
+    )
+
+
+def candidate_of(obj: Mapping[str, Any]) -> Candidate:
+    """What admission reads of a run, from the run as the API returns it: a pass reads every run of the
+    workflow, and validating whole statuses would cost more than all of admission."""
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    admission = status.get("admission") or {}
+    started = status.get("startedAt") is not None
+    created = meta.get("creationTimestamp")
+    return Candidate(
+        name=str(meta.get("name", "")),
+        queued_at=datetime.fromisoformat(created.replace("Z", "+00:00")) if created else _EPOCH,
+        event=RunEvent.model_validate((obj.get("spec") or {}).get("event") or {}).as_payload(),
+        finished=RunPhase(status.get("phase") or RunPhase.PENDING).finished,
+        started=started,
+        admitted=admission.get("admittedAt") is not None or started,
+        active=len(status.get("active") or []),
+        tickets=int(admission.get("tickets") or 0),
+        wants=int(admission.get("wants") or 0),
+        keys=dict(admission.get("keys") or {}),
     )
 
 
@@ -135,6 +162,8 @@ class Verdict:
     """The limit and its key value, short (the printer column)."""
     message: str = ""
     """The limit, its key value and the slots in use, in a sentence."""
+    keys: dict[str, str] = field(default_factory=dict)
+    """The run's key values, by expression, to keep."""
 
 
 @dataclass(frozen=True)
@@ -186,7 +215,10 @@ def admit(entries: Sequence[Concurrency], runs: Iterable[Candidate], paused: boo
     for run in runs:
         if run.finished:
             continue
-        keys = tuple(key_value(e.key, run.event) for e in entries)
+        keys = tuple(
+            "" if e.key is None else run.keys[e.key] if e.key in run.keys else key_value(e.key, run.event)
+            for e in entries
+        )
         # Every run not started is admitted before it starts, capped or not (its own copy of the spec may
         # cap it where the workflow's no longer does); each of its step starts is granted the same way.
         admitted = run.admitted
@@ -207,7 +239,19 @@ def admit(entries: Sequence[Concurrency], runs: Iterable[Candidate], paused: boo
             works.append(_Work(run, keys, group, not admitted, tickets))
     if not paused:
         _grant(entries, held, share, works)
-    return Admission({w.run.name: _verdict(entries, held, w, paused) for w in works})
+    verdicts = {}
+    said: dict[tuple[tuple[str, ...], bool], Verdict] = {}  # why a group waits is the same for all its runs
+    for work in works:
+        why = (work.group, work.needs_admit and not work.granted_admit)
+        if not work.waiting:
+            verdict = Verdict(admit=work.granted_admit, tickets=work.granted_tickets)
+        else:
+            if why not in said:
+                said[why] = _verdict(entries, held, work, paused)
+            verdict = replace(said[why], admit=work.granted_admit, tickets=work.granted_tickets)
+        known = {e.key: k for e, k in zip(entries, work.keys, strict=True) if e.key is not None}
+        verdicts[work.run.name] = replace(verdict, keys=known)
+    return Admission(verdicts)
 
 
 def _grant(
@@ -217,53 +261,90 @@ def _grant(
     works: list[_Work],
 ) -> None:
     """Hand out free slots one at a time: to the group holding fewest, within it to the oldest work."""
-    groups: dict[tuple[str, ...], list[_Work]] = {}
+    runs_capped, steps_capped = scopes(entries)
+    groups: dict[tuple[str, ...], _Group] = {}
     for work in sorted(works, key=lambda w: (w.run.queued_at, w.run.name)):
-        groups.setdefault(work.group, []).append(work)
-    while groups:
-        best: tuple[tuple[int, datetime, str], _Work, ConcurrencyScope] | None = None
-        for group, members in list(groups.items()):
-            found = _first_admissible(entries, held, members)
-            if found is None:
-                del groups[group]  # grants only fill slots: it stays blocked for the rest of this pass
-                continue
-            work, scope = found
-            rank = (share.get(group, 0), work.run.queued_at, work.run.name)
-            if best is None or rank < best[0]:
-                best = (rank, work, scope)
-        if best is None:
-            return
-        _, work, scope = best
+        if work.needs_admit and not runs_capped:
+            work.granted_admit = True  # no run limit: admitting holds nothing, so it needs no turn
+        groups.setdefault(work.group, _Group(work.keys)).add(work)
+    # Groups by rank; a group's rank changes only when it is granted a slot, and a limit that fills only
+    # blocks groups, so each is checked again when it comes up and dropped once it cannot take a slot.
+    ranked = [
+        (share.get(key, 0), *_order(group.oldest()), key) for key, group in groups.items() if not group.empty
+    ]
+    heapq.heapify(ranked)
+    while ranked:
+        *_, key = heapq.heappop(ranked)
+        group = groups[key]
+        found = group.head(
+            _room(entries, held, group.keys, ConcurrencyScope.RUNS),
+            _room(entries, held, group.keys, ConcurrencyScope.STEPS),
+        )
+        if found is None:
+            continue  # grants only fill slots: it stays blocked for the rest of this pass
+        work, scope = found
         for index, entry in enumerate(entries):
             if entry.scope is scope:
                 held[index][work.keys[index]] = held[index].get(work.keys[index], 0) + 1
+        group.grant(work, scope)
+        if scope is ConcurrencyScope.STEPS or not steps_capped:
+            share[key] = share.get(key, 0) + 1
+        if not group.empty:
+            heapq.heappush(ranked, (share.get(key, 0), *_order(group.oldest()), key))
+
+
+def _order(work: _Work) -> tuple[datetime, str]:
+    return work.run.queued_at, work.run.name
+
+
+class _Group:
+    """The waiting work of one group: runs waiting for admission, and admitted runs waiting for tickets,
+    each oldest first. All share the group's key values, so a limit blocks all of a kind at once."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self.admits: deque[_Work] = deque()
+        self.tickets: list[tuple[datetime, str, _Work]] = []
+
+    def add(self, work: _Work) -> None:
+        if work.needs_admit and not work.granted_admit:
+            self.admits.append(work)
+        elif work.tickets > work.granted_tickets:
+            heapq.heappush(self.tickets, (*_order(work), work))
+
+    @property
+    def empty(self) -> bool:
+        return not self.admits and not self.tickets
+
+    def oldest(self) -> _Work:
+        """Its oldest waiting work (the group is not empty)."""
+        if self.admits and (not self.tickets or _order(self.admits[0]) < self.tickets[0][:2]):
+            return self.admits[0]
+        return self.tickets[0][2]
+
+    def head(self, runs_room: bool, steps_room: bool) -> tuple[_Work, ConcurrencyScope] | None:
+        """The oldest work that can take a slot now, and the scope of that slot."""
+        admit = self.admits[0] if runs_room and self.admits else None
+        ticket = self.tickets[0][2] if steps_room and self.tickets else None
+        if admit is not None and (ticket is None or _order(admit) < _order(ticket)):
+            return admit, ConcurrencyScope.RUNS
+        return (ticket, ConcurrencyScope.STEPS) if ticket is not None else None
+
+    def grant(self, work: _Work, scope: ConcurrencyScope) -> None:
         if scope is ConcurrencyScope.RUNS:
+            self.admits.popleft()
             work.granted_admit = True
-        else:
-            work.granted_tickets += 1
-            share[work.group] = share.get(work.group, 0) + 1
-        if scope is ConcurrencyScope.RUNS and not scopes(entries)[1]:
-            share[work.group] = share.get(work.group, 0) + 1
+            self.add(work)  # its tickets may now be granted, in its turn
+            return
+        work.granted_tickets += 1
+        if work.granted_tickets >= work.tickets:
+            heapq.heappop(self.tickets)
 
 
 def _room(
-    entries: list[Concurrency], held: list[dict[str, int]], work: _Work, scope: ConcurrencyScope
+    entries: list[Concurrency], held: list[dict[str, int]], keys: tuple[str, ...], scope: ConcurrencyScope
 ) -> bool:
-    return all(held[i].get(work.keys[i], 0) < e.limit for i, e in enumerate(entries) if e.scope is scope)
-
-
-def _first_admissible(
-    entries: list[Concurrency], held: list[dict[str, int]], members: list[_Work]
-) -> tuple[_Work, ConcurrencyScope] | None:
-    """The oldest work of a group that can take a slot now, and the scope of that slot."""
-    for work in members:
-        if work.needs_admit and not work.granted_admit:
-            if _room(entries, held, work, ConcurrencyScope.RUNS):
-                return work, ConcurrencyScope.RUNS
-            continue  # its tickets wait for its admission
-        if work.granted_tickets < work.tickets and _room(entries, held, work, ConcurrencyScope.STEPS):
-            return work, ConcurrencyScope.STEPS
-    return None
+    return all(held[i].get(keys[i], 0) < e.limit for i, e in enumerate(entries) if e.scope is scope)
 
 
 def _verdict(entries: list[Concurrency], held: list[dict[str, int]], work: _Work, paused: bool) -> Verdict:
@@ -304,6 +385,29 @@ def _verdict(entries: list[Concurrency], held: list[dict[str, int]], work: _Work
     )
 
 
+def settled(status: Mapping[str, Any], verdict: Verdict) -> bool:
+    """Whether a run's status (as the API returns it) already shows ``verdict``: no grant, the same wait
+    and key values. Most waiting runs are so on every pass; they are neither parsed nor written."""
+    if verdict.admit or verdict.tickets:
+        return False
+    admission = status.get("admission") or {}
+    if (
+        admission.get("waitingFor", "") != verdict.waiting_for
+        or (admission.get("keys") or {}) != verdict.keys
+    ):
+        return False
+    condition = next((c for c in status.get("conditions") or [] if c.get("type") == ADMITTED), None)
+    if condition is None:
+        return False
+    if verdict.reason:
+        return (condition.get("status"), condition.get("reason"), condition.get("message")) == (
+            "False",
+            verdict.reason,
+            verdict.message,
+        )
+    return bool(condition.get("status") == "True")
+
+
 def apply(status: WorkflowRunStatus, verdict: Verdict, now: datetime) -> WorkflowRunStatus:
     """The run's status with ``verdict`` applied: slots granted, and its `Admitted` condition."""
     out = status.model_copy(deep=True)
@@ -312,6 +416,7 @@ def apply(status: WorkflowRunStatus, verdict: Verdict, now: datetime) -> Workflo
         admission.admitted_at = now
     admission.tickets += verdict.tickets
     admission.waiting_for = verdict.waiting_for
+    admission.keys = verdict.keys or admission.keys
     out.admission = admission
     if verdict.reason:
         condition = Condition(type=ADMITTED, status="False", reason=verdict.reason, message=verdict.message)
