@@ -404,6 +404,15 @@ def test_parallel_steps_run_at_the_same_time_in_separate_processes(flows: Path) 
     assert jobs["left"] != jobs["right"]
 
 
+def test_a_concurrency_limit_holds_parallel_steps_back_as_in_a_cluster(flows: Path) -> None:
+    code, record, _ = run_flow(flows, "fanout", "fanout", concurrency=[{"limit": 1}])
+    assert code == 0, record
+    (left, l_start, l_end), (right, r_start, r_end) = record["output"]
+    assert (left, right) == ("l", "r")
+    assert l_end <= r_start or r_end <= l_start, "the two steps overlapped under a limit of 1"
+    assert record["admission"]["keys"] == {} and record["admission"]["tickets"] == 0
+
+
 def test_resuming_a_finished_run_reports_its_outcome(flows: Path) -> None:
     code, record, _ = run_flow(flows, "nonretriable", "nonretriable")
     assert code == 1
