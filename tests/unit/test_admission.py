@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from kubestep.api.base import ObjectMeta
 from kubestep.api.flow import ADMITTED, Concurrency, ConcurrencyScope, RunAdmission
 from kubestep.api.report import Report, ReportKind, StepRef
 from kubestep.api.run import RunEvent, RunPhase, WorkflowRef, WorkflowRun, WorkflowRunSpec
-from kubestep.api.workflow import Trigger, WorkflowSpec
+from kubestep.api.workflow import Throttle, Trigger, WorkflowSpec
 from kubestep.engine import ExitKind, Observed, Outcome, StartExecution, decide
 from kubestep.engine.admission import Candidate, Verdict, admit, apply, candidate, key_value
 
@@ -357,3 +358,80 @@ def test_key_values_are_computed_once_and_kept() -> None:
         entries, [running("r0", 0, "x", keys={"event.data.tenant": "acme"}), waiting("r1", 1, "acme")]
     )
     assert kept.verdicts["r1"].tickets == 0
+
+
+# Throttle ------------------------------------------------------------------------------------------------
+
+
+def admitted_now(
+    throttle: Throttle, runs: list[Candidate], now: datetime
+) -> tuple[list[str], datetime | None]:
+    decided = admit([], runs, now, throttle)
+    return sorted(n for n, v in decided.verdicts.items() if v.admit), decided.at
+
+
+@pytest.mark.parametrize(
+    ("throttle", "history", "expected", "at_seconds"),
+    [
+        pytest.param(Throttle(limit=2, period="10s"), [], ["w0"], 5, id="even spread: one now, next in 5s"),
+        pytest.param(Throttle(limit=2, period="10s", burst=1), [], ["w0", "w1"], 5, id="burst: two now"),
+        pytest.param(Throttle(limit=2, period="10s"), [-2.0], [], 3, id="a start 2s ago"),
+        pytest.param(Throttle(limit=2, period="10s"), [-5.0], ["w0"], 5, id="a start a turn ago"),
+        pytest.param(
+            Throttle(limit=1, period="1m"), [-120.0, -90.0], ["w0"], 60, id="old starts are forgotten"
+        ),
+    ],
+)
+def test_throttle_turns(
+    throttle: Throttle, history: list[float], expected: list[str], at_seconds: float
+) -> None:
+    runs = [running(f"h{i}", t - 100, admitted_at=at(100 + t), finished=True) for i, t in enumerate(history)]
+    runs += [waiting(f"w{i}", i) for i in range(4)]
+    names, next_at = admitted_now(throttle, runs, at(100))
+    assert names == expected
+    assert next_at == at(100 + at_seconds)
+
+
+def test_throttle_says_why_and_keys_are_apart() -> None:
+    throttle = Throttle(limit=1, period="10s", key="event.data.tenant")
+    runs = [waiting("a1", 0, "a"), waiting("a2", 1, "a"), waiting("b1", 2, "b")]
+    decided = admit([], runs, at(0), throttle)
+    assert {n for n, v in decided.verdicts.items() if v.admit} == {"a1", "b1"}
+    waits = decided.verdicts["a2"]
+    assert (waits.reason, waits.waiting_for) == ("Throttled", "Throttled event.data.tenant=a")
+    assert (
+        "spec.throttle starts 1 run(s) per 10s for key event.data.tenant = 'a', one every 10s"
+        in waits.message
+    )
+
+
+def test_a_throttled_queue_starts_in_order_at_the_spaced_times_and_drops_nothing() -> None:
+    throttle = Throttle(limit=2, period="10s")
+    runs = {f"w{i}": waiting(f"w{i}", i * 0.01) for i in range(10)}
+    now = at(0)
+    starts: dict[str, datetime] = {}
+    while len(starts) < 10:
+        decided = admit([], list(runs.values()), now, throttle)
+        for name, verdict in decided.verdicts.items():
+            if verdict.admit:
+                starts[name] = now
+                runs[name] = replace(runs[name], admitted=True, admitted_at=now, started=True)
+        assert decided.at is not None or len(starts) == 10
+        now = decided.at or now
+    assert list(starts) == [f"w{i}" for i in range(10)]
+    assert [(t - at(0)).total_seconds() for t in starts.values()] == [5.0 * i for i in range(10)]
+
+
+def test_a_throttled_run_waits_for_its_admission_then_starts() -> None:
+    run = make_run([])
+    run.spec.workflow.throttle = Throttle(limit=1, period="1m")
+    decision = decide(run, Observed(), at(0))
+    assert decision.status.phase is RunPhase.QUEUED and not decision.of(StartExecution)
+    run = run.model_copy(update={"status": apply(decision.status, Verdict(admit=True), at(1))})
+    decision = decide(run, Observed(), at(2))
+    assert decision.status.phase is RunPhase.RUNNING and len(decision.of(StartExecution)) == 1
+
+
+def test_a_throttle_period_under_a_second_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"throttle\.period is shorter than 1s"):
+        Throttle(limit=1, period="500ms")

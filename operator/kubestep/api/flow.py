@@ -57,6 +57,7 @@ class QueueReason(StrEnum):
     """Why a run waits in phase `Queued` (the reason of its `Admitted` condition)."""
 
     CONCURRENCY_LIMITED = "ConcurrencyLimited"
+    THROTTLED = "Throttled"
     WORKFLOW_PAUSED = "WorkflowPaused"
 
 

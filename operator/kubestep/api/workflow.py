@@ -15,7 +15,7 @@ from kubestep.api.durations import (
     SPEC_DURATION_PATTERN,
     parse_duration,
 )
-from kubestep.api.flow import MAX_CONCURRENCY_ENTRIES, UNIQUE_CONCURRENCY, Concurrency
+from kubestep.api.flow import MAX_CONCURRENCY_ENTRIES, MAX_CONCURRENCY_LIMIT, UNIQUE_CONCURRENCY, Concurrency
 from kubestep.api.pod import PodTemplate
 
 #: Event names: a path of words, for example `api/contact_list.uploaded`.
@@ -111,6 +111,13 @@ _TIMEOUT_ORDER: dict[str, Any] = {
     "messageExpression": "'timeouts.step (' + self.step + ') is longer than timeouts.run (' + self.run + "
     "'), which bounds every step as well; shorten timeouts.step or lengthen timeouts.run'",
     "fieldPath": ".step",
+}
+
+
+_THROTTLE_PERIOD: dict[str, Any] = {
+    "rule": "!(" + _parsable("period") + ") || duration(self.period) >= duration('1s')",
+    "message": "throttle.period is shorter than 1s; use a period of at least 1s (e.g. 1s, 1m)",
+    "fieldPath": ".period",
 }
 
 
@@ -223,6 +230,32 @@ class Limits(SpecModel):
         return self
 
 
+class Throttle(SpecModel):
+    """A cap on how often runs start: the rest wait in phase `Queued`, in order, and are never dropped."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_THROTTLE_PERIOD]})
+
+    limit: int = Field(ge=1, le=MAX_CONCURRENCY_LIMIT)
+    """Run starts per `period` (per value of `key`, when set), spread evenly: one every `period / limit`."""
+    period: SpecDuration
+    """The period `limit` is counted over, at least `1s`, e.g. `1m`."""
+    burst: int = Field(default=0, ge=0, le=MAX_CONCURRENCY_LIMIT)
+    """Extra starts allowed at once after a quiet time, beyond the even spread."""
+    key: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Optional CEL expression over `event` whose value gives each its own throttle, for example
+    `event.data.tenant`."""
+
+    @model_validator(mode="after")
+    def _period_at_least_a_second(self) -> Throttle:
+        if parse_duration(self.period) < 1:
+            raise ValueError(_THROTTLE_PERIOD["message"])
+        return self
+
+    def interval(self) -> float:
+        """Seconds between two starts at the even spread."""
+        return parse_duration(self.period) / self.limit
+
+
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
@@ -250,6 +283,8 @@ class WorkflowSpec(SpecModel):
     )
     """Flow control: at most two caps on step attempts (`scope: Steps`) or runs (`scope: Runs`) executing at
     once, overall or per key. Work over a cap waits in phase `Queued`; see "Flow control" in the README."""
+    throttle: Throttle | None = None
+    """Flow control: at most `limit` run starts per `period` (plus `burst`), the rest queued in order."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:

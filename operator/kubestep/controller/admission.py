@@ -13,9 +13,8 @@ import logging
 
 from pydantic import ValidationError
 
-from kubestep.api.flow import Concurrency
 from kubestep.api.run import RunPhase, WorkflowRun, WorkflowRunStatus
-from kubestep.api.workflow import Workflow
+from kubestep.api.workflow import Workflow, WorkflowSpec
 from kubestep.controller import builders
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import RUNS, WORKFLOWS, Conflict, NotFound, Obj
@@ -27,17 +26,15 @@ log = logging.getLogger(__name__)
 
 async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     """Grant what the workflow's limits allow to its waiting runs; API errors are raised."""
-    entries: list[Concurrency] | None = None
+    spec: WorkflowSpec | None = None
     try:
-        entries = Workflow.model_validate(
-            await ctl.kube.get(WORKFLOWS, key.namespace, key.name)
-        ).spec.concurrency
+        spec = Workflow.model_validate(await ctl.kube.get(WORKFLOWS, key.namespace, key.name)).spec
     except NotFound:
         pass  # its runs still finish: each under the limits it was started with
     except ValidationError:
         return Result.done()  # its own reconcile says why; nothing is granted meanwhile
     queued = RunPhase.QUEUED.value in ctl.indices.run_phases(key.namespace, key.name)
-    if not entries and not queued:
+    if (spec is None or not (spec.concurrency or spec.throttle)) and not queued:
         return Result.done()  # no flow control and no run waiting: no list needed
     objs = [
         obj
@@ -51,10 +48,15 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
             candidates[obj["metadata"]["name"]] = (obj, admission.candidate_of(obj))
         except (ValidationError, ValueError, TypeError):
             continue  # its own reconcile says what is wrong with it
-    if entries is None:
-        entries = _entries_of_newest(candidates)
-    decided = admission.admit(entries, [c for _, c in candidates.values()])
+    if spec is None:
+        spec = _spec_of_newest(candidates)
     now = ctl.clock()
+    decided = admission.admit(
+        spec.concurrency if spec else [],
+        [c for _, c in candidates.values()],
+        now,
+        spec.throttle if spec else None,
+    )
     again = False
     for name, verdict in decided.verdicts.items():
         obj = candidates[name][0]
@@ -73,15 +75,16 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
             continue
         except Conflict:
             again = True  # changed since the list: decided again from what is there then
-    return Result.again() if again else Result.done()
+    # A throttle's next turn changes nothing the watches see: the pass asks to be run again then.
+    return Result(requeue=again, at=decided.at)
 
 
-def _entries_of_newest(candidates: dict[str, tuple[Obj, admission.Candidate]]) -> list[Concurrency]:
+def _spec_of_newest(candidates: dict[str, tuple[Obj, admission.Candidate]]) -> WorkflowSpec | None:
     """For a deleted workflow, the limits its newest run was started under (its copy of the spec)."""
     if not candidates:
-        return []
+        return None
     obj, _ = max(candidates.values(), key=lambda c: (c[1].queued_at, c[1].name))
     try:
-        return WorkflowRun.model_validate(obj).spec.workflow.concurrency
+        return WorkflowRun.model_validate(obj).spec.workflow
     except ValidationError:
-        return []
+        return None

@@ -30,15 +30,18 @@ def readiness(workflow: Workflow) -> Condition:
                 observed_generation=generation,
                 message=f"spec.triggers[{index}].if: {problem}; fix the expression (CEL over `event`)",
             )
-    for index, entry in enumerate(workflow.spec.concurrency):
-        problem = None if entry.key is None else check(entry.key)
+    keys = [(f"spec.concurrency[{i}].key", e.key) for i, e in enumerate(workflow.spec.concurrency)]
+    if workflow.spec.throttle is not None:
+        keys.append(("spec.throttle.key", workflow.spec.throttle.key))
+    for field, key in keys:
+        problem = None if key is None else check(key)
         if problem is not None:
             return Condition(
                 type=READY,
                 status="False",
                 reason="InvalidExpression",
                 observed_generation=generation,
-                message=f"spec.concurrency[{index}].key: {problem}; fix the expression (CEL over `event`)",
+                message=f"{field}: {problem}; fix the expression (CEL over `event`)",
             )
     return Condition(
         type=READY,

@@ -29,12 +29,13 @@ import json
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubestep.api.base import Condition, set_condition
 from kubestep.api.flow import ADMITTED, Concurrency, ConcurrencyScope, QueueReason, RunAdmission
 from kubestep.api.run import RunEvent, RunPhase, WorkflowRun, WorkflowRunStatus
+from kubestep.api.workflow import Throttle
 from kubestep.engine.cel import CelError, evaluate
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -54,6 +55,7 @@ def scopes(entries: Iterable[Concurrency]) -> tuple[bool, bool]:
 def must_wait(run: WorkflowRun) -> bool:
     """Whether a run not started yet waits for admission before anything of it starts."""
     runs_capped, steps_capped = scopes(run.spec.workflow.concurrency)
+    runs_capped = runs_capped or run.spec.workflow.throttle is not None
     admission = run.status.admission or RunAdmission()
     if runs_capped and admission.admitted_at is None:
         return True
@@ -98,6 +100,8 @@ class Candidate:
     """It has started (its engine set `startedAt`)."""
     admitted: bool = False
     """It holds its slots of the `Runs` entries."""
+    admitted_at: datetime | None = None
+    """When it was admitted (or started): the throttle counts these."""
     active: int = 0
     """Executions in flight."""
     tickets: int = 0
@@ -119,6 +123,7 @@ def candidate(run: WorkflowRun) -> Candidate:
         finished=status.phase.finished,
         started=status.started_at is not None,
         admitted=admission.admitted_at is not None or status.started_at is not None,
+        admitted_at=admission.admitted_at or status.started_at,
         active=len(status.active),
         tickets=admission.tickets,
         wants=admission.wants,
@@ -136,16 +141,21 @@ def candidate_of(obj: Mapping[str, Any]) -> Candidate:
     created = meta.get("creationTimestamp")
     return Candidate(
         name=str(meta.get("name", "")),
-        queued_at=datetime.fromisoformat(created.replace("Z", "+00:00")) if created else _EPOCH,
+        queued_at=_time(created) or _EPOCH,
         event=RunEvent.model_validate((obj.get("spec") or {}).get("event") or {}).as_payload(),
         finished=RunPhase(status.get("phase") or RunPhase.PENDING).finished,
         started=started,
         admitted=admission.get("admittedAt") is not None or started,
+        admitted_at=_time(admission.get("admittedAt") or status.get("startedAt")),
         active=len(status.get("active") or []),
         tickets=int(admission.get("tickets") or 0),
         wants=int(admission.get("wants") or 0),
         keys=dict(admission.get("keys") or {}),
     )
+
+
+def _time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,8 @@ class Admission:
     """The verdicts of one pass, by run name: only runs that wanted something have one."""
 
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    at: datetime | None = None
+    """When to decide again although no run changes: the next start a throttle allows."""
 
 
 @dataclass
@@ -201,18 +213,29 @@ def key_value(expression: str | None, event: dict[str, Any]) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
-def admit(entries: Sequence[Concurrency], runs: Iterable[Candidate], paused: bool = False) -> Admission:
-    """Which waiting work of a workflow with ``entries`` starts now, given all its ``runs``.
+def admit(
+    entries: Sequence[Concurrency],
+    runs: Iterable[Candidate],
+    now: datetime = _EPOCH,
+    throttle: Throttle | None = None,
+    paused: bool = False,
+) -> Admission:
+    """Which waiting work of a workflow with ``entries`` (and ``throttle``) starts now, given all its
+    ``runs`` and the time.
 
     ``paused``: nothing is admitted, and every waiting run says the workflow is paused.
     """
     steps_capped = scopes(entries)[1]
     entries = list(entries)
+    pace = _Pace(throttle, now)
     keyed = [i for i, e in enumerate(entries) if e.key is not None]
     held: list[dict[str, int]] = [{} for _ in entries]
     share: dict[tuple[str, ...], int] = {}
     works: list[_Work] = []
     for run in runs:
+        throttle_key = pace.key(run)
+        if run.admitted_at is not None:
+            pace.started(throttle_key, run.admitted_at)
         if run.finished:
             continue
         keys = tuple(
@@ -231,14 +254,14 @@ def admit(entries: Sequence[Concurrency], runs: Iterable[Candidate], paused: boo
             if count:
                 held[index][keys[index]] = held[index].get(keys[index], 0) + count
                 holding = max(holding, count)
-        group = tuple(keys[i] for i in keyed)
+        group = (*(keys[i] for i in keyed), throttle_key)
         share[group] = share.get(group, 0) + holding
         wants = run.wants if run.started or not steps_capped else max(run.wants, 1)
         tickets = max(0, wants - run.tickets)
         if not admitted or tickets:
             works.append(_Work(run, keys, group, not admitted, tickets))
     if not paused:
-        _grant(entries, held, share, works)
+        _grant(entries, held, share, works, pace)
     verdicts = {}
     said: dict[tuple[tuple[str, ...], bool], Verdict] = {}  # why a group waits is the same for all its runs
     for work in works:
@@ -247,11 +270,61 @@ def admit(entries: Sequence[Concurrency], runs: Iterable[Candidate], paused: boo
             verdict = Verdict(admit=work.granted_admit, tickets=work.granted_tickets)
         else:
             if why not in said:
-                said[why] = _verdict(entries, held, work, paused)
+                said[why] = _verdict(entries, held, work, paused, pace)
             verdict = replace(said[why], admit=work.granted_admit, tickets=work.granted_tickets)
         known = {e.key: k for e, k in zip(entries, work.keys, strict=True) if e.key is not None}
+        if throttle is not None and throttle.key is not None:
+            known[throttle.key] = work.group[-1]
         verdicts[work.run.name] = replace(verdict, keys=known)
-    return Admission(verdicts)
+    blocked = {w.group[-1] for w in works if w.needs_admit and not w.granted_admit}
+    return Admission(verdicts, at=None if paused else pace.next_start(blocked))
+
+
+class _Pace:
+    """A throttle's state per key, replayed from the admission times the runs record (GCRA: one start
+    every `period / limit`, up to `burst` more at once after a quiet time)."""
+
+    def __init__(self, throttle: Throttle | None, now: datetime) -> None:
+        self.throttle = throttle
+        self.now = now
+        self.interval = timedelta(seconds=throttle.interval()) if throttle else timedelta(0)
+        self.tolerance = self.interval * (throttle.burst if throttle else 0)
+        self._starts: dict[str, list[datetime]] = {}
+        self._due: dict[str, datetime] | None = None
+
+    def key(self, run: Candidate) -> str:
+        if self.throttle is None or self.throttle.key is None:
+            return ""
+        expression = self.throttle.key
+        return run.keys[expression] if expression in run.keys else key_value(expression, run.event)
+
+    def started(self, key: str, when: datetime) -> None:
+        self._starts.setdefault(key, []).append(when)
+
+    def _theoretical(self, key: str) -> datetime:
+        if self._due is None:
+            self._due = {}
+            for k, starts in self._starts.items():
+                due = _EPOCH
+                for when in sorted(starts):
+                    due = max(due, when) + self.interval
+                self._due[k] = due
+        return self._due.get(key, _EPOCH)
+
+    def allows(self, key: str) -> bool:
+        """Whether a run of ``key`` may start now."""
+        return self.throttle is None or self.now >= self._theoretical(key) - self.tolerance
+
+    def take(self, key: str) -> None:
+        if self.throttle is not None:
+            assert self._due is not None
+            self._due[key] = max(self._theoretical(key), self.now) + self.interval
+
+    def next_start(self, keys: Iterable[str]) -> datetime | None:
+        if self.throttle is None:
+            return None
+        times = [self._theoretical(k) - self.tolerance for k in keys]
+        return min((t for t in times if t > self.now), default=None)
 
 
 def _grant(
@@ -259,9 +332,11 @@ def _grant(
     held: list[dict[str, int]],
     share: dict[tuple[str, ...], int],
     works: list[_Work],
+    pace: _Pace,
 ) -> None:
     """Hand out free slots one at a time: to the group holding fewest, within it to the oldest work."""
     runs_capped, steps_capped = scopes(entries)
+    runs_capped = runs_capped or pace.throttle is not None
     groups: dict[tuple[str, ...], _Group] = {}
     for work in sorted(works, key=lambda w: (w.run.queued_at, w.run.name)):
         if work.needs_admit and not runs_capped:
@@ -277,7 +352,7 @@ def _grant(
         *_, key = heapq.heappop(ranked)
         group = groups[key]
         found = group.head(
-            _room(entries, held, group.keys, ConcurrencyScope.RUNS),
+            _room(entries, held, group.keys, ConcurrencyScope.RUNS) and pace.allows(key[-1]),
             _room(entries, held, group.keys, ConcurrencyScope.STEPS),
         )
         if found is None:
@@ -287,6 +362,8 @@ def _grant(
             if entry.scope is scope:
                 held[index][work.keys[index]] = held[index].get(work.keys[index], 0) + 1
         group.grant(work, scope)
+        if scope is ConcurrencyScope.RUNS:
+            pace.take(key[-1])
         if scope is ConcurrencyScope.STEPS or not steps_capped:
             share[key] = share.get(key, 0) + 1
         if not group.empty:
@@ -347,7 +424,13 @@ def _room(
     return all(held[i].get(keys[i], 0) < e.limit for i, e in enumerate(entries) if e.scope is scope)
 
 
-def _verdict(entries: list[Concurrency], held: list[dict[str, int]], work: _Work, paused: bool) -> Verdict:
+def _shown(value: str) -> str:
+    return value if len(value) <= _KEY_CHARS else value[: _KEY_CHARS - 3] + "..."
+
+
+def _verdict(
+    entries: list[Concurrency], held: list[dict[str, int]], work: _Work, paused: bool, pace: _Pace
+) -> Verdict:
     if not work.waiting:
         return Verdict(admit=work.granted_admit, tickets=work.granted_tickets)
     if paused:
@@ -357,9 +440,27 @@ def _verdict(entries: list[Concurrency], held: list[dict[str, int]], work: _Work
             message="the workflow is paused; the run starts when it is resumed",
         )
     scope = ConcurrencyScope.RUNS if work.needs_admit and not work.granted_admit else ConcurrencyScope.STEPS
-    full = [
-        i for i, e in enumerate(entries) if e.scope is scope and held[i].get(work.keys[i], 0) >= e.limit
-    ] or [i for i, e in enumerate(entries) if e.scope is scope]
+    full = [i for i, e in enumerate(entries) if e.scope is scope and held[i].get(work.keys[i], 0) >= e.limit]
+    if not full and pace.throttle is not None and scope is ConcurrencyScope.RUNS:
+        throttle = pace.throttle
+        short = QueueReason.THROTTLED.value
+        where = ""
+        if throttle.key is not None:
+            short += f" {throttle.key}={_shown(work.group[-1])}"
+            where = f" for key {throttle.key} = {_shown(work.group[-1])!r}"
+        burst = f" (and {throttle.burst} more at once after a quiet time)" if throttle.burst else ""
+        message = (
+            f"waiting for its turn: spec.throttle starts {throttle.limit} run(s) per {throttle.period}"
+            f"{where}, one every {throttle.interval():g}s{burst}"
+        )
+        return Verdict(reason=QueueReason.THROTTLED, waiting_for=short, message=message)
+    full = full or [i for i, e in enumerate(entries) if e.scope is scope]
+    if not full:  # waits on nothing this pass knows of: it is granted on a pass that sees the change
+        return Verdict(
+            reason=QueueReason.CONCURRENCY_LIMITED,
+            waiting_for=QueueReason.CONCURRENCY_LIMITED.value,
+            message="waiting for the workflow's flow control",
+        )
     index = full[0]
     entry = entries[index]
     what = "runs" if scope is ConcurrencyScope.RUNS else "step attempts"
@@ -368,8 +469,7 @@ def _verdict(entries: list[Concurrency], held: list[dict[str, int]], work: _Work
         short = QueueReason.CONCURRENCY_LIMITED.value
         where = ""
     else:
-        value = work.keys[index]
-        shown = value if len(value) <= _KEY_CHARS else value[: _KEY_CHARS - 3] + "..."
+        shown = _shown(work.keys[index])
         short = f"{QueueReason.CONCURRENCY_LIMITED.value} {entry.key}={shown}"
         where = f" for key {entry.key} = {shown!r}"
     message = (

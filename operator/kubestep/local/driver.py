@@ -81,6 +81,8 @@ class Driver:
         """Give up after this many decisions (``kubestep.testing``: a workflow that never ends)."""
         self.state = LocalRuns()
         self._requeue: dict[str, datetime] = {}
+        self._admission_due: dict[str, datetime] = {}
+        """When a throttle next lets a run of each workflow start."""
         self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self._inbox: dict[str, list[ArrivedEvent]] = defaultdict(list)
         self._unstartable: dict[str, ErrorInfo] = {}
@@ -176,14 +178,20 @@ class Driver:
         """Grant the slots of the workflows' flow control, as the operator does; True if any was."""
         by_workflow: dict[str, list[WorkflowRun]] = defaultdict(list)
         for run in self.state.runs.values():
-            if run.spec.workflow.concurrency or run.status.admission is not None:
+            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle
+            if flow or run.status.admission is not None:
                 by_workflow[run.spec.workflow_ref.name].append(run)
         changed = False
         now = self.clock.now()
+        self._admission_due.clear()
         for workflow, runs in by_workflow.items():
             loaded = self.workflows.get(workflow)
-            entries = loaded.spec.concurrency if loaded is not None else runs[-1].spec.workflow.concurrency
-            decided = admission.admit(entries, [admission.candidate(r) for r in runs])
+            spec = loaded.spec if loaded is not None else runs[-1].spec.workflow
+            decided = admission.admit(
+                spec.concurrency, [admission.candidate(r) for r in runs], now, spec.throttle
+            )
+            if decided.at is not None:
+                self._admission_due[workflow] = decided.at
             for run in runs:
                 verdict = decided.verdicts.get(run.metadata.name)
                 if verdict is None:
@@ -271,7 +279,7 @@ class Driver:
         now = self.clock.now()
         deadlines = [
             when for name, when in self._requeue.items() if not self.state.runs[name].status.phase.finished
-        ]
+        ] + list(self._admission_due.values())
         seconds = min(((d - now).total_seconds() for d in deadlines), default=INBOX_POLL_SECONDS)
         if self.store is not None:
             seconds = min(seconds, INBOX_POLL_SECONDS)
