@@ -16,9 +16,17 @@ from kubestep.api.base import ObjectMeta
 from kubestep.api.flow import ADMITTED, Concurrency, ConcurrencyScope, RunAdmission
 from kubestep.api.report import Report, ReportKind, StepRef
 from kubestep.api.run import RunEvent, RunPhase, WorkflowRef, WorkflowRun, WorkflowRunSpec
-from kubestep.api.workflow import Throttle, Trigger, WorkflowSpec
+from kubestep.api.workflow import Priority, Throttle, Trigger, WorkflowSpec
 from kubestep.engine import ExitKind, Observed, Outcome, StartExecution, decide
-from kubestep.engine.admission import Candidate, Verdict, admit, apply, candidate, key_value
+from kubestep.engine.admission import (
+    Candidate,
+    Verdict,
+    admit,
+    apply,
+    candidate,
+    key_value,
+    priority_seconds,
+)
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 STEPS = ConcurrencyScope.STEPS
@@ -435,3 +443,32 @@ def test_a_throttled_run_waits_for_its_admission_then_starts() -> None:
 def test_a_throttle_period_under_a_second_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"throttle\.period is shorter than 1s"):
         Throttle(limit=1, period="500ms")
+
+
+# Priority ------------------------------------------------------------------------------------------------
+
+
+def test_priority_moves_a_run_ahead_in_its_queue_and_is_clamped() -> None:
+    prio = Priority(run="event.data.boost")
+    runs = [waiting(f"w{i}", i * 10) for i in range(5)]  # queued 10 s apart; the last one is boosted
+    runs[4] = replace(runs[4], event={"name": "go", "data": {"tenant": "a", "boost": 35}})
+    decided = admit([Concurrency(limit=1)], runs, at(100), priority=prio)
+    assert [n for n, v in decided.verdicts.items() if v.tickets] == ["w0"]
+    runs[4] = replace(runs[4], event={"name": "go", "data": {"tenant": "a", "boost": 45}})
+    decided = admit([Concurrency(limit=1)], runs, at(100), priority=prio)
+    assert [n for n, v in decided.verdicts.items() if v.tickets] == ["w4"]
+    assert decided.verdicts["w4"].keys == {"priority: event.data.boost": "45"}
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"boost": 10**9}, 3600),
+        ({"boost": -(10**9)}, -3600),
+        ({"boost": "x"}, 0),
+        ({}, 0),
+        ({"boost": 2.7}, 2),
+    ],
+)
+def test_priority_seconds(data: dict[str, Any], expected: int) -> None:
+    assert priority_seconds("event.data.boost", {"data": data}) == expected

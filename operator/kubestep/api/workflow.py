@@ -256,6 +256,20 @@ class Throttle(SpecModel):
         return parse_duration(self.period) / self.limit
 
 
+#: How far `spec.priority` may move a queued run, in seconds, either way.
+MAX_PRIORITY_SECONDS = 3600
+
+
+class Priority(SpecModel):
+    """Which queued runs go first."""
+
+    run: str = Field(min_length=1, max_length=1024)
+    """CEL expression over `event` giving an integer of seconds: a queued run is ordered as if it had been
+    queued that much earlier (positive) or later (negative), in every queue of `concurrency` and `throttle`.
+    Clamped to ±3600; a value that is not a number, or an expression that fails, counts as 0. Example:
+    `event.data.plan == 'enterprise' ? 300 : 0`."""
+
+
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
@@ -285,6 +299,8 @@ class WorkflowSpec(SpecModel):
     once, overall or per key. Work over a cap waits in phase `Queued`; see "Flow control" in the README."""
     throttle: Throttle | None = None
     """Flow control: at most `limit` run starts per `period` (plus `burst`), the rest queued in order."""
+    priority: Priority | None = None
+    """Flow control: moves queued runs earlier or later in their queues."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:

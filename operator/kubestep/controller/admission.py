@@ -56,6 +56,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
         [c for _, c in candidates.values()],
         now,
         spec.throttle if spec else None,
+        priority=spec.priority if spec else None,
     )
     again = False
     for name, verdict in decided.verdicts.items():

@@ -33,6 +33,8 @@ def readiness(workflow: Workflow) -> Condition:
     keys = [(f"spec.concurrency[{i}].key", e.key) for i, e in enumerate(workflow.spec.concurrency)]
     if workflow.spec.throttle is not None:
         keys.append(("spec.throttle.key", workflow.spec.throttle.key))
+    if workflow.spec.priority is not None:
+        keys.append(("spec.priority.run", workflow.spec.priority.run))
     for field, key in keys:
         problem = None if key is None else check(key)
         if problem is not None:

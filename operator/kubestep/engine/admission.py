@@ -35,10 +35,12 @@ from typing import Any
 from kubestep.api.base import Condition, set_condition
 from kubestep.api.flow import ADMITTED, Concurrency, ConcurrencyScope, QueueReason, RunAdmission
 from kubestep.api.run import RunEvent, RunPhase, WorkflowRun, WorkflowRunStatus
-from kubestep.api.workflow import Throttle
+from kubestep.api.workflow import MAX_PRIORITY_SECONDS, Priority, Throttle
 from kubestep.engine.cel import CelError, evaluate
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
+#: The prefix of a run's priority among its kept key values.
+_PRIORITY = "priority: "
 #: The longest key value shown in a queued run's status.
 _KEY_CHARS = 63
 
@@ -213,17 +215,30 @@ def key_value(expression: str | None, event: dict[str, Any]) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
 
 
+def priority_seconds(expression: str, event: dict[str, Any]) -> int:
+    """How many seconds earlier a run is ordered: the expression's integer, clamped; 0 if it fails."""
+    try:
+        value = evaluate(expression, {"event": event})
+    except CelError:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    return max(-MAX_PRIORITY_SECONDS, min(MAX_PRIORITY_SECONDS, int(value)))
+
+
 def admit(
     entries: Sequence[Concurrency],
     runs: Iterable[Candidate],
     now: datetime = _EPOCH,
     throttle: Throttle | None = None,
     paused: bool = False,
+    priority: Priority | None = None,
 ) -> Admission:
     """Which waiting work of a workflow with ``entries`` (and ``throttle``) starts now, given all its
     ``runs`` and the time.
 
-    ``paused``: nothing is admitted, and every waiting run says the workflow is paused.
+    ``paused``: nothing is admitted, and every waiting run says the workflow is paused. ``priority``: each
+    run is ordered as if queued that many seconds earlier (see :func:`priority_seconds`).
     """
     steps_capped = scopes(entries)[1]
     entries = list(entries)
@@ -233,6 +248,16 @@ def admit(
     share: dict[tuple[str, ...], int] = {}
     works: list[_Work] = []
     for run in runs:
+        if priority is not None and not run.finished:
+            # Kept beside the key values, under a name no key expression can clash with.
+            shift = run.keys.get(_PRIORITY + priority.run)
+            if shift is None or not shift.lstrip("-").isdigit():
+                shift = str(priority_seconds(priority.run, run.event))
+            run = replace(
+                run,
+                queued_at=run.queued_at - timedelta(seconds=int(shift)),
+                keys={**run.keys, _PRIORITY + priority.run: shift},
+            )
         throttle_key = pace.key(run)
         if run.admitted_at is not None:
             pace.started(throttle_key, run.admitted_at)
@@ -275,6 +300,8 @@ def admit(
         known = {e.key: k for e, k in zip(entries, work.keys, strict=True) if e.key is not None}
         if throttle is not None and throttle.key is not None:
             known[throttle.key] = work.group[-1]
+        if priority is not None:
+            known[_PRIORITY + priority.run] = work.run.keys[_PRIORITY + priority.run]
         verdicts[work.run.name] = replace(verdict, keys=known)
     blocked = {w.group[-1] for w in works if w.needs_admit and not w.granted_admit}
     return Admission(verdicts, at=None if paused else pace.next_start(blocked))

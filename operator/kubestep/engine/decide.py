@@ -698,7 +698,10 @@ class _Decider:
             phases = {s.phase for s in status.steps if not s.phase.finished}
             if self.held and not status.active:
                 if status.phase is not RunPhase.QUEUED:
-                    self.note("RunQueued", "waiting for the workflow's flow control (spec.concurrency)")
+                    self.note(
+                        "RunQueued",
+                        "waiting for the workflow's flow control (its Admitted condition says why)",
+                    )
                 status.phase = RunPhase.QUEUED
             elif status.active or StepPhase.RETRYING in phases or StepPhase.PENDING in phases:
                 status.phase = RunPhase.RUNNING

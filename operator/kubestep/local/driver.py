@@ -187,8 +187,9 @@ class Driver:
         for workflow, runs in by_workflow.items():
             loaded = self.workflows.get(workflow)
             spec = loaded.spec if loaded is not None else runs[-1].spec.workflow
+            candidates = [admission.candidate(r) for r in runs]
             decided = admission.admit(
-                spec.concurrency, [admission.candidate(r) for r in runs], now, spec.throttle
+                spec.concurrency, candidates, now, spec.throttle, priority=spec.priority
             )
             if decided.at is not None:
                 self._admission_due[workflow] = decided.at
@@ -198,7 +199,9 @@ class Driver:
                     continue
                 status = admission.apply(run.status, verdict, now)
                 if status != run.status:
-                    self.state.runs[run.metadata.name] = run.model_copy(update={"status": status})
+                    run = run.model_copy(update={"status": status})
+                    self.state.runs[run.metadata.name] = run
+                    self._save(run)
                     changed = changed or bool(verdict.admit or verdict.tickets)
         return changed
 
