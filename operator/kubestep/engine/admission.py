@@ -1,6 +1,6 @@
 """Admission: which queued work of a workflow may start now. Pure: no I/O, the time is given.
 
-A workflow's flow control (`spec.concurrency`) is decided here from what its runs record, never from
+A workflow's flow control (`spec.concurrency`, `spec.throttle`, `spec.priority`) is decided here from what its runs record, never from
 memory, so that the operator (one pass per workflow at a time) and `kubestep run` apply the same rules and
 a restarted operator carries on where the last one stopped.
 
@@ -20,6 +20,9 @@ its grants from a consistent read never grants past a limit, whatever happens me
 Fairness: the runs are grouped by the values of the keyed entries. Each free slot goes to the group that
 holds the fewest slots (ties to the group whose oldest waiting work is oldest), and within a group to its
 oldest work. With K groups waiting for N free slots, no group gets more than ⌈N/K⌉ of them.
+
+`spec.throttle` paces run admissions per key (GCRA), replayed from the admission times the runs record;
+`spec.priority` moves a run's place in every queue by its own number of seconds.
 """
 
 from __future__ import annotations
