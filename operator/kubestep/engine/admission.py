@@ -1,8 +1,8 @@
 """Admission: which queued work of a workflow may start now. Pure: no I/O, the time is given.
 
-A workflow's flow control (`spec.concurrency`, `spec.throttle`, `spec.priority`) is decided here from what its runs record, never from
-memory, so that the operator (one pass per workflow at a time) and `kubestep run` apply the same rules and
-a restarted operator carries on where the last one stopped.
+A workflow's flow control (`spec.concurrency`, `spec.throttle`, `spec.priority`) is decided here from
+what its runs record, never from memory, so that the operator (one pass per workflow at a time) and
+`kubestep run` apply the same rules and a restarted operator carries on where the last one stopped.
 
 How slots are held, all read from the runs' statuses:
 
