@@ -27,6 +27,7 @@ from kubestep.engine.admission import (
     key_value,
     priority_seconds,
 )
+from kubestep.engine.triggers import duplicate, id_run_seed
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 STEPS = ConcurrencyScope.STEPS
@@ -472,3 +473,24 @@ def test_priority_moves_a_run_ahead_in_its_queue_and_is_clamped() -> None:
 )
 def test_priority_seconds(data: dict[str, Any], expected: int) -> None:
     assert priority_seconds("event.data.boost", {"data": data}) == expected
+
+
+# Event admission: the dedupe window, shared by the operator and `kubestep run` ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "created", "expected"),
+    [
+        pytest.param(at(0), at(10), True, id="within the window"),
+        pytest.param(at(0), at(100), False, id="after the window"),
+        pytest.param(None, at(100), True, id="a run of unknown age counts as recent"),
+    ],
+)
+def test_dedupe_window(first: datetime | None, created: datetime, expected: bool) -> None:
+    assert duplicate(first, created, timedelta(seconds=60)) is expected
+
+
+def test_events_with_one_id_map_to_one_run_name_per_generation() -> None:
+    assert id_run_seed("api/x", "order-7", 0) == id_run_seed("api/x", "order-7", 0)
+    assert id_run_seed("api/x", "order-7", 0) != id_run_seed("api/x", "order-7", 1)
+    assert id_run_seed("api/x", "order-7", 0) != id_run_seed("api/y", "order-7", 0)

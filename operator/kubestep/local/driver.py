@@ -33,7 +33,7 @@ from kubestep.engine.actions import (
 )
 from kubestep.engine.decide import decide
 from kubestep.engine.observations import ArrivedEvent, ChildResult, Observed, Outcome
-from kubestep.engine.triggers import match
+from kubestep.engine.triggers import DEFAULT_DEDUPE_WINDOW, ID_GENERATIONS, duplicate, id_run_seed, match
 from kubestep.local.clock import Clock
 from kubestep.local.executors import Executor
 from kubestep.local.store import Store
@@ -100,13 +100,35 @@ class Driver:
                 continue
             verdict = match(wf.spec, event.as_payload())
             if verdict.matched:
-                started.append(self.create_run(name, event, names.run_name(name, uuid.uuid4().hex)))
+                started.append(self.create_run(name, event, self._run_name(name, event)))
             elif verdict.error:
                 errors.append(f"{name}: {verdict.error}")
         if not started and workflow is not None:
             detail = "; ".join(errors) or f"no trigger of workflow {workflow!r} matches event {event.name!r}"
             raise NoTriggerMatchError(detail)
         return started
+
+    def _run_name(self, workflow: str, event: RunEvent) -> str:
+        """A new run's name; for an event with ``spec.id``, named as the operator names it, so that an event
+        repeating an id within the dedupe window finds the run the first one started instead of a new one."""
+        if not event.id:
+            return names.run_name(workflow, uuid.uuid4().hex)
+        now = self.clock.now()
+        name = ""
+        for generation in range(ID_GENERATIONS):
+            name = names.run_name(workflow, id_run_seed(event.name, event.id, generation))
+            existing = self.state.runs.get(name)
+            if (
+                existing is None
+                and self.store is not None
+                and (self.store.run_dir(name) / "run.json").exists()
+            ):
+                existing = self.store.load(name)
+            if existing is None or duplicate(
+                existing.metadata.creation_timestamp, now, DEFAULT_DEDUPE_WINDOW
+            ):
+                return name
+        return name
 
     def create_run(self, workflow: str, event: RunEvent, name: str, parent: ParentRef | None = None) -> str:
         """Create a run of ``workflow`` (idempotent by ``name``, also across drivers)."""
