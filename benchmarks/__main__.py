@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from benchmarks.bench_admission import bench_admission
 from benchmarks.cluster_bench import bench_cluster
 from benchmarks.report import machine, print_table
 from kubestep.api.base import ObjectMeta
@@ -229,6 +230,7 @@ def main() -> None:
     bench_status_size()
     bench_replay()
     bench_cel()
+    bench_admission(timeit)
     bench_local_run()
     figures: dict[str, object] = {"local_100_steps": bench_local_hundred()}
     with tempfile.TemporaryDirectory(prefix="kubestep-bench-") as tmp:

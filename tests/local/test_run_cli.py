@@ -435,6 +435,32 @@ def test_parallel_steps_run_at_the_same_time_in_separate_processes(flows: Path) 
     assert jobs["left"] != jobs["right"]
 
 
+def test_a_concurrency_limit_holds_parallel_steps_back_as_in_a_cluster(flows: Path) -> None:
+    code, record, _ = run_flow(flows, "fanout", "fanout", concurrency=[{"limit": 1}])
+    assert code == 0, record
+    (left, l_start, l_end), (right, r_start, r_end) = record["output"]
+    assert (left, right) == ("l", "r")
+    assert l_end <= r_start or r_end <= l_start, "the two steps overlapped under a limit of 1"
+    assert record["admission"]["keys"] == {} and record["admission"]["tickets"] == 0
+
+
+def test_an_event_repeating_an_id_reports_the_run_the_first_started(flows: Path) -> None:
+    (flows / "crash.yaml").write_text(workflow_yaml("crash", "crash"))
+    event = yaml.safe_load(event_yaml(doc="d1"))
+    event["spec"]["id"] = "order-7"
+    (flows / "order.yaml").write_text(yaml.safe_dump(event))
+    env = {"MARKS": str(flows / "marks")}
+    first = as_record(kubestep("run", "crash.yaml", "-e", "order.yaml", "-o", "json", cwd=flows, env=env))
+    again = as_record(kubestep("run", "crash.yaml", "-e", "order.yaml", "-o", "json", cwd=flows, env=env))
+    assert first["phase"] == again["phase"] == "Succeeded"
+    assert again["name"] == first["name"]
+    assert (flows / "marks" / "first").read_text() == "x", "the repeated event started nothing new"
+    event["spec"]["id"] = "order-8"
+    (flows / "order.yaml").write_text(yaml.safe_dump(event))
+    other = as_record(kubestep("run", "crash.yaml", "-e", "order.yaml", "-o", "json", cwd=flows, env=env))
+    assert other["name"] != first["name"]
+
+
 def test_resuming_a_finished_run_reports_its_outcome(flows: Path) -> None:
     code, record, _ = run_flow(flows, "nonretriable", "nonretriable")
     assert code == 1

@@ -170,6 +170,15 @@ class FakeKube:
         self._enter("list_objects", plural)
         return self.objects(plural, namespace)
 
+    async def list_runs(self, namespace: str, workflow_label: str) -> list[Obj]:
+        """The WorkflowRuns labelled as runs of a workflow, read from the API server (not a cache)."""
+        self._enter("list_runs", workflow_label)
+        return [
+            o
+            for o in self.objects("workflowruns", namespace)
+            if (o["metadata"].get("labels") or {}).get("kubestep.dev/workflow") == workflow_label
+        ]
+
     async def create(self, plural: str, namespace: str, body: Obj) -> Obj:
         """Create a kubestep object."""
         self._enter("create", f"{plural}/{body['metadata'].get('name')}")

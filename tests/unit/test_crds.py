@@ -247,6 +247,7 @@ def test_crd_names_and_version(name: str, kind: str, short: str) -> None:
                 "Progress": ".status.progress",
                 "Step": ".status.currentStep",
                 "Attempt": ".status.currentAttempt",
+                "Waiting-For": ".status.admission.waitingFor",
                 "Age": ".metadata.creationTimestamp",
             },
         ),

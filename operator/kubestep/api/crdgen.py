@@ -460,6 +460,9 @@ RESOURCES: tuple[Resource, ...] = (
             PrinterColumn(
                 "Attempt", ".status.currentAttempt", "integer", "The current step's attempt number."
             ),
+            PrinterColumn(
+                "Waiting-For", ".status.admission.waitingFor", "string", "What a queued run waits for."
+            ),
             AGE,
         ),
     ),

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
 from kubestep.api.event import EventSpec
+from kubestep.api.flow import RunAdmission
 from kubestep.api.workflow import WorkflowSpec
 
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
@@ -24,6 +25,7 @@ class RunPhase(StrEnum):
     """Where a run is in its life."""
 
     PENDING = "Pending"
+    QUEUED = "Queued"
     RUNNING = "Running"
     SLEEPING = "Sleeping"
     WAITING = "Waiting"
@@ -313,7 +315,8 @@ class WorkflowRunStatus(Model):
     """Progress and results of the run, written by the operator only."""
 
     phase: RunPhase = RunPhase.PENDING
-    """Pending, Running, Sleeping, Waiting, Succeeded, Failed or Cancelled."""
+    """Pending, Queued (waiting for the workflow's flow control to admit it; see `admission`), Running,
+    Sleeping, Waiting, Succeeded, Failed or Cancelled."""
     started_at: datetime | None = None
     """When the run started."""
     finished_at: datetime | None = None
@@ -349,6 +352,9 @@ class WorkflowRunStatus(Model):
     """Runs started later to rerun this one's event, oldest first."""
     rerun_requests_handled: int = 0
     """How many of `spec.rerunRequests` the operator has acted on (started, or refused with a warning)."""
+    admission: RunAdmission | None = None
+    """The run under the workflow's flow control (`spec.workflow.concurrency`): the slots granted to it and
+    what it waits for. Unset for workflows without flow control."""
 
 
 class WorkflowRun(Model):

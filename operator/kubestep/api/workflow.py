@@ -16,6 +16,7 @@ from kubestep.api.durations import (
     SPEC_DURATION_PATTERN,
     parse_duration,
 )
+from kubestep.api.flow import MAX_CONCURRENCY_ENTRIES, MAX_CONCURRENCY_LIMIT, UNIQUE_CONCURRENCY, Concurrency
 from kubestep.api.pod import PodTemplate
 
 #: Event names: a path of words, for example `api/contact_list.uploaded`.
@@ -111,6 +112,13 @@ _TIMEOUT_ORDER: dict[str, Any] = {
     "messageExpression": "'timeouts.step (' + self.step + ') is longer than timeouts.run (' + self.run + "
     "'), which bounds every step as well; shorten timeouts.step or lengthen timeouts.run'",
     "fieldPath": ".step",
+}
+
+
+_THROTTLE_PERIOD: dict[str, Any] = {
+    "rule": "!(" + _parsable("period") + ") || duration(self.period) >= duration('1s')",
+    "message": "throttle.period is shorter than 1s; use a period of at least 1s (e.g. 1s, 1m)",
+    "fieldPath": ".period",
 }
 
 
@@ -246,6 +254,46 @@ class ExecutionPolicy(SpecModel):
     """`Chained` only: no new step is begun in a pod that has run this long (seconds)."""
 
 
+class Throttle(SpecModel):
+    """A cap on how often runs start: the rest wait in phase `Queued`, in order, and are never dropped."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_THROTTLE_PERIOD]})
+
+    limit: int = Field(ge=1, le=MAX_CONCURRENCY_LIMIT)
+    """Run starts per `period` (per value of `key`, when set), spread evenly: one every `period / limit`."""
+    period: SpecDuration
+    """The period `limit` is counted over, at least `1s`, e.g. `1m`."""
+    burst: int = Field(default=0, ge=0, le=MAX_CONCURRENCY_LIMIT)
+    """Extra starts allowed at once after a quiet time, beyond the even spread."""
+    key: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Optional CEL expression over `event` whose value gives each its own throttle, for example
+    `event.data.tenant`."""
+
+    @model_validator(mode="after")
+    def _period_at_least_a_second(self) -> Throttle:
+        if parse_duration(self.period) < 1:
+            raise ValueError(_THROTTLE_PERIOD["message"])
+        return self
+
+    def interval(self) -> float:
+        """Seconds between two starts at the even spread."""
+        return parse_duration(self.period) / self.limit
+
+
+#: How far `spec.priority` may move a queued run, in seconds, either way.
+MAX_PRIORITY_SECONDS = 3600
+
+
+class Priority(SpecModel):
+    """Which queued runs go first."""
+
+    run: str = Field(min_length=1, max_length=1024)
+    """CEL expression over `event` giving an integer of seconds: a queued run is ordered as if it had been
+    queued that much earlier (positive) or later (negative), in every queue of `concurrency` and `throttle`.
+    Clamped to ±3600; a value that is not a number, or an expression that fails, counts as 0. Example:
+    `event.data.plan == 'enterprise' ? 300 : 0`."""
+
+
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
@@ -268,12 +316,26 @@ class WorkflowSpec(SpecModel):
     """Overrides applied to every step pod."""
     execution: ExecutionPolicy = Field(default_factory=ExecutionPolicy)
     """One pod per step (the default), or several steps in a row per pod (`mode: Chained`)."""
+    concurrency: list[Concurrency] = Field(
+        default_factory=list,
+        max_length=MAX_CONCURRENCY_ENTRIES,
+        json_schema_extra={"x-kubernetes-validations": [UNIQUE_CONCURRENCY]},
+    )
+    """Flow control: at most two caps on step attempts (`scope: Steps`) or runs (`scope: Runs`) executing at
+    once, overall or per key. Work over a cap waits in phase `Queued`; see "Flow control" in the README."""
+    throttle: Throttle | None = None
+    """Flow control: at most `limit` run starts per `period` (plus `burst`), the rest queued in order."""
+    priority: Priority | None = None
+    """Flow control: moves queued runs earlier or later in their queues."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:
         events = [t.event for t in self.triggers]
         if len(set(events)) != len(events):
             raise ValueError(_UNIQUE_TRIGGER_EVENTS["message"])
+        pairs = [(c.scope, c.key or "") for c in self.concurrency]
+        if len(set(pairs)) != len(pairs):
+            raise ValueError(UNIQUE_CONCURRENCY["message"])
         return self
 
 

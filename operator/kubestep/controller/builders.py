@@ -66,6 +66,11 @@ def _label_value(value: str) -> str:
     return value[:63].rstrip("-_.")
 
 
+def workflow_label(workflow: str) -> str:
+    """The value of the workflow label its runs carry (to select them)."""
+    return _label_value(workflow)
+
+
 def step_label(step_id: str) -> str:
     """The value of the ``kubestep.dev/step`` label for a step: its id when that is a valid label value.
 

@@ -13,9 +13,10 @@ from typing import Any, NamedTuple, Protocol
 from kubestep.api.event import Event
 from kubestep.controller.kube import Kube
 from kubestep.controller.recorder import EventRecorder
+from kubestep.engine import triggers
 
-#: Default window within which a second event with the same ``spec.id`` starts nothing (as Inngest).
-DEFAULT_DEDUPE_WINDOW = timedelta(hours=24)
+#: Default window within which a second event with the same ``spec.id`` starts nothing.
+DEFAULT_DEDUPE_WINDOW = triggers.DEFAULT_DEDUPE_WINDOW
 
 
 class Key(NamedTuple):

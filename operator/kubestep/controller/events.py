@@ -17,13 +17,11 @@ from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
 from kubestep.controller.queue import Result
-from kubestep.engine.triggers import match
+from kubestep.engine.triggers import ID_GENERATIONS, duplicate, id_run_seed, match
 
 log = logging.getLogger(__name__)
 
 PROCESSED = "Processed"
-#: Dedupe windows an idempotency key can span: after this many, its events start nothing.
-_GENERATIONS = 64
 
 
 @dataclass
@@ -107,7 +105,7 @@ async def _start_run(
         # the run and the API server refuses the others. Once that run is older than the dedupe window, the
         # next generation of the name is used.
         names_ = [
-            names.run_name(wf, f"id:{event.spec.name}:{event.spec.id}:{n}") for n in range(_GENERATIONS)
+            names.run_name(wf, id_run_seed(event.spec.name, event.spec.id, n)) for n in range(ID_GENERATIONS)
         ]
     for name in names_:
         try:
@@ -118,7 +116,7 @@ async def _start_run(
             if source == event.metadata.name:
                 break  # started by this event before a crash or a conflict
             first = _created(existing_obj)
-            if event.spec.id and (first is None or created - first < ctl.dedupe_window):
+            if event.spec.id and duplicate(first, created, ctl.dedupe_window):
                 verdict.duplicates.append(
                     f"event {source} with the same id {event.spec.id!r} started run {name} of workflow {wf}"
                     + (f" at {first.isoformat()}" if first else "")

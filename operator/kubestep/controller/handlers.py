@@ -206,6 +206,8 @@ def register(
                 for kind, index in KEY_INDICES.items():
                     for namespace, name in list(kwargs[index].get(kind) or []):
                         queue.add(Key(kind, namespace, name))
+                        if kind == "workflow":
+                            queue.add(Key("admission", namespace, name))
                 _start_workers(memo)
 
             async def stand_by() -> None:
@@ -267,6 +269,8 @@ def register(
         if event.get("type") != "DELETED":
             queue.add(Key("run", namespace, name))
         queue.add(Key("workflow", namespace, spec.get("workflowRef", {}).get("name", "")))
+        # A run that wants a slot, or frees one (its Job ended, it ended, it was deleted): admission again.
+        queue.add(Key("admission", namespace, spec.get("workflowRef", {}).get("name", "")))
         parent = spec.get("parent") or {}
         if parent.get("run"):
             queue.add(Key("run", namespace, parent["run"]))
@@ -332,6 +336,7 @@ def register(
         queue = _queue(memo)
         if queue is not None and event.get("type") != "DELETED":
             queue.add(Key("workflow", namespace, name))
+            queue.add(Key("admission", namespace, name))  # a limit raised frees slots
 
 
 def _start_workers(memo: kopf.Memo) -> None:

@@ -236,6 +236,18 @@ class Kube:
         )
         return list(found.get("items", []))
 
+    async def list_runs(self, namespace: str, workflow_label: str) -> list[Obj]:
+        """The WorkflowRuns labelled as runs of a workflow, read from the API server (not a cache)."""
+        found: Obj = await self._call(
+            self.custom.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            "workflowruns",
+            label_selector=f"kubestep.dev/workflow={workflow_label}",
+        )
+        return list(found.get("items", []))
+
     async def create(self, plural: str, namespace: str, body: Obj) -> Obj:
         """Create a kubestep object."""
         return cast(

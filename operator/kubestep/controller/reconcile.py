@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
 
+from kubestep.controller.admission import reconcile_admission
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.events import reconcile_event
 from kubestep.controller.kube import KubeError, NotLeading, Rejected, Unavailable
@@ -23,6 +24,7 @@ RECONCILERS: dict[str, Reconciler] = {
     "run": reconcile_run,
     "event": reconcile_event,
     "workflow": reconcile_workflow,
+    "admission": reconcile_admission,
 }
 
 

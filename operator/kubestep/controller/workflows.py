@@ -30,6 +30,21 @@ def readiness(workflow: Workflow) -> Condition:
                 observed_generation=generation,
                 message=f"spec.triggers[{index}].if: {problem}; fix the expression (CEL over `event`)",
             )
+    keys = [(f"spec.concurrency[{i}].key", e.key) for i, e in enumerate(workflow.spec.concurrency)]
+    if workflow.spec.throttle is not None:
+        keys.append(("spec.throttle.key", workflow.spec.throttle.key))
+    if workflow.spec.priority is not None:
+        keys.append(("spec.priority.run", workflow.spec.priority.run))
+    for field, key in keys:
+        problem = None if key is None else check(key)
+        if problem is not None:
+            return Condition(
+                type=READY,
+                status="False",
+                reason="InvalidExpression",
+                observed_generation=generation,
+                message=f"{field}: {problem}; fix the expression (CEL over `event`)",
+            )
     return Condition(
         type=READY,
         status="True",

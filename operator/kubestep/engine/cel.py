@@ -39,3 +39,12 @@ def holds(expression: str, variables: dict[str, Any]) -> bool:
     if not isinstance(result, bool):
         raise CelError(f"CEL expression {expression!r} yielded {result!r}, not a boolean")
     return result
+
+
+def evaluate(expression: str, variables: dict[str, Any]) -> Any:
+    """Evaluate an expression to its value (a string, a number, a list, ...). Raises ``CelError``."""
+    program = _compile(expression)
+    try:
+        return program.execute(variables)
+    except Exception as exc:  # as in `holds`: any evaluation failure is the expression's
+        raise CelError(f"CEL expression {expression!r} failed: {exc}") from None

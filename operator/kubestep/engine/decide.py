@@ -42,7 +42,7 @@ from kubestep.api.run import (
     WorkflowRunStatus,
 )
 from kubestep.api.workflow import ExecutionMode, ExecutionPolicy
-from kubestep.engine import backoff, rerun
+from kubestep.engine import admission, backoff, rerun
 from kubestep.engine.actions import (
     Action,
     CancelChild,
@@ -93,6 +93,8 @@ class _Decider:
         # Why the pod of an execution that has no step yet (the run's first one, or the one after a step
         # that named none) has not started: no step can show it, so the Succeeded condition does.
         self.unstarted = ""
+        # Executions due to start that wait for a slot of the workflow's flow control (`engine.admission`).
+        self.held = 0
 
     # ---------------------------------------------------------------------------------------------
 
@@ -101,6 +103,9 @@ class _Decider:
         if status.phase.finished:
             self.start_reruns()
             return Decision(status, self.actions)
+        if status.started_at is None and not self.run.spec.cancel and admission.must_wait(self.run):
+            self.held = 1  # its first execution: nothing of it starts before admission
+            return self.finish()
         if status.started_at is None:
             status.started_at = self.now
             status.phase = RunPhase.RUNNING
@@ -166,6 +171,7 @@ class _Decider:
 
     def finish(self) -> Decision:
         self.summarize()
+        admission.settle(self.run, self.status, self.held)
         if self.status.phase.finished:
             # Nothing is left to wake up for (a timer set earlier in this decision, before the run ended).
             self.actions = [a for a in self.actions if not isinstance(a, RequeueAt)]
@@ -611,7 +617,9 @@ class _Decider:
                 step.phase is StepPhase.RETRYING
                 and (step.next_attempt_at is None or step.next_attempt_at <= self.now)
             )
-            if due:
+            if due and not admission.take_ticket(self.run, status):
+                self.held += 1
+            elif due:
                 attempt = step.attempt_count + 1
                 self.start(
                     step.id, attempt, names.step_execution_name(self.run.metadata.name, step.id, attempt)
@@ -621,14 +629,19 @@ class _Decider:
                 self.note("StepStarted", f"step {step.id!r} attempt {attempt} started")
         unfinished = [s for s in status.steps if not s.phase.finished]
         backing_off = status.retry_at is not None and status.retry_at > self.now
-        if not status.active and not unfinished and not backing_off:
+        discover = not status.active and not unfinished and not backing_off
+        if discover and not admission.take_ticket(self.run, status):
+            self.held += 1
+        elif discover:
             done = sum(1 for s in status.steps if s.phase.finished)
             self.start(
                 None,
                 status.discovery_failures + 1,
                 names.discovery_execution_name(self.run.metadata.name, done, status.discovery_failures + 1),
             )
-        wakeups = [s.next_attempt_at for s in unfinished if s.phase is StepPhase.RETRYING]
+        # A retry due but held for a slot is woken by its admission, not by its past time.
+        retries = [s.next_attempt_at for s in unfinished if s.phase is StepPhase.RETRYING]
+        wakeups: list[datetime | None] = [w for w in retries if w is not None and w > self.now]
         wakeups += [s.wake_at for s in unfinished if s.phase is StepPhase.SLEEPING]
         wakeups += [s.wait.timeout_at for s in unfinished if s.phase is StepPhase.WAITING and s.wait]
         wakeups += [s.invoke.timeout_at for s in unfinished if s.phase is StepPhase.WAITING and s.invoke]
@@ -742,7 +755,14 @@ class _Decider:
             status.current_attempt = None
         if not status.phase.finished:
             phases = {s.phase for s in status.steps if not s.phase.finished}
-            if status.active or StepPhase.RETRYING in phases or StepPhase.PENDING in phases:
+            if self.held and not status.active:
+                if status.phase is not RunPhase.QUEUED:
+                    self.note(
+                        "RunQueued",
+                        "waiting for the workflow's flow control (its Admitted condition says why)",
+                    )
+                status.phase = RunPhase.QUEUED
+            elif status.active or StepPhase.RETRYING in phases or StepPhase.PENDING in phases:
                 status.phase = RunPhase.RUNNING
             elif StepPhase.SLEEPING in phases:
                 status.phase = RunPhase.SLEEPING

@@ -22,6 +22,7 @@ from kubestep.api.run import (
     WorkflowRunSpec,
 )
 from kubestep.api.workflow import Workflow
+from kubestep.engine import admission
 from kubestep.engine.actions import (
     CancelChild,
     Note,
@@ -33,7 +34,7 @@ from kubestep.engine.actions import (
 )
 from kubestep.engine.decide import decide
 from kubestep.engine.observations import ArrivedEvent, ChildResult, Observed, Outcome
-from kubestep.engine.triggers import match
+from kubestep.engine.triggers import DEFAULT_DEDUPE_WINDOW, ID_GENERATIONS, duplicate, id_run_seed, match
 from kubestep.local.clock import Clock
 from kubestep.local.executors import Executor
 from kubestep.local.store import Store
@@ -81,6 +82,8 @@ class Driver:
         """Give up after this many decisions (``kubestep.testing``: a workflow that never ends)."""
         self.state = LocalRuns()
         self._requeue: dict[str, datetime] = {}
+        self._admission_due: dict[str, datetime] = {}
+        """When a throttle next lets a run of each workflow start."""
         self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self._inbox: dict[str, list[ArrivedEvent]] = defaultdict(list)
         self._unstartable: dict[str, ErrorInfo] = {}
@@ -98,13 +101,35 @@ class Driver:
                 continue
             verdict = match(wf.spec, event.as_payload())
             if verdict.matched:
-                started.append(self.create_run(name, event, names.run_name(name, uuid.uuid4().hex)))
+                started.append(self.create_run(name, event, self._run_name(name, event)))
             elif verdict.error:
                 errors.append(f"{name}: {verdict.error}")
         if not started and workflow is not None:
             detail = "; ".join(errors) or f"no trigger of workflow {workflow!r} matches event {event.name!r}"
             raise NoTriggerMatchError(detail)
         return started
+
+    def _run_name(self, workflow: str, event: RunEvent) -> str:
+        """A new run's name; for an event with ``spec.id``, named as the operator names it, so that an event
+        repeating an id within the dedupe window finds the run the first one started instead of a new one."""
+        if not event.id:
+            return names.run_name(workflow, uuid.uuid4().hex)
+        now = self.clock.now()
+        name = ""
+        for generation in range(ID_GENERATIONS):
+            name = names.run_name(workflow, id_run_seed(event.name, event.id, generation))
+            existing = self.state.runs.get(name)
+            if (
+                existing is None
+                and self.store is not None
+                and (self.store.run_dir(name) / "run.json").exists()
+            ):
+                existing = self.store.load(name)
+            if existing is None or duplicate(
+                existing.metadata.creation_timestamp, now, DEFAULT_DEDUPE_WINDOW
+            ):
+                return name
+        return name
 
     def create_run(self, workflow: str, event: RunEvent, name: str, parent: ParentRef | None = None) -> str:
         """Create a run of ``workflow`` (idempotent by ``name``, also across drivers)."""
@@ -117,7 +142,8 @@ class Driver:
         # Every event has an id and a time, as in the cluster (where the Event's uid and creation time).
         event = event.completed(uuid.uuid4().hex, self.clock.now())
         run = WorkflowRun(
-            metadata=ObjectMeta(name=name, uid=uuid.uuid4().hex),
+            # Its creation orders it in the queues of the workflow's flow control, as in the cluster.
+            metadata=ObjectMeta(name=name, uid=uuid.uuid4().hex, creation_timestamp=self.clock.now()),
             spec=WorkflowRunSpec(
                 workflow_ref=WorkflowRef(name=workflow), workflow=spec, event=event, parent=parent
             ),
@@ -165,7 +191,7 @@ class Driver:
                 self._outcomes[run].append(outcome)
                 if self.timeline is not None:
                     self.timeline.output(outcome.name, self.executor.log(run, outcome.name))
-            changed = False
+            changed = self._admit()
             for name in list(self.state.runs):
                 changed |= self._step(name)
             if all(self.state.runs[t].status.phase.finished for t in targets):
@@ -173,6 +199,37 @@ class Driver:
             if changed:
                 continue
             self._sleep()
+
+    def _admit(self) -> bool:
+        """Grant the slots of the workflows' flow control, as the operator does; True if any was."""
+        by_workflow: dict[str, list[WorkflowRun]] = defaultdict(list)
+        for run in self.state.runs.values():
+            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle
+            if flow or run.status.admission is not None:
+                by_workflow[run.spec.workflow_ref.name].append(run)
+        changed = False
+        now = self.clock.now()
+        self._admission_due.clear()
+        for workflow, runs in by_workflow.items():
+            loaded = self.workflows.get(workflow)
+            spec = loaded.spec if loaded is not None else runs[-1].spec.workflow
+            candidates = [admission.candidate(r) for r in runs]
+            decided = admission.admit(
+                spec.concurrency, candidates, now, spec.throttle, priority=spec.priority
+            )
+            if decided.at is not None:
+                self._admission_due[workflow] = decided.at
+            for run in runs:
+                verdict = decided.verdicts.get(run.metadata.name)
+                if verdict is None:
+                    continue
+                status = admission.apply(run.status, verdict, now)
+                if status != run.status:
+                    run = run.model_copy(update={"status": status})
+                    self.state.runs[run.metadata.name] = run
+                    self._save(run)
+                    changed = changed or bool(verdict.admit or verdict.tickets)
+        return changed
 
     def _step(self, name: str) -> bool:
         run = self.state.runs[name]
@@ -251,7 +308,7 @@ class Driver:
         now = self.clock.now()
         deadlines = [
             when for name, when in self._requeue.items() if not self.state.runs[name].status.phase.finished
-        ]
+        ] + list(self._admission_due.values())
         seconds = min(((d - now).total_seconds() for d in deadlines), default=INBOX_POLL_SECONDS)
         if self.store is not None:
             seconds = min(seconds, INBOX_POLL_SECONDS)

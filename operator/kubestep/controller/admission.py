@@ -1,0 +1,91 @@
+"""Reconcile the flow control of one workflow: grant the slots its queued runs wait for.
+
+One pass per workflow at a time (its key in the work queue), computed from the runs as the API server has
+them (a list, not the watch cache: a grant this process just wrote must be counted). A grant is written
+into the run's status under the resourceVersion the list returned, so a run that changed meanwhile is left
+for the next pass; since every other change only frees slots, no pass ever grants past a limit, after a
+crash or with several workers alike.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pydantic import ValidationError
+
+from kubestep.api.run import RunPhase, WorkflowRun, WorkflowRunStatus
+from kubestep.api.workflow import Workflow, WorkflowSpec
+from kubestep.controller import builders
+from kubestep.controller.context import Controller, Key
+from kubestep.controller.kube import RUNS, WORKFLOWS, Conflict, NotFound, Obj
+from kubestep.controller.queue import Result
+from kubestep.engine import admission
+
+log = logging.getLogger(__name__)
+
+
+async def reconcile_admission(ctl: Controller, key: Key) -> Result:
+    """Grant what the workflow's limits allow to its waiting runs; API errors are raised."""
+    spec: WorkflowSpec | None = None
+    try:
+        spec = Workflow.model_validate(await ctl.kube.get(WORKFLOWS, key.namespace, key.name)).spec
+    except NotFound:
+        pass  # its runs still finish: each under the limits it was started with
+    except ValidationError:
+        return Result.done()  # its own reconcile says why; nothing is granted meanwhile
+    queued = RunPhase.QUEUED.value in ctl.indices.run_phases(key.namespace, key.name)
+    if (spec is None or not (spec.concurrency or spec.throttle)) and not queued:
+        return Result.done()  # no flow control and no run waiting: no list needed
+    objs = [
+        obj
+        for obj in await ctl.kube.list_runs(key.namespace, builders.workflow_label(key.name))
+        # A longer name cut to the same label is another workflow's run.
+        if (obj.get("spec") or {}).get("workflowRef", {}).get("name") == key.name
+    ]
+    candidates: dict[str, tuple[Obj, admission.Candidate]] = {}
+    for obj in objs:
+        try:
+            candidates[obj["metadata"]["name"]] = (obj, admission.candidate_of(obj))
+        except (ValidationError, ValueError, TypeError):
+            continue  # its own reconcile says what is wrong with it
+    if spec is None:
+        spec = _spec_of_newest(candidates)
+    now = ctl.clock()
+    decided = admission.admit(
+        spec.concurrency if spec else [],
+        [c for _, c in candidates.values()],
+        now,
+        spec.throttle if spec else None,
+        priority=spec.priority if spec else None,
+    )
+    again = False
+    for name, verdict in decided.verdicts.items():
+        obj = candidates[name][0]
+        if admission.settled(obj.get("status") or {}, verdict):
+            continue
+        try:
+            current = WorkflowRunStatus.model_validate(obj.get("status") or {})
+        except ValidationError:
+            continue
+        status = admission.apply(current, verdict, now)
+        if status == current:
+            continue
+        try:
+            await ctl.kube.replace_status(RUNS, obj, status.to_dict())
+        except NotFound:
+            continue
+        except Conflict:
+            again = True  # changed since the list: decided again from what is there then
+    # A throttle's next turn changes nothing the watches see: the pass asks to be run again then.
+    return Result(requeue=again, at=decided.at)
+
+
+def _spec_of_newest(candidates: dict[str, tuple[Obj, admission.Candidate]]) -> WorkflowSpec | None:
+    """For a deleted workflow, the limits its newest run was started under (its copy of the spec)."""
+    if not candidates:
+        return None
+    obj, _ = max(candidates.values(), key=lambda c: (c[1].queued_at, c[1].name))
+    try:
+        return WorkflowRun.model_validate(obj).spec.workflow
+    except ValidationError:
+        return None
