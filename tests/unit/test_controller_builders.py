@@ -508,7 +508,7 @@ def test_an_event_run_is_plain_json_with_wire_names() -> None:
     spec = body["spec"]
     assert set(spec) >= {"workflowRef", "workflow", "event"}
     assert spec["workflow"]["function"] == "contacts.workflows:process"
-    assert "id" not in spec["event"]
+    assert spec["event"]["id"] == "event-uid"  # an event without spec.id: its uid
 
 
 def test_a_child_run_is_owned_by_its_parent_without_being_controlled_by_it() -> None:
@@ -520,7 +520,7 @@ def test_a_child_run_is_owned_by_its_parent_without_being_controlled_by_it() -> 
     action = StartChild(
         step="enrich-contacts", name="contacts-7f3a9c2e41-aa11bb22cc33", workflow="enrich", data={"n": 3}
     )
-    body = builders.child_run(parent, child_workflow, action)
+    body = builders.child_run(parent, child_workflow, action, T0)
     assert body["metadata"]["name"] == action.name
     assert body["metadata"]["namespace"] == NAMESPACE
     assert body["metadata"]["ownerReferences"] == [{**RUN_OWNER, "controller": False}]
@@ -538,6 +538,7 @@ def test_a_child_run_is_owned_by_its_parent_without_being_controlled_by_it() -> 
     assert child.spec.event.name == "kubestep/function.invoked"
     assert child.spec.event.data == {"n": 3}
     assert child.spec.event.source == RUN
+    assert (child.spec.event.id, child.spec.event.ts) == (action.name, T0)
 
 
 # --- events sent by steps, Kubernetes Events ---------------------------------------------------------

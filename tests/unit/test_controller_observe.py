@@ -514,7 +514,8 @@ def test_an_event_without_a_creation_time_counts_as_just_received() -> None:
 @pytest.mark.parametrize(
     ("ts", "event_id", "expected_ts", "expected_id"),
     [
-        pytest.param(None, None, "2026-03-01T12:00:07+00:00", "", id="defaults"),
+        # Without spec.id, the object's uid (here none: its name); without spec.ts, its creation time.
+        pytest.param(None, None, "2026-03-01T12:00:07+00:00", "approval-1", id="defaults"),
         pytest.param(
             datetime(2026, 2, 1, 8, 0, tzinfo=UTC),
             "order-7",
