@@ -459,9 +459,11 @@ def test_wait_for_event_holds_no_pod_and_resumes_with_the_event(operator: Operat
     cluster.apply(event("approved-1", "app/approved", {"request": "r-1"}, user={"id": "alice"}))
     run = wait_phase(cluster, name, ("Succeeded",), timeout=60)
 
+    # An Event without spec.id reaches the wait with its object's uid as its id.
+    uid = cluster.get("events.kubestep.dev", "approved-1")["metadata"]["uid"]
     assert run["status"]["output"] == {
         "approved": True,
-        "approval": {"name": "app/approved", "data": {"request": "r-1"}, "user": {"id": "alice"}, "id": ""},
+        "approval": {"name": "app/approved", "data": {"request": "r-1"}, "user": {"id": "alice"}, "id": uid},
     }, run["status"]["output"]
     assert step(run, "approval")["wait"].get("matched") == "approved-1"
     resumed = wait_for(

@@ -508,8 +508,7 @@ def test_an_event_run_is_plain_json_with_wire_names() -> None:
     spec = body["spec"]
     assert set(spec) >= {"workflowRef", "workflow", "event"}
     assert spec["workflow"]["function"] == "contacts.workflows:process"
-    # An Event without spec.id gives its run an id all the same.
-    assert spec["event"]["id"]
+    assert spec["event"]["id"] == "event-uid"  # an event without spec.id: its uid
 
 
 def test_a_child_run_is_owned_by_its_parent_without_being_controlled_by_it() -> None:

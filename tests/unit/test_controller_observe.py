@@ -518,7 +518,7 @@ def test_an_event_without_a_creation_time_counts_as_just_received() -> None:
 @pytest.mark.parametrize(
     ("ts", "event_id", "expected_ts", "expected_id"),
     [
-        # Without an id the Event's uid stands in (its name when it has none yet, as here).
+        # Without spec.id, the object's uid (here none: its name); without spec.ts, its creation time.
         pytest.param(None, None, "2026-03-01T12:00:07+00:00", "approval-1", id="defaults"),
         pytest.param(
             datetime(2026, 2, 1, 8, 0, tzinfo=UTC),
