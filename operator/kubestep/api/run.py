@@ -10,6 +10,7 @@ from pydantic import Field
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
 from kubestep.api.event import EventSpec
+from kubestep.api.policy import StepPolicyStatus
 from kubestep.api.workflow import WorkflowSpec
 
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
@@ -184,6 +185,9 @@ class StepStatus(Model):
     """Why the pod of this step's running attempt has not started yet, as Kubernetes says (e.g.
     `ImagePullBackOff: Back-off pulling image ...`); empty once it runs. Past `spec.timeouts.podStart` the
     attempt fails with that reason."""
+    policy: StepPolicyStatus | None = None
+    """The retries and timeout in force for a run step and where they come from (`spec.steps`, the code's
+    `StepOptions`, or the workflow-wide setting)."""
 
 
 class Execution(Model):

@@ -15,7 +15,7 @@ from kubestep.api.durations import (
     SPEC_DURATION_PATTERN,
     parse_duration,
 )
-from kubestep.api.pod import PodTemplate
+from kubestep.api.pod import PodTemplate, ResourceRequirements, Toleration
 
 #: Event names: a path of words, for example `api/contact_list.uploaded`.
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$"
@@ -222,6 +222,34 @@ class Limits(SpecModel):
         return self
 
 
+#: Entries of `spec.steps`: enough for every step of a large workflow, small enough for the API server's
+#: cost estimate of the rules that iterate them.
+MAX_STEP_POLICIES = 64
+_STEP_KEYS: dict[str, Any] = {
+    "rule": "self.all(k, size(k) >= 1 && size(k) <= 253)",
+    "message": "spec.steps has a key that is empty or longer than 253 characters; use a step's id, its "
+    "name, or a glob such as `enrich-*`",
+}
+
+
+class StepPolicy(SpecModel):
+    """Overrides for the steps whose id or name a `spec.steps` key matches. Each field set here wins over
+    the same setting in the step's code (`StepOptions`) and over the workflow-wide one."""
+
+    retries: int | None = Field(default=None, ge=0, le=20)
+    """Retries after the first attempt of the step, in place of `spec.retries.limit` (6 attempts: 5).
+    The backoff stays `spec.retries.backoff`."""
+    timeout: SpecDuration | None = None
+    """Longest time one attempt of the step may run, in place of `spec.timeouts.step`."""
+    resources: ResourceRequirements | None = None
+    """Container resources of the step's pod, merged by resource name over `spec.podTemplate.resources`
+    (`limits.memory: 4Gi` here keeps the template's CPU)."""
+    node_selector: dict[str, str] | None = Field(default=None, max_length=32)
+    """Node labels the step's pod needs, added to (and overriding) `spec.podTemplate.nodeSelector`."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    """Tolerations of the step's pod, added to `spec.podTemplate.tolerations`."""
+
+
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
@@ -242,12 +270,30 @@ class WorkflowSpec(SpecModel):
     """Size limits of step outputs."""
     pod_template: PodTemplate = Field(default_factory=PodTemplate)
     """Overrides applied to every step pod."""
+    steps: dict[str, StepPolicy] = Field(
+        default_factory=dict,
+        max_length=MAX_STEP_POLICIES,
+        json_schema_extra={"x-kubernetes-validations": [_STEP_KEYS]},
+    )
+    """Per-step policy: a step's id (`enrich`, `fetch:2`), its name (every repeat of it in a loop) or a glob
+    over either (`notify-*`) mapped to overrides of `retries`, `timeout` and the step pod's `resources`,
+    `nodeSelector` and `tolerations`. When several keys match, each setting comes from the most specific:
+    the exact id, then the exact name, then the glob with the most literal characters. Pod settings apply to
+    every execution created for a known step, that is all but a run's first (which discovers its step and
+    runs with `spec.podTemplate` and `spec.timeouts.step`); retries apply from the first attempt."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:
         events = [t.event for t in self.triggers]
         if len(set(events)) != len(events):
             raise ValueError(_UNIQUE_TRIGGER_EVENTS["message"])
+        return self
+
+    @model_validator(mode="after")
+    def _step_keys(self) -> WorkflowSpec:
+        bad = [k for k in self.steps if not 1 <= len(k) <= 253]
+        if bad:
+            raise ValueError(_STEP_KEYS["message"])
         return self
 
 

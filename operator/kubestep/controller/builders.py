@@ -134,6 +134,11 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
     if template.env_from:
         container["envFrom"] = [source.to_dict() for source in template.env_from]
     resources = template.resources.to_dict() if template.resources else {}
+    pod = action.pod
+    if pod is not None:
+        # The step's own settings (`spec.steps`), merged by resource name over the template's.
+        for kind, amounts in pod.resources.items():
+            resources[kind] = {**resources.get(kind, {}), **amounts}
     if resources:
         container["resources"] = resources
     pod_spec: Obj = {
@@ -154,10 +159,13 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
         pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(action.timeout_seconds))
     if template.service_account_name:
         pod_spec["serviceAccountName"] = template.service_account_name
-    if template.node_selector:
-        pod_spec["nodeSelector"] = template.node_selector
-    if template.tolerations:
-        pod_spec["tolerations"] = [toleration.to_dict() for toleration in template.tolerations]
+    node_selector = {**template.node_selector, **(pod.node_selector if pod else {})}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = [toleration.to_dict() for toleration in template.tolerations]
+    tolerations += [t for t in (pod.tolerations if pod else []) if t not in tolerations]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if template.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [secret.to_dict() for secret in template.image_pull_secrets]
     job_spec: Obj = {

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from kubestep.api.report import RunnerState
+from kubestep.engine.policy import PodOverrides
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,8 @@ class StartExecution:
     attempt: int
     state: RunnerState
     timeout_seconds: float | None
+    pod: PodOverrides | None = None
+    """The step's own pod settings (`spec.steps`), when its step is known and has any."""
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ from kubestep.engine.actions import (
 )
 from kubestep.engine.cel import CelError, check, holds
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome, Stalled
+from kubestep.engine.policy import Resolved, describe_retries, describe_timeout, resolve
 
 #: Reasons every pod passes through on its way to running: not worth telling the user, unless they last.
 _STARTING = {"PodNotCreated", "ContainerCreating", "PodInitializing"}
@@ -187,7 +188,7 @@ class _Decider:
             self.discovery_failed(execution, outcome)
             return
         result, reason = _failure_class(outcome)
-        message = outcome.message or _describe_exit(outcome, self.spec.timeouts.step)
+        message = outcome.message or _describe_exit(outcome, self.timeout_text(step))
         self.attempt_failed(step, execution, outcome, result, reason, message, None)
 
     def check_starts(self, stalled: list[Stalled]) -> None:
@@ -263,7 +264,20 @@ class _Decider:
         if step is None:
             step = StepStatus(id=ref.id, name=ref.name, type=ref.type, started_at=since or self.now)
             self.status.steps.append(step)
+        if step.type is StepType.RUN and step.policy is None:
+            step.policy = self.policy(step, ref).status(ref.options)
         return step
+
+    def policy(self, step: StepStatus | None, ref: StepRef | None = None) -> Resolved:
+        """The retries, timeout and pod settings of ``step`` (the workflow's when it is not known yet)."""
+        if step is None:
+            return resolve(self.spec, None, None, None)
+        code = ref.options if ref is not None else step.policy.code if step.policy else None
+        return resolve(self.spec, step.id, step.name, code)
+
+    def timeout_text(self, step: StepStatus | None) -> str:
+        """Where the timeout of ``step``'s attempts comes from, for messages."""
+        return describe_timeout(self.policy(step))
 
     def apply_report(self, execution: Execution, report: Report, outcome: Outcome) -> None:
         kind = report.kind
@@ -384,18 +398,19 @@ class _Decider:
         attempt.message = message[:_MESSAGE_CHARS]
         attempt.log_tail = (log_tail or outcome.log_tail)[-_LOG_TAIL_CHARS:]
         policy = self.spec.retries
+        limit = self.policy(step)
         if result.spends_budget:
             step.failures += 1
         if result in (AttemptResult.DISRUPTION, AttemptResult.LOST):
             step.disruptions += 1
-        exhausted = (result.spends_budget and step.failures > policy.limit) or (
+        exhausted = (result.spends_budget and step.failures > limit.retries) or (
             step.disruptions > policy.disruption_limit
         )
         if result is AttemptResult.NON_RETRIABLE or exhausted:
             if result is AttemptResult.NON_RETRIABLE:
                 why = "not retriable"
             elif result.spends_budget:
-                why = f"retries exhausted: spec.retries.limit is {policy.limit}"
+                why = f"retries exhausted: {describe_retries(limit)}"
             else:
                 why = f"disruptions exhausted: spec.retries.disruptionLimit is {policy.disruption_limit}"
             error_type = reason if result is not AttemptResult.TIMEOUT else "Timeout"
@@ -429,7 +444,7 @@ class _Decider:
         it away), within the sum of the two retry limits."""
         self.status.discovery_failures += 1
         policy = self.spec.retries
-        message = outcome.message or _describe_exit(outcome, self.spec.timeouts.step)
+        message = outcome.message or _describe_exit(outcome, self.timeout_text(None))
         if outcome.log_tail:
             message += "\n" + outcome.log_tail[-_LOG_TAIL_CHARS:]
         if self.status.discovery_failures > policy.limit + policy.disruption_limit:
@@ -588,7 +603,8 @@ class _Decider:
 
     def start(self, step_id: str | None, attempt: int, name: str) -> None:
         self.status.active.append(Execution(name=name, step=step_id, attempt=attempt, started_at=self.now))
-        timeout = self.spec.timeouts.step
+        # An execution with no step yet runs with the workflow's settings: its step is not known.
+        policy = self.policy(None if step_id is None else self.run_step(step_id))
         self.actions.append(
             StartExecution(
                 name=name,
@@ -596,7 +612,8 @@ class _Decider:
                 attempt=attempt,
                 # A discovery execution runs the first attempt of whatever new step it reaches.
                 state=self.runner_state(step_id, attempt if step_id else 1),
-                timeout_seconds=None if timeout is None else parse_duration(timeout),
+                timeout_seconds=policy.timeout_seconds,
+                pod=policy.pod or None,
             )
         )
 
@@ -732,11 +749,11 @@ def _failure_class(outcome: Outcome) -> tuple[AttemptResult, str]:
     return AttemptResult.ERROR, outcome.reason or "Error"
 
 
-def _describe_exit(outcome: Outcome, step_timeout: str | None) -> str:
+def _describe_exit(outcome: Outcome, step_timeout: str) -> str:
     if outcome.kind is ExitKind.EXITED:
         return f"the step process exited with code {outcome.exit_code} ({outcome.reason or 'Error'})"
     if outcome.kind is ExitKind.DEADLINE:
-        return f"the step ran longer than spec.timeouts.step ({step_timeout}) and was stopped"
+        return f"the step ran longer than {step_timeout} and was stopped"
     if outcome.kind is ExitKind.DISRUPTED:
         return f"the cluster stopped the step ({outcome.reason or 'disrupted'})"
     return "the step's execution vanished without a trace"
