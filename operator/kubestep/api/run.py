@@ -288,6 +288,10 @@ class WorkflowRunStatus(Model):
     started when its step is not known yet), then True or False, so `kubectl wait` works."""
     observed_generation: int | None = None
     """The generation of the spec last acted on."""
+    announced: bool | None = None
+    """Whether the run's end was published as an Event (`kubestep/run.failed`, `kubestep/run.cancelled` or
+    `kubestep/run.finished`): false from its end until the Event exists, then true. Unset for runs that
+    publish none (those started by such an Event) and while the run goes on."""
 
 
 class WorkflowRun(Model):

@@ -250,6 +250,15 @@ class StepPolicy(SpecModel):
     """Tolerations of the step's pod, added to `spec.podTemplate.tolerations`."""
 
 
+class OnFailure(SpecModel):
+    """A handler run when a run of this workflow fails for good."""
+
+    function: Annotated[str, FUNCTION_FORMAT] = Field(max_length=512)
+    """The handler as `module:function`, in the workflow's image, written like any workflow function
+    (`fn(ctx, step)`, with every step tool). `ctx.event` is the `kubestep/run.failed` Event: its `data`
+    holds `workflow`, `run`, `error` (`type`, `message`, `step`) and `event` (the failed run's event)."""
+
+
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
@@ -281,6 +290,10 @@ class WorkflowSpec(SpecModel):
     the exact id, then the exact name, then the glob with the most literal characters. Pod settings apply to
     every execution created for a known step, that is all but a run's first (which discovers its step and
     runs with `spec.podTemplate` and `spec.timeouts.step`); retries apply from the first attempt."""
+    on_failure: OnFailure | None = None
+    """Shorthand for a handler of this workflow's failures: each run that fails for good starts one run of
+    `onFailure.function` (same image and settings), triggered by its `kubestep/run.failed` Event. A
+    handler's own failure starts no other handler."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:

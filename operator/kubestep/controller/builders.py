@@ -16,7 +16,7 @@ from kubestep.api.base import API_VERSION
 from kubestep.api.event import Event
 from kubestep.api.run import ParentRef, RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
 from kubestep.api.workflow import Workflow
-from kubestep.engine.actions import Note, StartChild, StartExecution
+from kubestep.engine.actions import AnnounceEnd, Note, StartChild, StartExecution
 
 Obj = dict[str, Any]
 
@@ -249,6 +249,30 @@ def sent_event(run: WorkflowRun, name: str, payload: dict[str, Any]) -> Obj:
             "name": name,
             "namespace": run.metadata.namespace,
             "labels": {LABEL_MANAGED: MANAGER, LABEL_RUN: _label_value(run.metadata.name)},
+        },
+        "spec": spec,
+    }
+
+
+def end_event(run: WorkflowRun, action: AnnounceEnd) -> Obj:
+    """The Event telling that ``run`` ended (``kubestep/run.failed``, ...), under its deterministic name."""
+    payload = action.payload
+    spec: Obj = {"name": payload["name"], "data": payload["data"], "id": payload["id"]}
+    if payload.get("user"):
+        spec["user"] = payload["user"]
+    if run.status.finished_at is not None:
+        spec["ts"] = run.status.finished_at.isoformat()
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Event",
+        "metadata": {
+            "name": action.name,
+            "namespace": run.metadata.namespace,
+            "labels": {
+                LABEL_MANAGED: MANAGER,
+                LABEL_RUN: _label_value(run.metadata.name),
+                LABEL_WORKFLOW: _label_value(run.spec.workflow_ref.name),
+            },
         },
         "spec": spec,
     }

@@ -29,6 +29,7 @@ from kubestep.controller.kube import (
 from kubestep.controller.queue import Result
 from kubestep.engine.actions import (
     Action,
+    AnnounceEnd,
     CancelChild,
     Note,
     PublishEvents,
@@ -242,6 +243,15 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
             except Rejected as exc:
                 message = f"step {action.step!r}: event {payload.get('name')!r} cannot be published: {exc}"
                 await _note(ctl, obj, Note("EventRejected", message, warning=True))
+    elif isinstance(action, AnnounceEnd):
+        # Named after the run: a pass repeated after a crash finds it there, and publishes nothing twice.
+        try:
+            await ctl.kube.create("events", namespace, builders.end_event(run, action))
+        except AlreadyExists:
+            pass
+        except Rejected as exc:
+            message = f"the Event {action.name} ({action.payload['name']}) cannot be published: {exc}"
+            await _note(ctl, obj, Note("EventRejected", message, warning=True))
     elif isinstance(action, Note):
         await _note(ctl, obj, action)
 

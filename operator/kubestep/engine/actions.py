@@ -74,4 +74,14 @@ class Note:
     warning: bool = False
 
 
-Action = StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note
+@dataclass(frozen=True)
+class AnnounceEnd:
+    """Publish the Event telling that the run ended (`kubestep/run.failed`, ...), named ``name``."""
+
+    name: str
+    payload: dict[str, Any]
+
+
+Action = (
+    StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note | AnnounceEnd
+)

@@ -41,6 +41,7 @@ from kubestep.api.run import (
 from kubestep.engine import backoff
 from kubestep.engine.actions import (
     Action,
+    AnnounceEnd,
     CancelChild,
     Note,
     PublishEvents,
@@ -50,6 +51,7 @@ from kubestep.engine.actions import (
     StopExecution,
 )
 from kubestep.engine.cel import CelError, check, holds
+from kubestep.engine.lifecycle import end_event
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome, Stalled
 from kubestep.engine.policy import Resolved, describe_retries, describe_timeout, resolve
 
@@ -96,7 +98,7 @@ class _Decider:
     def decide(self, observed: Observed) -> Decision:
         status = self.status
         if status.phase.finished:
-            return Decision(status)
+            return self.announce()
         if status.started_at is None:
             status.started_at = self.now
             status.phase = RunPhase.RUNNING
@@ -148,9 +150,24 @@ class _Decider:
     def finish(self) -> Decision:
         self.summarize()
         if self.status.phase.finished:
-            # Nothing is left to wake up for (a timer set earlier in this decision, before the run ended).
+            # Nothing is left to wake up for (a timer set earlier in this decision, before the run ended)
+            # but the announcement of the end, made once this final status is saved.
             self.actions = [a for a in self.actions if not isinstance(a, RequeueAt)]
+            ended_now = not self.run.status.phase.finished and self.status.announced is None
+            if ended_now and end_event(self.run.model_copy(update={"status": self.status})):
+                self.status.announced = False
+                self.actions.append(RequeueAt(self.now))
         return Decision(self.status, self.actions)
+
+    def announce(self) -> Decision:
+        """A finished run, saved so: publish the Event of its end, once (then record that it did)."""
+        # Only runs that ended owing it (False): a run that ended before kubestep announced ends (None) or
+        # that announced already (True) publishes nothing.
+        ended = end_event(self.run) if self.status.announced is False else None
+        if ended is None:
+            return Decision(self.status)
+        self.status.announced = True
+        return Decision(self.status, [AnnounceEnd(ended.object_name, ended.payload)])
 
     def note(self, reason: str, message: str, warning: bool = False) -> None:
         self.actions.append(Note(reason, message, warning))

@@ -51,3 +51,32 @@ def policy_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
     except kubestep.StepError as exc:
         steady = f"failed: {exc.error_type}"
     return {"flaky": flaky, "steady": steady, "heavy": crunched}
+
+
+def explode(reason: str) -> None:
+    """A step that fails for good."""
+    raise kubestep.NonRetriableError(reason)
+
+
+def append_line(path: str, text: str) -> str:
+    """Append ``text`` to the file ``path`` (a test counts the lines) and return it."""
+    with open(path, "a") as handle:
+        handle.write(text + "\n")
+    return text
+
+
+@kubestep.workflow("doomed-flow", trigger="test/doomed.requested")
+def doomed_flow(ctx: kubestep.Context, step: kubestep.Step) -> str:
+    """A step that works, then one that fails for good with ``event.data.reason``."""
+    step.run("prepare", prepare)
+    step.run("explode", explode, str(ctx.event.data.get("reason", "boom")))
+    return "unreachable"
+
+
+def on_doomed_failure(ctx: kubestep.Context, step: kubestep.Step) -> str:
+    """`onFailure` handler of doomed-flow: records the failed run and its error in the failed run's
+    ``event.data.marker`` file."""
+    data = ctx.event.data
+    error = data["error"]
+    line = f"{data['run']}: {error['type']}: {error['message']} (step {error['step']})"
+    return str(step.run("record-failure", append_line, data["event"]["data"]["marker"], line))
