@@ -250,6 +250,22 @@ class StepPolicy(SpecModel):
     """Tolerations of the step's pod, added to `spec.podTemplate.tolerations`."""
 
 
+#: Entries of `spec.cancelOn`.
+MAX_CANCEL_ON = 5
+
+
+class CancelOn(SpecModel):
+    """An event that cancels a run of this workflow in flight."""
+
+    event: Annotated[str, EVENT_NAME_FORMAT] = Field(min_length=1, max_length=253)
+    """Name of the event that cancels the run, for example `api/contact_list.deleted`."""
+    if_: str | None = Field(default=None, alias="if", max_length=4096)
+    """Optional CEL expression over `event` (the run's trigger) and `async` (the arriving event); the run
+    is cancelled only when it is true. Example: `async.data.upload_id == event.data.upload_id`."""
+    timeout: SpecDuration | None = None
+    """How long after the run started such an event still cancels it; unset: for the whole run."""
+
+
 class OnFailure(SpecModel):
     """A handler run when a run of this workflow fails for good."""
 
@@ -290,6 +306,10 @@ class WorkflowSpec(SpecModel):
     the exact id, then the exact name, then the glob with the most literal characters. Pod settings apply to
     every execution created for a known step, that is all but a run's first (which discovers its step and
     runs with `spec.podTemplate` and `spec.timeouts.step`); retries apply from the first attempt."""
+    cancel_on: list[CancelOn] = Field(default_factory=list, max_length=MAX_CANCEL_ON)
+    """Events that cancel a run in flight (at most 5): the first published after the run started whose
+    `if` holds cancels it, as `spec.cancel` does: its running step pods are stopped, its child runs
+    cancelled, and `status.error` names the Event."""
     on_failure: OnFailure | None = None
     """Shorthand for a handler of this workflow's failures: each run that fails for good starts one run of
     `onFailure.function` (same image and settings), triggered by its `kubestep/run.failed` Event. A

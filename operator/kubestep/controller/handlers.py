@@ -87,6 +87,18 @@ def register(
             if step.get("phase") == "Waiting" and step.get("wait")
         }
 
+    @kopf.index(GROUP, VERSION, "workflowruns", id="cancellable_runs", **on)  # type: ignore[arg-type]
+    def cancellable_runs(
+        namespace: str, name: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
+    ) -> dict[Hashable, str]:
+        # Runs in flight by the events of their `spec.cancelOn`: such an Event queues them at once.
+        if status.get("phase") in ("Succeeded", "Failed", "Cancelled"):
+            return {}
+        return {
+            (namespace, rule.get("event", "")): name
+            for rule in spec.get("workflow", {}).get("cancelOn") or []
+        }
+
     @kopf.index(GROUP, VERSION, "workflowruns", id="runs_by_workflow", **on)  # type: ignore[arg-type]
     def runs_by_workflow(
         namespace: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
@@ -266,6 +278,8 @@ def register(
         queue.add(Key("event", namespace, name))
         store = kwargs["waiting_runs"].get((namespace, spec.get("name", "")))
         for run in list(store or []):
+            queue.add(Key("run", namespace, run))
+        for run in list(kwargs["cancellable_runs"].get((namespace, spec.get("name", ""))) or []):
             queue.add(Key("run", namespace, run))
 
     @kopf.on.event(GROUP, VERSION, "workflows", **on)  # type: ignore[arg-type]

@@ -144,6 +144,7 @@ async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
     namespace = run.metadata.namespace or ""
     events: list[ArrivedEvent] = []
     awaited = {s.wait.event for s in run.status.steps if s.phase is StepPhase.WAITING and s.wait is not None}
+    awaited |= {rule.event for rule in run.spec.workflow.cancel_on}
     for name in sorted(awaited):
         events.extend(observe.arrived(e) for e in ctl.indices.events_named(namespace, name))
     children: list[ChildResult] = []

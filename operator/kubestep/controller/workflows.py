@@ -30,6 +30,17 @@ def readiness(workflow: Workflow) -> Condition:
                 observed_generation=generation,
                 message=f"spec.triggers[{index}].if: {problem}; fix the expression (CEL over `event`)",
             )
+    for index, rule in enumerate(workflow.spec.cancel_on):
+        problem = check(rule.if_) if rule.if_ else None
+        if problem is not None:
+            return Condition(
+                type=READY,
+                status="False",
+                reason="InvalidExpression",
+                observed_generation=generation,
+                message=f"spec.cancelOn[{index}].if: {problem}; fix the expression (CEL over `event` and "
+                "`async`)",
+            )
     return Condition(
         type=READY,
         status="True",

@@ -50,6 +50,7 @@ from kubestep.engine.actions import (
     StartExecution,
     StopExecution,
 )
+from kubestep.engine.cancel import cancelled_by
 from kubestep.engine.cel import CelError, check, holds
 from kubestep.engine.lifecycle import end_event
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome, Stalled
@@ -105,6 +106,13 @@ class _Decider:
             self.note("RunStarted", f"run started by event {self.run.spec.event.name!r}")
         if self.run.spec.cancel:
             self.end_all(RunPhase.CANCELLED, None, "Cancelled", "the run was cancelled (spec.cancel)")
+            return self.finish()
+        since = self.run.metadata.creation_timestamp or status.started_at or self.now
+        trigger = self.run.spec.event
+        cancel = cancelled_by(self.spec, trigger.as_payload(), since, observed.events, trigger.source or "")
+        if cancel is not None:
+            error = ErrorInfo(type="Cancelled", message=cancel.message())
+            self.end_all(RunPhase.CANCELLED, error, "Cancelled", cancel.message())
             return self.finish()
         for outcome in observed.outcomes:
             self.absorb(outcome)

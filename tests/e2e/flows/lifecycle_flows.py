@@ -80,3 +80,22 @@ def on_doomed_failure(ctx: kubestep.Context, step: kubestep.Step) -> str:
     error = data["error"]
     line = f"{data['run']}: {error['type']}: {error['message']} (step {error['step']})"
     return str(step.run("record-failure", append_line, data["event"]["data"]["marker"], line))
+
+
+def linger(marker: str, seconds: float) -> float:
+    """Note in ``marker`` that the step runs, then take ``seconds``."""
+    import time
+
+    append_line(marker, "slow step started")
+    time.sleep(seconds)
+    append_line(marker, "slow step finished")
+    return seconds
+
+
+@kubestep.workflow("cancellable-flow", trigger="test/cancellable.requested")
+def cancellable_flow(ctx: kubestep.Context, step: kubestep.Step) -> str:
+    """A quick step, a slow one, and one that must never run once the run is cancelled."""
+    marker = str(ctx.event.data["marker"])
+    step.run("prepare", prepare)
+    step.run("slow-step", linger, marker, float(ctx.event.data.get("seconds", 60)))
+    return str(step.run("after", append_line, marker, "after ran"))
