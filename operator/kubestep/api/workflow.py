@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, Rule, SpecModel, Worded
+from kubestep.api.cron import CRON_FORMAT_PROBLEM, CRON_PATTERN
+from kubestep.api.cron import problem as cron_problem
 from kubestep.api.durations import (
     MAX_SPEC_DURATION,
     MAX_SPEC_DURATION_SECONDS,
@@ -82,7 +85,7 @@ def _parsable(*fields: str) -> str:
 # that both parse: on a malformed value only that field's own message is shown, not a CEL type error.
 
 _UNIQUE_TRIGGER_EVENTS: dict[str, Any] = {
-    "rule": "self.all(t, self.exists_one(u, u.event == t.event))",
+    "rule": "self.all(t, !has(t.event) || self.exists_one(u, has(u.event) && u.event == t.event))",
     "message": "triggers lists the same event more than once; an event starts at most one run of a workflow, "
     "so list each event once and merge the conditions into one `if` (joined with ||)",
 }
@@ -113,14 +116,62 @@ _TIMEOUT_ORDER: dict[str, Any] = {
 }
 
 
-class Trigger(SpecModel):
-    """An event that starts a run of the workflow."""
+_TRIGGER_KIND: list[dict[str, Any]] = [
+    {
+        "rule": "has(self.event) != has(self.cron)",
+        "message": "each of spec.triggers has either `event` (runs start on an event) or `cron` (runs "
+        "start on a schedule); set exactly one of them",
+    },
+    {
+        "rule": "has(self.cron) || (!has(self.timezone) && !has(self.startingDeadline))",
+        "message": "timezone and startingDeadline of spec.triggers belong to a `cron` trigger; remove them "
+        "or add `cron`",
+    },
+    {
+        "rule": "!has(self.cron) || !has(self.__if__)",
+        "message": "`if` of spec.triggers belongs to an `event` trigger; a `cron` trigger starts a run at "
+        "every tick",
+    },
+]
+CRON_FORMAT = Worded(CRON_PATTERN, CRON_FORMAT_PROBLEM)
 
-    event: Annotated[str, EVENT_NAME_FORMAT] = Field(min_length=1, max_length=253)
+
+class Trigger(SpecModel):
+    """What starts a run of the workflow: an event (`event`, with an optional `if`) or a schedule (`cron`)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _TRIGGER_KIND})  # type: ignore[dict-item]
+
+    event: Annotated[str, EVENT_NAME_FORMAT] | None = Field(default=None, min_length=1, max_length=253)
     """Name of the event that starts a run, for example `api/contact_list.uploaded`."""
     if_: str | None = Field(default=None, alias="if", max_length=4096)
     """Optional CEL expression over `event` (with `event.name`, `event.data`, `event.user`); the run starts
     only when it is true. Example: `event.data.rows > 0`."""
+    cron: Annotated[str, CRON_FORMAT] | None = Field(default=None, max_length=128)
+    """A schedule: five cron fields (`minute hour day-of-month month day-of-week`, e.g. `*/15 * * * *`;
+    a sixth, leading field of seconds is accepted) or `@yearly`, `@monthly`, `@weekly`, `@daily`,
+    `@hourly`. Each tick starts one run (event `kubestep/scheduled.tick`, `data.scheduledAt` its time)
+    named from the workflow and the tick, so no tick ever starts two."""
+    timezone: str | None = Field(default=None, max_length=64)
+    """IANA time zone of `cron` (`Europe/Berlin`); unset: UTC. The zone's daylight-saving rules apply: a
+    time skipped in spring runs at the first time after it, a time repeated in autumn runs once."""
+    starting_deadline: SpecDuration | None = None
+    """How late a missed tick (the operator was down) may still start; older ones are skipped and counted
+    in `status.skippedTicks`. Only the most recent missed tick starts. Unset: `5m`."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Trigger:
+        # The CRD's rules, for files read without an API server (`kubestep run`).
+        holds = (
+            (self.event is None) != (self.cron is None),
+            self.cron is not None or (self.timezone is None and self.starting_deadline is None),
+            self.cron is None or self.if_ is None,
+        )
+        for rule, ok in zip(_TRIGGER_KIND, holds, strict=True):
+            if not ok:
+                raise ValueError(rule["message"])
+        if self.cron is not None and (found := cron_problem(self.cron, self.timezone)):
+            raise ValueError(found)
+        return self
 
 
 class Backoff(SpecModel):
@@ -343,6 +394,12 @@ class WorkflowStatus(Model):
     """Runs of this workflow that succeeded."""
     failed: int = 0
     """Runs of this workflow that failed or were cancelled."""
+    next_tick: datetime | None = None
+    """When the next run of a `cron` trigger is due."""
+    last_tick: datetime | None = None
+    """The latest tick handled: its run started, or it was skipped."""
+    skipped_ticks: int = 0
+    """Ticks missed (the operator was down) by more than their `startingDeadline`, so never started."""
 
 
 class Workflow(Model):

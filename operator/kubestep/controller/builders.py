@@ -219,6 +219,17 @@ def event_run(workflow: Workflow, event: Event, name: str, ts: datetime) -> Obj:
     return body
 
 
+def tick_run(workflow: Workflow, event: RunEvent, name: str) -> Obj:
+    """The run a tick of a `cron` trigger starts; its name comes from the workflow and the tick's time."""
+    body = _run_object(name, workflow.metadata.namespace, workflow, event).to_dict()
+    body["metadata"]["labels"] = {
+        LABEL_MANAGED: MANAGER,
+        LABEL_WORKFLOW: _label_value(workflow.metadata.name),
+    }
+    body.pop("status", None)
+    return body
+
+
 def child_run(parent: WorkflowRun, workflow: Workflow, action: StartChild) -> Obj:
     """The run an invoke step starts; the parent owns it, so deleting the parent deletes the child."""
     event = RunEvent(name="kubestep/function.invoked", data=action.data, source=parent.metadata.name)

@@ -99,3 +99,16 @@ def cancellable_flow(ctx: kubestep.Context, step: kubestep.Step) -> str:
     step.run("prepare", prepare)
     step.run("slow-step", linger, marker, float(ctx.event.data.get("seconds", 60)))
     return str(step.run("after", append_line, marker, "after ran"))
+
+
+def note_tick(marker: str, scheduled_at: str) -> str:
+    """Record a tick's scheduled time in ``marker``."""
+    return append_line(marker, scheduled_at)
+
+
+def ticking_flow(ctx: kubestep.Context, step: kubestep.Step) -> str:
+    """Started by a `cron` trigger: records the tick it was started for in the file named by the
+    ``TICK_MARKER`` environment variable of its pod."""
+    import os
+
+    return str(step.run("note-tick", note_tick, os.environ["TICK_MARKER"], ctx.event.data["scheduledAt"]))
