@@ -17,6 +17,7 @@ from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
 from kubestep.controller.queue import Result
+from kubestep.engine.dedupe import earlier_start
 from kubestep.engine.lifecycle import on_failure_function
 from kubestep.engine.triggers import match
 
@@ -114,6 +115,16 @@ async def _start_run(
     namespace = event.metadata.namespace or ""
     wf = workflow.metadata.name
     # A variant (the onFailure handler) of the workflow gets run names of its own for the same event.
+    if event.spec.id and not variant:
+        others = ctl.indices.events_named(namespace, event.spec.name)
+        earlier = earlier_start(event, wf, others, ctl.dedupe_window)
+        if earlier is not None:
+            runs = ", ".join(r.run for r in earlier.status.started if r.workflow == wf)
+            verdict.duplicates.append(
+                f"event {earlier.metadata.name} with the same id {event.spec.id!r} started run {runs} of "
+                f"workflow {wf}"
+            )
+            return
     if not event.spec.id:
         names_ = [names.run_name(wf, f"{variant}{event.metadata.uid or event.metadata.name}")]
     else:

@@ -118,11 +118,13 @@ def register(
 
     @kopf.index(GROUP, VERSION, "events", id="events_by_name", **on)  # type: ignore[arg-type]
     def events_by_name(
-        namespace: str, body: kopf.Body, spec: dict[str, Any], **_: Any
+        namespace: str, body: kopf.Body, spec: dict[str, Any], status: dict[str, Any], **_: Any
     ) -> dict[Hashable, dict[str, Any]]:
         meta = body["metadata"]
         slim = {k: meta.get(k) for k in ("name", "namespace", "uid", "creationTimestamp")}
-        return {(namespace, spec.get("name", "")): {"metadata": slim, "spec": dict(spec)}}
+        # The runs it started: its id stays a duplicate's for the dedupe window even if those runs are gone.
+        started = {"started": list(status.get("started") or [])}
+        return {(namespace, spec.get("name", "")): {"metadata": slim, "spec": dict(spec), "status": started}}
 
     # Every key, so that a new leader queues everything: kopf drops an object's entry when it is deleted.
     @kopf.index(GROUP, VERSION, "workflowruns", id="run_keys", **on)  # type: ignore[arg-type]

@@ -112,3 +112,8 @@ def ticking_flow(ctx: kubestep.Context, step: kubestep.Step) -> str:
     import os
 
     return str(step.run("note-tick", note_tick, os.environ["TICK_MARKER"], ctx.event.data["scheduledAt"]))
+
+
+def quick_flow(ctx: kubestep.Context, step: kubestep.Step) -> int:
+    """One short step."""
+    return int(step.run("prepare", prepare))
