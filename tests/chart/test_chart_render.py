@@ -28,6 +28,7 @@ OPERATOR_CALLS = {
     ("kubestep.dev", "events", "create"),
     ("kubestep.dev", "workflowruns", "create"),
     ("kubestep.dev", "workflowruns", "patch"),
+    ("kubestep.dev", "workflowruns", "delete"),  # spec.history, spec.ttlAfterFinished
     *(("kubestep.dev", f"{r}/status", "update") for r in ("workflows", "events", "workflowruns")),
     *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")),
     *(("", "pods", v) for v in ("list", "watch", "delete")),

@@ -168,6 +168,11 @@ class FakeKube:
         self._enter("list_objects", plural)
         return self.objects(plural, namespace)
 
+    async def delete_object(self, plural: str, namespace: str, name: str) -> None:
+        """Delete a kubestep object."""
+        self._enter("delete_object", f"{plural}/{name}")
+        self._delete(plural, namespace, name)
+
     async def create(self, plural: str, namespace: str, body: Obj) -> Obj:
         """Create a kubestep object."""
         self._enter("create", f"{plural}/{body['metadata'].get('name')}")

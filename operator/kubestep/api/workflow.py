@@ -317,6 +317,15 @@ class CancelOn(SpecModel):
     """How long after the run started such an event still cancels it; unset: for the whole run."""
 
 
+class History(SpecModel):
+    """How many finished runs of the workflow are kept; older ones are deleted with their Jobs."""
+
+    succeeded: int = Field(default=50, ge=0, le=10000)
+    """Succeeded runs kept, newest first."""
+    failed: int = Field(default=50, ge=0, le=10000)
+    """Failed and cancelled runs kept, newest first."""
+
+
 class OnFailure(SpecModel):
     """A handler run when a run of this workflow fails for good."""
 
@@ -357,6 +366,13 @@ class WorkflowSpec(SpecModel):
     the exact id, then the exact name, then the glob with the most literal characters. Pod settings apply to
     every execution created for a known step, that is all but a run's first (which discovers its step and
     runs with `spec.podTemplate` and `spec.timeouts.step`); retries apply from the first attempt."""
+    history: History = Field(default_factory=History)
+    """Finished runs kept: the newest `succeeded` succeeded ones and `failed` failed or cancelled ones; older
+    runs are deleted, and their Jobs, pods and Secrets with them (owner references). An Event's `spec.id`
+    stays deduplicated for the dedupe window all the same."""
+    ttl_after_finished: SpecDuration | None = None
+    """Delete each run this long after it finished, whatever `history` keeps; unset: runs stay until
+    `history` deletes them."""
     cancel_on: list[CancelOn] = Field(default_factory=list, max_length=MAX_CANCEL_ON)
     """Events that cancel a run in flight (at most 5): the first published after the run started whose
     `if` holds cancels it, as `spec.cancel` does: its running step pods are stopped, its child runs

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.run import RunPhase
 from kubestep.api.workflow import Workflow, WorkflowStatus
-from kubestep.controller import schedules
+from kubestep.controller import history, schedules
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import WORKFLOWS, Conflict, NotFound, Obj
 from kubestep.controller.queue import Result
@@ -86,9 +86,11 @@ async def reconcile_workflow(ctl: Controller, key: Key) -> Result:
     )
     status.conditions = set_condition(workflow.status.conditions, readiness(workflow), ctl.clock())
     status = await schedules.tick(ctl, workflow, status)
+    expiry = await history.collect_runs(ctl, workflow, status)
     result = await _save(ctl, obj, status) if status != workflow.status else Result.done()
-    # The next tick of a `cron` trigger is the pass's timer.
-    return result if result.requeue else Result.requeue_at(status.next_tick)
+    # The next tick of a `cron` trigger, or the end of a run's time to live, is the pass's timer.
+    timers = [t for t in (status.next_tick, expiry) if t is not None]
+    return result if result.requeue else Result.requeue_at(min(timers, default=None))
 
 
 async def _save(ctl: Controller, obj: Obj, status: WorkflowStatus) -> Result:
