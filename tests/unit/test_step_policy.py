@@ -247,3 +247,24 @@ def test_bad_step_options_fail_the_run_naming_the_step(opts: Any, problem: str) 
 
 def test_timeouts_model_still_defaults() -> None:
     assert Timeouts().step is None
+
+
+def test_the_testing_harness_applies_step_options() -> None:
+    from kubestep.api.workflow import RetryPolicy
+    from kubestep.testing import run_workflow
+
+    @kubestep.workflow("harness-policy", trigger="app/go")
+    def flow(ctx: kubestep.Context, step: kubestep.Step) -> str:
+        try:
+            step.run("flaky", lambda: 1, opts=kubestep.StepOptions(retries=1))
+        except kubestep.StepError:
+            return "gave up"
+        return "ok"
+
+    quick = RetryPolicy.model_validate(
+        {"limit": 3, "backoff": {"initial": "1ms", "max": "1ms", "jitter": "0s"}}
+    )
+    result = run_workflow(flow, {"name": "app/go"}, steps={"flaky": RuntimeError("down")}, retries=quick)
+    assert result.output == "gave up"
+    flaky = result.steps["flaky"]
+    assert flaky.attempt_count == 2 and flaky.policy is not None and flaky.policy.retries_from == "code"
