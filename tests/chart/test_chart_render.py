@@ -28,6 +28,7 @@ OPERATOR_CALLS = {
     ("kubestep.dev", "events", "create"),
     ("kubestep.dev", "workflowruns", "create"),
     ("kubestep.dev", "workflowruns", "patch"),
+    ("kubestep.dev", "workflowruns", "delete"),  # spec.history, spec.ttlAfterFinished
     *(("kubestep.dev", f"{r}/status", "update") for r in ("workflows", "events", "workflowruns")),
     *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")),
     *(("", "pods", v) for v in ("list", "watch", "delete")),
@@ -397,7 +398,7 @@ def test_schema_describes_every_value() -> None:
 
 def test_admission_policy_compares_every_spec_field_but_cancel_and_rerun_requests(helm: Helm) -> None:
     docs = helm.template()
-    policy = one(docs, "ValidatingAdmissionPolicy")["spec"]
+    policy = one(docs, "ValidatingAdmissionPolicy", "kubestep-kubestep-system-runs")["spec"]
     assert policy["failurePolicy"] == "Fail"
     (rule,) = policy["matchConstraints"]["resourceRules"]
     assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
@@ -423,17 +424,37 @@ def test_admission_policy_compares_every_spec_field_but_cancel_and_rerun_request
 
 @pytest.mark.parametrize("mode", MODES)
 def test_admission_policy_binding_covers_the_managed_namespaces(helm: Helm, mode: str) -> None:
-    binding = one(helm.template(values=MODES[mode]), "ValidatingAdmissionPolicyBinding")["spec"]
-    assert binding["validationActions"] == ["Deny"]
-    if mode == "cluster-wide":
-        assert "matchResources" not in binding
-    else:
-        (selector,) = binding["matchResources"]["namespaceSelector"]["matchExpressions"]
-        assert selector == {
-            "key": "kubernetes.io/metadata.name",
-            "operator": "In",
-            "values": ["team-a", "team-b"],
+    bindings = of_kind(helm.template(values=MODES[mode]), "ValidatingAdmissionPolicyBinding")
+    assert len(bindings) == 2  # runs, reserved event names
+    for binding in (b["spec"] for b in bindings):
+        assert binding["validationActions"] == ["Deny"]
+        if mode == "cluster-wide":
+            assert "matchResources" not in binding
+        else:
+            (selector,) = binding["matchResources"]["namespaceSelector"]["matchExpressions"]
+            assert selector == {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "In",
+                "values": ["team-a", "team-b"],
+            }
+
+
+def test_only_the_operator_may_publish_events_under_the_reserved_prefix(helm: Helm) -> None:
+    docs = helm.template()
+    policy = one(docs, "ValidatingAdmissionPolicy", "kubestep-kubestep-system-reserved-events")["spec"]
+    (rule,) = policy["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], rule["operations"]) == (["events"], ["CREATE", "UPDATE"])
+    assert policy["matchConditions"] == [
+        {
+            "name": "not-the-operator",
+            "expression": "request.userInfo.username != 'system:serviceaccount:kubestep-system:kubestep'",
         }
+    ]
+    (validation,) = policy["validations"]
+    assert "startsWith('kubestep/')" in validation["expression"]
+    assert "published by the kubestep operator only" in validation["message"]
+    binding = one(docs, "ValidatingAdmissionPolicyBinding", "kubestep-kubestep-system-reserved-events")
+    assert binding["spec"]["policyName"] == "kubestep-kubestep-system-reserved-events"
 
 
 # --- helm test -------------------------------------------------------------------------------------------

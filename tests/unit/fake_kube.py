@@ -35,6 +35,7 @@ WRITES = frozenset(
         "create_secret",
         "delete_secret",
         "delete_secrets",
+        "delete_object",
         "post_event",
         "patch_event",
     }
@@ -178,6 +179,11 @@ class FakeKube:
             for o in self.objects("workflowruns", namespace)
             if (o["metadata"].get("labels") or {}).get("kubestep.dev/workflow") == workflow_label
         ]
+
+    async def delete_object(self, plural: str, namespace: str, name: str) -> None:
+        """Delete a kubestep object."""
+        self._enter("delete_object", f"{plural}/{name}")
+        self._delete(plural, namespace, name)
 
     async def create(self, plural: str, namespace: str, body: Obj) -> Obj:
         """Create a kubestep object."""

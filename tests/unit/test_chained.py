@@ -172,8 +172,8 @@ def test_the_step_of_the_last_report_is_recorded_once_though_the_log_has_it_too(
 
 def test_a_chained_pods_deadline_is_the_step_timeout_plus_the_chains_own_bound() -> None:
     chained = ExecutionPolicy(mode=ExecutionMode.CHAINED, max_pod_seconds=120)
-    assert pod_deadline(chained, "5m") == 300 + 120
-    assert pod_deadline(ExecutionPolicy(), "5m") == 300
+    assert pod_deadline(chained, 300.0) == 300 + 120
+    assert pod_deadline(ExecutionPolicy(), 300.0) == 300
     assert pod_deadline(chained, None) is None
     assert chain_settings(ExecutionPolicy()) == {}
     assert chain_settings(chained) == {"chain_steps": 10, "chain_seconds": 120.0}

@@ -276,7 +276,7 @@ def test_actions_that_need_no_record_come_before_the_save() -> None:
     assert Call("delete_job", job) in calls
     assert world.run().status.phase is RunPhase.CANCELLED
     assert world.jobs() == []
-    assert result == Result.done()
+    assert result == Result.requeue_at(world.now)  # to publish the run's end, once this status is saved
 
 
 def test_a_stop_carried_out_before_a_lost_save_is_harmless_when_decided_again() -> None:
@@ -289,7 +289,7 @@ def test_a_stop_carried_out_before_a_lost_save_is_harmless_when_decided_again() 
     assert world.reconcile() == Result.again()
     assert world.jobs() == []  # stopped: idempotent by name, so the next pass may ask again
     assert "Cancelled" not in world.notes()
-    assert world.reconcile() == Result.done()
+    assert world.reconcile() == Result.requeue_at(world.now)
     assert world.run().status.phase is RunPhase.CANCELLED
     assert Call("delete_job", job) in world.kube.calls  # asked again; already gone, which is fine
 
@@ -452,7 +452,7 @@ def test_a_status_too_large_is_decided_again_and_saved_smaller_without_starting_
     assert run.status.error is not None and run.status.error.type == "StatusTooLarge"
     assert world.jobs() == [] and world.kube.objects(SECRETS, NS) == []
     assert all(i > 1 for i, c in enumerate(calls) if c.method == "post_event")
-    assert result == Result.done()
+    assert result == Result.requeue_at(world.now)
 
 
 def test_a_status_refused_as_too_large_twice_is_a_failure_retried_with_backoff() -> None:
@@ -506,8 +506,14 @@ def test_a_finished_run_cleans_up_and_asks_for_nothing_more() -> None:
     assert index(calls, "replace_status") < index(calls, "delete_secrets")
     assert "delete_secret" not in world.kube.methods()
     assert world.kube.objects(SECRETS, NS) == []
-    assert result == Result.done()
     assert (NS, RUN.name) not in world.ctl.owed
+    # Once the end is saved, the next pass publishes it (kubestep/run.finished); then nothing more.
+    assert result == Result.requeue_at(world.now)
+    assert world.reconcile() == Result.done()
+    (ended,) = [e for e in world.kube.objects(EVENTS, NS) if e["spec"]["name"] == "kubestep/run.finished"]
+    assert ended["metadata"]["name"] == f"kubestep.run.{RUN.name}"
+    assert world.run().status.announced is True
+    assert world.reconcile() == Result.done()
 
 
 @pytest.mark.parametrize("how", ["deleted", "being-deleted"])

@@ -23,6 +23,7 @@ from kubestep.api.run import (
 )
 from kubestep.api.workflow import Backoff, RetryPolicy, Timeouts, Trigger, WorkflowSpec
 from kubestep.engine import (
+    AnnounceEnd,
     ArrivedEvent,
     ChildResult,
     ExitKind,
@@ -484,7 +485,10 @@ def test_completion_records_the_output_and_the_condition() -> None:
     cond = next(c for c in sim.status.conditions if c.type == "Succeeded")
     assert (cond.status, cond.reason) == ("True", "Succeeded")
     assert sim.started() == []
-    assert decide(sim.run, Observed(), sim.now + timedelta(days=1)).actions == []
+    # Once that is saved, the end is published, once.
+    (announce,) = sim.step(at=sim.now + timedelta(days=1)).actions
+    assert isinstance(announce, AnnounceEnd) and announce.payload["name"] == "kubestep/run.finished"
+    assert sim.step().actions == []
 
 
 def test_an_import_error_fails_the_run_at_once() -> None:

@@ -84,8 +84,9 @@ An image reference from {repository, tag}, the tag defaulting to the chart's app
 What the operator does in each namespace it manages (a Role per namespace, or one ClusterRole), exactly
 the calls it makes and no more:
 - kubestep's own resources: kopf watches them (list, watch); the reconcilers read one (get), create
-  runs (for Events and invoked workflows) and Events (step.send_event), cancel child runs (patch the
-  spec), and write status (update on the status subresource, with the version read).
+  runs (for Events, schedules and invoked workflows) and Events (step.send_event, a run's end), cancel
+  child runs (patch the spec), delete finished runs (spec.history, spec.ttlAfterFinished), and write
+  status (update on the status subresource, with the version read).
 - Jobs: one per step attempt (create), read and watched (get, list, watch), deleted when a run ends.
 - pods: watched to notice a deleted step pod (list, watch), deleted with a cancelled attempt, and the
   log tail read (pods/log get) for a failed attempt's message.
@@ -101,7 +102,7 @@ the calls it makes and no more:
   verbs: ["get", "list", "watch", "create"]
 - apiGroups: ["kubestep.dev"]
   resources: ["workflowruns"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["kubestep.dev"]
   resources: ["workflows/status", "events/status", "workflowruns/status"]
   verbs: ["update"]

@@ -493,20 +493,23 @@ def object_schema(model: type[Model]) -> Schema:
         description = normalize_description(props[name].get("description", ""))
         return _order({"description": description, "type": "string"} if description else {"type": "string"})
 
-    return _order(
-        {
-            "description": normalize_description(model.__doc__ or ""),
-            "type": "object",
-            "required": ["spec"],
-            "properties": {
-                "apiVersion": header("apiVersion"),
-                "kind": header("kind"),
-                "metadata": {"type": "object"},
-                "spec": toplevel("spec"),
-                "status": toplevel("status"),
-            },
-        }
-    )
+    schema: Schema = {
+        "description": normalize_description(model.__doc__ or ""),
+        "type": "object",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": header("apiVersion"),
+            "kind": header("kind"),
+            "metadata": {"type": "object"},
+            "spec": toplevel("spec"),
+            "status": toplevel("status"),
+        },
+    }
+    # Rules of the whole object (they may read metadata.name), from the model's `json_schema_extra`.
+    extra = model.model_config.get("json_schema_extra")
+    if isinstance(extra, dict) and extra.get("x-kubernetes-validations"):
+        schema["x-kubernetes-validations"] = _order_rules(extra["x-kubernetes-validations"], "root")  # type: ignore[arg-type]
+    return _order(schema)
 
 
 def crd(resource: Resource) -> dict[str, Any]:

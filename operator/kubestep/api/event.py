@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, SpecModel
@@ -23,6 +23,25 @@ _IMMUTABLE_SPEC: dict[str, Any] = {
     "rule": "self == oldSelf",
     "message": "spec is immutable: an Event's spec cannot change once published; publish a new Event "
     "(a new metadata.name) instead",
+}
+
+
+#: Event names under this prefix are kubestep's own (`kubestep/run.failed`, ...): users cannot publish them.
+SYSTEM_EVENT_PREFIX: Final = "kubestep/"
+#: Object names of the Events the operator publishes about runs; only those may carry a reserved name.
+SYSTEM_OBJECT_PREFIX: Final = "kubestep.run."
+_RESERVED = (
+    f"spec.name starts with {SYSTEM_EVENT_PREFIX!r}, which is reserved for the events kubestep publishes "
+    "itself (kubestep/run.failed, kubestep/run.cancelled, kubestep/run.finished); name your event under "
+    "your own prefix, e.g. api/contact_list.uploaded"
+)
+_RESERVED_NAMES: dict[str, Any] = {
+    # A fence against accidents; the chart's ValidatingAdmissionPolicy lets only the operator's
+    # ServiceAccount create such Events at all (a rule here cannot see who is asking).
+    "rule": f"!self.spec.name.startsWith('{SYSTEM_EVENT_PREFIX}') "
+    f"|| self.metadata.name.startsWith('{SYSTEM_OBJECT_PREFIX}')",
+    "message": _RESERVED,
+    "fieldPath": ".spec.name",
 }
 
 
@@ -109,6 +128,8 @@ class EventStatus(Model):
 class Event(Model):
     """An event published with `kubectl apply` or `kubestep send`. Short name `kse`."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_RESERVED_NAMES]})
+
     api_version: Literal["kubestep.dev/v1alpha1"] = API_VERSION
     """`kubestep.dev/v1alpha1`."""
     kind: Literal["Event"] = "Event"
@@ -122,6 +143,10 @@ class Event(Model):
 
     @model_validator(mode="after")
     def _not_too_deep(self) -> Event:
+        if self.spec.name.startswith(SYSTEM_EVENT_PREFIX) and not self.metadata.name.startswith(
+            SYSTEM_OBJECT_PREFIX
+        ):
+            raise ValueError(_RESERVED)
         # Checked on the Event only: a run's copy of its event (a subclass of EventSpec) was checked here
         # before the run existed, and an invoke's data is the engine's to bound.
         for field in ("data", "user"):

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from kubestep.api.base import Model
+from kubestep.api.policy import CodeOptions
 from kubestep.api.run import StepType
 
 #: Marks the log line that carries a report too large for the termination message.
@@ -97,6 +98,8 @@ class StepRef(Model):
     """User's name."""
     type: StepType = StepType.RUN
     """Step type."""
+    options: CodeOptions | None = None
+    """Options the code gave a run step (`StepOptions`), when it gave any."""
 
 
 class ReportError(Model):

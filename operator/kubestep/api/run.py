@@ -11,6 +11,7 @@ from pydantic import Field
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
 from kubestep.api.event import EventSpec
 from kubestep.api.flow import RunAdmission
+from kubestep.api.policy import StepPolicyStatus
 from kubestep.api.workflow import WorkflowSpec
 
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
@@ -188,6 +189,9 @@ class StepStatus(Model):
     attempt fails with that reason."""
     reused_from: str | None = None
     """In a rerun: the run whose recorded output this step reuses. The step did not run in this run."""
+    policy: StepPolicyStatus | None = None
+    """The retries and timeout in force for a run step and where they come from (`spec.steps`, the code's
+    `StepOptions`, or the workflow-wide setting)."""
 
 
 class Execution(Model):
@@ -355,6 +359,10 @@ class WorkflowRunStatus(Model):
     admission: RunAdmission | None = None
     """The run under the workflow's flow control (`spec.workflow.concurrency`): the slots granted to it and
     what it waits for. Unset for workflows without flow control."""
+    announced: bool | None = None
+    """Whether the run's end was published as an Event (`kubestep/run.failed`, `kubestep/run.cancelled` or
+    `kubestep/run.finished`): false from its end until the Event exists, then true. Unset for runs that
+    publish none (those started by such an Event) and while the run goes on."""
 
 
 class WorkflowRun(Model):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -9,6 +10,8 @@ from pydantic import AfterValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta, Rule, SpecModel, Worded
+from kubestep.api.cron import CRON_FORMAT_PROBLEM, CRON_PATTERN
+from kubestep.api.cron import problem as cron_problem
 from kubestep.api.durations import (
     MAX_SPEC_DURATION,
     MAX_SPEC_DURATION_SECONDS,
@@ -17,7 +20,7 @@ from kubestep.api.durations import (
     parse_duration,
 )
 from kubestep.api.flow import MAX_CONCURRENCY_ENTRIES, MAX_CONCURRENCY_LIMIT, UNIQUE_CONCURRENCY, Concurrency
-from kubestep.api.pod import PodTemplate
+from kubestep.api.pod import PodTemplate, ResourceRequirements, Toleration
 
 #: Event names: a path of words, for example `api/contact_list.uploaded`.
 EVENT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$"
@@ -84,7 +87,7 @@ def _parsable(*fields: str) -> str:
 # that both parse: on a malformed value only that field's own message is shown, not a CEL type error.
 
 _UNIQUE_TRIGGER_EVENTS: dict[str, Any] = {
-    "rule": "self.all(t, self.exists_one(u, u.event == t.event))",
+    "rule": "self.all(t, !has(t.event) || self.exists_one(u, has(u.event) && u.event == t.event))",
     "message": "triggers lists the same event more than once; an event starts at most one run of a workflow, "
     "so list each event once and merge the conditions into one `if` (joined with ||)",
 }
@@ -122,14 +125,62 @@ _THROTTLE_PERIOD: dict[str, Any] = {
 }
 
 
-class Trigger(SpecModel):
-    """An event that starts a run of the workflow."""
+_TRIGGER_KIND: list[dict[str, Any]] = [
+    {
+        "rule": "has(self.event) != has(self.cron)",
+        "message": "each of spec.triggers has either `event` (runs start on an event) or `cron` (runs "
+        "start on a schedule); set exactly one of them",
+    },
+    {
+        "rule": "has(self.cron) || (!has(self.timezone) && !has(self.startingDeadline))",
+        "message": "timezone and startingDeadline of spec.triggers belong to a `cron` trigger; remove them "
+        "or add `cron`",
+    },
+    {
+        "rule": "!has(self.cron) || !has(self.__if__)",
+        "message": "`if` of spec.triggers belongs to an `event` trigger; a `cron` trigger starts a run at "
+        "every tick",
+    },
+]
+CRON_FORMAT = Worded(CRON_PATTERN, CRON_FORMAT_PROBLEM)
 
-    event: Annotated[str, EVENT_NAME_FORMAT] = Field(min_length=1, max_length=253)
+
+class Trigger(SpecModel):
+    """What starts a run of the workflow: an event (`event`, with an optional `if`) or a schedule (`cron`)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _TRIGGER_KIND})  # type: ignore[dict-item]
+
+    event: Annotated[str, EVENT_NAME_FORMAT] | None = Field(default=None, min_length=1, max_length=253)
     """Name of the event that starts a run, for example `api/contact_list.uploaded`."""
     if_: str | None = Field(default=None, alias="if", max_length=4096)
     """Optional CEL expression over `event` (with `event.name`, `event.data`, `event.user`); the run starts
     only when it is true. Example: `event.data.rows > 0`."""
+    cron: Annotated[str, CRON_FORMAT] | None = Field(default=None, max_length=128)
+    """A schedule: five cron fields (`minute hour day-of-month month day-of-week`, e.g. `*/15 * * * *`;
+    a sixth, leading field of seconds is accepted) or `@yearly`, `@monthly`, `@weekly`, `@daily`,
+    `@hourly`. Each tick starts one run (event `kubestep/scheduled.tick`, `data.scheduledAt` its time)
+    named from the workflow and the tick, so no tick ever starts two."""
+    timezone: str | None = Field(default=None, max_length=64)
+    """IANA time zone of `cron` (`Europe/Berlin`); unset: UTC. The zone's daylight-saving rules apply: a
+    time skipped in spring runs at the first time after it, a time repeated in autumn runs once."""
+    starting_deadline: SpecDuration | None = None
+    """How late a missed tick (the operator was down) may still start; older ones are skipped and counted
+    in `status.skippedTicks`. Only the most recent missed tick starts. Unset: `5m`."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Trigger:
+        # The CRD's rules, for files read without an API server (`kubestep run`).
+        holds = (
+            (self.event is None) != (self.cron is None),
+            self.cron is not None or (self.timezone is None and self.starting_deadline is None),
+            self.cron is None or self.if_ is None,
+        )
+        for rule, ok in zip(_TRIGGER_KIND, holds, strict=True):
+            if not ok:
+                raise ValueError(rule["message"])
+        if self.cron is not None and (found := cron_problem(self.cron, self.timezone)):
+            raise ValueError(found)
+        return self
 
 
 class Backoff(SpecModel):
@@ -294,6 +345,68 @@ class Priority(SpecModel):
     `event.data.plan == 'enterprise' ? 300 : 0`."""
 
 
+#: Entries of `spec.steps`: enough for every step of a large workflow, small enough for the API server's
+#: cost estimate of the rules that iterate them.
+MAX_STEP_POLICIES = 64
+_STEP_KEYS: dict[str, Any] = {
+    "rule": "self.all(k, size(k) >= 1 && size(k) <= 253)",
+    "message": "spec.steps has a key that is empty or longer than 253 characters; use a step's id, its "
+    "name, or a glob such as `enrich-*`",
+}
+
+
+class StepPolicy(SpecModel):
+    """Overrides for the steps whose id or name a `spec.steps` key matches. Each field set here wins over
+    the same setting in the step's code (`StepOptions`) and over the workflow-wide one."""
+
+    retries: int | None = Field(default=None, ge=0, le=20)
+    """Retries after the first attempt of the step, in place of `spec.retries.limit` (6 attempts: 5).
+    The backoff stays `spec.retries.backoff`."""
+    timeout: SpecDuration | None = None
+    """Longest time one attempt of the step may run, in place of `spec.timeouts.step`."""
+    resources: ResourceRequirements | None = None
+    """Container resources of the step's pod, merged by resource name over `spec.podTemplate.resources`
+    (`limits.memory: 4Gi` here keeps the template's CPU)."""
+    node_selector: dict[str, str] | None = Field(default=None, max_length=32)
+    """Node labels the step's pod needs, added to (and overriding) `spec.podTemplate.nodeSelector`."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    """Tolerations of the step's pod, added to `spec.podTemplate.tolerations`."""
+
+
+#: Entries of `spec.cancelOn`.
+MAX_CANCEL_ON = 5
+
+
+class CancelOn(SpecModel):
+    """An event that cancels a run of this workflow in flight."""
+
+    event: Annotated[str, EVENT_NAME_FORMAT] = Field(min_length=1, max_length=253)
+    """Name of the event that cancels the run, for example `api/contact_list.deleted`."""
+    if_: str | None = Field(default=None, alias="if", max_length=4096)
+    """Optional CEL expression over `event` (the run's trigger) and `async` (the arriving event); the run
+    is cancelled only when it is true. Example: `async.data.upload_id == event.data.upload_id`."""
+    timeout: SpecDuration | None = None
+    """How long after the run started such an event still cancels it; unset: for the whole run."""
+
+
+class History(SpecModel):
+    """How many finished runs of the workflow are kept; older ones are deleted with their Jobs."""
+
+    succeeded: int = Field(default=50, ge=0, le=10000)
+    """Succeeded runs kept, newest first."""
+    failed: int = Field(default=50, ge=0, le=10000)
+    """Failed and cancelled runs kept, newest first."""
+
+
+class OnFailure(SpecModel):
+    """A handler run when a run of this workflow fails for good."""
+
+    function: Annotated[str, FUNCTION_FORMAT] = Field(max_length=512)
+    """The handler as `module:function`, in the workflow's image, written like any workflow function
+    (`fn(ctx, step)`, with every step tool). `ctx.event` is the `kubestep/run.failed` Event: its `data`
+    holds `workflow`, `run`, `error` (`type`, `message`, `step`) and `event` (the failed run's event)."""
+
+
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
@@ -327,6 +440,32 @@ class WorkflowSpec(SpecModel):
     """Flow control: at most `limit` run starts per `period` (plus `burst`), the rest queued in order."""
     priority: Priority | None = None
     """Flow control: moves queued runs earlier or later in their queues."""
+    steps: dict[str, StepPolicy] = Field(
+        default_factory=dict,
+        max_length=MAX_STEP_POLICIES,
+        json_schema_extra={"x-kubernetes-validations": [_STEP_KEYS]},
+    )
+    """Per-step policy: a step's id (`enrich`, `fetch:2`), its name (every repeat of it in a loop) or a glob
+    over either (`notify-*`) mapped to overrides of `retries`, `timeout` and the step pod's `resources`,
+    `nodeSelector` and `tolerations`. When several keys match, each setting comes from the most specific:
+    the exact id, then the exact name, then the glob with the most literal characters. Pod settings apply to
+    every execution created for a known step, that is all but a run's first (which discovers its step and
+    runs with `spec.podTemplate` and `spec.timeouts.step`); retries apply from the first attempt."""
+    history: History = Field(default_factory=History)
+    """Finished runs kept: the newest `succeeded` succeeded ones and `failed` failed or cancelled ones; older
+    runs are deleted, and their Jobs, pods and Secrets with them (owner references). An Event's `spec.id`
+    stays deduplicated for the dedupe window all the same."""
+    ttl_after_finished: SpecDuration | None = None
+    """Delete each run this long after it finished, whatever `history` keeps; unset: runs stay until
+    `history` deletes them."""
+    cancel_on: list[CancelOn] = Field(default_factory=list, max_length=MAX_CANCEL_ON)
+    """Events that cancel a run in flight (at most 5): the first published after the run started whose
+    `if` holds cancels it, as `spec.cancel` does: its running step pods are stopped, its child runs
+    cancelled, and `status.error` names the Event."""
+    on_failure: OnFailure | None = None
+    """Shorthand for a handler of this workflow's failures: each run that fails for good starts one run of
+    `onFailure.function` (same image and settings), triggered by its `kubestep/run.failed` Event. A
+    handler's own failure starts no other handler."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:
@@ -336,6 +475,13 @@ class WorkflowSpec(SpecModel):
         pairs = [(c.scope, c.key or "") for c in self.concurrency]
         if len(set(pairs)) != len(pairs):
             raise ValueError(UNIQUE_CONCURRENCY["message"])
+        return self
+
+    @model_validator(mode="after")
+    def _step_keys(self) -> WorkflowSpec:
+        bad = [k for k in self.steps if not 1 <= len(k) <= 253]
+        if bad:
+            raise ValueError(_STEP_KEYS["message"])
         return self
 
 
@@ -352,6 +498,12 @@ class WorkflowStatus(Model):
     """Runs of this workflow that succeeded."""
     failed: int = 0
     """Runs of this workflow that failed or were cancelled."""
+    next_tick: datetime | None = None
+    """When the next run of a `cron` trigger is due."""
+    last_tick: datetime | None = None
+    """The latest tick handled: its run started, or it was skipped."""
+    skipped_ticks: int = 0
+    """Ticks missed (the operator was down) by more than their `startingDeadline`, so never started."""
 
 
 class Workflow(Model):

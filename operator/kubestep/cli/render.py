@@ -14,7 +14,7 @@ from rich.markup import escape
 from kubestep.api.event import Event
 from kubestep.api.report import LOG_REPORT_MARKER
 from kubestep.api.run import Attempt, RunPhase, StepPhase, StepStatus, WorkflowRun
-from kubestep.api.workflow import Workflow
+from kubestep.api.workflow import Trigger, Workflow
 
 Obj = dict[str, Any]
 
@@ -159,13 +159,19 @@ def phase_style(phase: str) -> str:
 # Workflows and events -------------------------------------------------------------------------------
 
 
+def _trigger_text(trigger: Trigger) -> str:
+    if trigger.cron is not None:
+        return f"cron {trigger.cron}" + (f" ({trigger.timezone})" if trigger.timezone else "")
+    return (trigger.event or "") + (f" if {trigger.if_}" if trigger.if_ else "")
+
+
 def workflow_row(workflow: Workflow, now: datetime, namespace: bool = False) -> list[str]:
     """One line of ``kubestep workflows``."""
     ready = next((c for c in workflow.status.conditions if c.type == "Ready"), None)
     ready_text = "Unknown" if ready is None else ready.status
     if ready is not None and ready.status != "True" and ready.reason:
         ready_text += f" ({ready.reason})"
-    triggers = ", ".join(t.event + (f" if {t.if_}" if t.if_ else "") for t in workflow.spec.triggers) or "-"
+    triggers = ", ".join(_trigger_text(t) for t in workflow.spec.triggers) or "-"
     st = workflow.status
     row = [
         workflow.metadata.name,

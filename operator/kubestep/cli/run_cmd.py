@@ -14,9 +14,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from kubestep.api.cron import zone
 from kubestep.api.run import RunEvent, RunPhase, WorkflowRun
 from kubestep.api.workflow import Workflow
 from kubestep.engine.actions import StartExecution
+from kubestep.engine.schedule import Tick
 from kubestep.local.clock import RealClock
 from kubestep.local.driver import Driver, NoTriggerMatchError
 from kubestep.local.executors import ProcessExecutor
@@ -47,6 +49,10 @@ def run(
         ".kubestep"
     ),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print the steps' own output.")] = False,
+    tick: Annotated[
+        bool,
+        typer.Option("--tick", help="Start the workflows' `cron` triggers' runs as a tick due now would."),
+    ] = False,
 ) -> None:
     """Run a workflow on this machine: every step attempt is a local `python -m kubestep.runner` process.
 
@@ -61,8 +67,10 @@ def run(
     try:
         if resume is not None:
             driver, targets = _resume(resume, event, store, console, quiet)
+        elif tick and workflow_file is not None and event is None:
+            driver, targets = _tick(workflow_file, store, console, quiet)
         elif workflow_file is None or event is None:
-            _fail("give a workflow file and --event, or --resume RUN")
+            _fail("give a workflow file and --event (or --tick), or --resume RUN")
         else:
             driver, targets = _start(workflow_file, event, store, console, quiet)
         if driver is None:
@@ -101,6 +109,27 @@ def _start(
         _fail(
             f"event {ev.spec.name!r} starts none of the workflows in {workflow_file} "
             f"({', '.join(driver.workflows)}): no trigger matches it"
+        )
+    for name in targets:
+        store.claim(name)
+    return driver, targets
+
+
+def _tick(workflow_file: Path, store: Store, console: Console, quiet: bool) -> tuple[Driver, list[str]]:
+    """One run per workflow with a `cron` trigger, as its first such trigger's tick would start now."""
+    driver = _driver(workflow_file, store, console, quiet)
+    now = datetime.now(UTC).replace(microsecond=0)
+    targets = []
+    for name, wf in driver.workflows.items():
+        index = next((i for i, t in enumerate(wf.spec.triggers) if t.cron), None)
+        if index is None:
+            continue
+        scheduled = Tick(index, now.astimezone(zone(wf.spec.triggers[index].timezone)))
+        event = RunEvent.model_validate(scheduled.event(wf.spec))
+        targets.append(driver.create_run(name, event, scheduled.run_name(name)))
+    if not targets:
+        _fail(
+            f"none of the workflows in {workflow_file} ({', '.join(driver.workflows)}) has a `cron` trigger"
         )
     for name in targets:
         store.claim(name)

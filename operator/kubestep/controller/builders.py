@@ -16,7 +16,7 @@ from kubestep.api.base import API_VERSION, ObjectMeta
 from kubestep.api.event import Event
 from kubestep.api.run import ParentRef, RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
 from kubestep.api.workflow import Workflow
-from kubestep.engine.actions import Note, StartChild, StartExecution, StartRerun
+from kubestep.engine.actions import AnnounceEnd, Note, StartChild, StartExecution, StartRerun
 
 Obj = dict[str, Any]
 
@@ -139,6 +139,11 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
     if template.env_from:
         container["envFrom"] = [source.to_dict() for source in template.env_from]
     resources = template.resources.to_dict() if template.resources else {}
+    pod = action.pod
+    if pod is not None:
+        # The step's own settings (`spec.steps`), merged by resource name over the template's.
+        for kind, amounts in pod.resources.items():
+            resources[kind] = {**resources.get(kind, {}), **amounts}
     if resources:
         container["resources"] = resources
     pod_spec: Obj = {
@@ -159,10 +164,13 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
         pod_spec["activeDeadlineSeconds"] = max(1, math.ceil(action.timeout_seconds))
     if template.service_account_name:
         pod_spec["serviceAccountName"] = template.service_account_name
-    if template.node_selector:
-        pod_spec["nodeSelector"] = template.node_selector
-    if template.tolerations:
-        pod_spec["tolerations"] = [toleration.to_dict() for toleration in template.tolerations]
+    node_selector = {**template.node_selector, **(pod.node_selector if pod else {})}
+    if node_selector:
+        pod_spec["nodeSelector"] = node_selector
+    tolerations = [toleration.to_dict() for toleration in template.tolerations]
+    tolerations += [t for t in (pod.tolerations if pod else []) if t not in tolerations]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
     if template.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [secret.to_dict() for secret in template.image_pull_secrets]
     job_spec: Obj = {
@@ -242,6 +250,17 @@ def rerun_run(original: WorkflowRun, workflow: Workflow | None, action: StartRer
     return body
 
 
+def tick_run(workflow: Workflow, event: RunEvent, name: str) -> Obj:
+    """The run a tick of a `cron` trigger starts; its name comes from the workflow and the tick's time."""
+    body = _run_object(name, workflow.metadata.namespace, workflow, event).to_dict()
+    body["metadata"]["labels"] = {
+        LABEL_MANAGED: MANAGER,
+        LABEL_WORKFLOW: _label_value(workflow.metadata.name),
+    }
+    body.pop("status", None)
+    return body
+
+
 def child_run(parent: WorkflowRun, workflow: Workflow, action: StartChild, now: datetime) -> Obj:
     """The run an invoke step starts; the parent owns it, so deleting the parent deletes the child.
 
@@ -281,6 +300,30 @@ def sent_event(run: WorkflowRun, name: str, payload: dict[str, Any]) -> Obj:
             "name": name,
             "namespace": run.metadata.namespace,
             "labels": {LABEL_MANAGED: MANAGER, LABEL_RUN: _label_value(run.metadata.name)},
+        },
+        "spec": spec,
+    }
+
+
+def end_event(run: WorkflowRun, action: AnnounceEnd) -> Obj:
+    """The Event telling that ``run`` ended (``kubestep/run.failed``, ...), under its deterministic name."""
+    payload = action.payload
+    spec: Obj = {"name": payload["name"], "data": payload["data"], "id": payload["id"]}
+    if payload.get("user"):
+        spec["user"] = payload["user"]
+    if run.status.finished_at is not None:
+        spec["ts"] = run.status.finished_at.isoformat()
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Event",
+        "metadata": {
+            "name": action.name,
+            "namespace": run.metadata.namespace,
+            "labels": {
+                LABEL_MANAGED: MANAGER,
+                LABEL_RUN: _label_value(run.metadata.name),
+                LABEL_WORKFLOW: _label_value(run.spec.workflow_ref.name),
+            },
         },
         "spec": spec,
     }

@@ -17,6 +17,8 @@ from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
 from kubestep.controller.queue import Result
+from kubestep.engine.dedupe import earlier_start
+from kubestep.engine.lifecycle import on_failure_function
 from kubestep.engine.triggers import ID_GENERATIONS, duplicate, id_run_seed, match
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,13 @@ async def _start_runs(ctl: Controller, event: Event) -> _Verdict:
                 f"workflow {wf_obj['metadata']['name']}: unusable spec: {validation_problems(exc)[0]}"
             )
             continue
+        handler = on_failure_function(workflow.metadata.name, workflow.spec, payload)
+        if handler is not None:
+            # `spec.onFailure`: the same workflow, running its handler, under names of their own.
+            spec = workflow.spec.model_copy(update={"function": handler})
+            await _start_run(
+                ctl, workflow.model_copy(update={"spec": spec}), event, created, verdict, "onFailure"
+            )
         found = match(workflow.spec, payload)
         if found.error:
             verdict.errors.append(f"workflow {workflow.metadata.name}: {found.error}")
@@ -94,18 +103,35 @@ async def _start_runs(ctl: Controller, event: Event) -> _Verdict:
 
 
 async def _start_run(
-    ctl: Controller, workflow: Workflow, event: Event, created: datetime, verdict: _Verdict
+    ctl: Controller,
+    workflow: Workflow,
+    event: Event,
+    created: datetime,
+    verdict: _Verdict,
+    variant: str = "",
 ) -> None:
     namespace = event.metadata.namespace or ""
     wf = workflow.metadata.name
+    # A variant (the onFailure handler) of the workflow gets run names of its own for the same event.
+    if event.spec.id and not variant:
+        others = ctl.indices.events_named(namespace, event.spec.name)
+        earlier = earlier_start(event, wf, others, ctl.dedupe_window)
+        if earlier is not None:
+            runs = ", ".join(r.run for r in earlier.status.started if r.workflow == wf)
+            verdict.duplicates.append(
+                f"event {earlier.metadata.name} with the same id {event.spec.id!r} started run {runs} of "
+                f"workflow {wf}"
+            )
+            return
     if not event.spec.id:
-        names_ = [names.run_name(wf, event.metadata.uid or event.metadata.name)]
+        names_ = [names.run_name(wf, f"{variant}{event.metadata.uid or event.metadata.name}")]
     else:
         # Every event with this name and id maps to the same run name: whichever is handled first creates
         # the run and the API server refuses the others. Once that run is older than the dedupe window, the
         # next generation of the name is used.
         names_ = [
-            names.run_name(wf, id_run_seed(event.spec.name, event.spec.id, n)) for n in range(ID_GENERATIONS)
+            names.run_name(wf, variant + id_run_seed(event.spec.name, event.spec.id, n))
+            for n in range(ID_GENERATIONS)
         ]
     for name in names_:
         try:

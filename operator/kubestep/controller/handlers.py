@@ -99,6 +99,18 @@ def register(
             if step.get("phase") == "Waiting" and step.get("wait")
         }
 
+    @kopf.index(GROUP, VERSION, "workflowruns", id="cancellable_runs", **on)  # type: ignore[arg-type]
+    def cancellable_runs(
+        namespace: str, name: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
+    ) -> dict[Hashable, str]:
+        # Runs in flight by the events of their `spec.cancelOn`: such an Event queues them at once.
+        if status.get("phase") in ("Succeeded", "Failed", "Cancelled"):
+            return {}
+        return {
+            (namespace, rule.get("event", "")): name
+            for rule in spec.get("workflow", {}).get("cancelOn") or []
+        }
+
     @kopf.index(GROUP, VERSION, "workflowruns", id="runs_by_workflow", **on)  # type: ignore[arg-type]
     def runs_by_workflow(
         namespace: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
@@ -118,11 +130,13 @@ def register(
 
     @kopf.index(GROUP, VERSION, "events", id="events_by_name", **on)  # type: ignore[arg-type]
     def events_by_name(
-        namespace: str, body: kopf.Body, spec: dict[str, Any], **_: Any
+        namespace: str, body: kopf.Body, spec: dict[str, Any], status: dict[str, Any], **_: Any
     ) -> dict[Hashable, dict[str, Any]]:
         meta = body["metadata"]
         slim = {k: meta.get(k) for k in ("name", "namespace", "uid", "creationTimestamp")}
-        return {(namespace, spec.get("name", "")): {"metadata": slim, "spec": dict(spec)}}
+        # The runs it started: its id stays a duplicate's for the dedupe window even if those runs are gone.
+        started = {"started": list(status.get("started") or [])}
+        return {(namespace, spec.get("name", "")): {"metadata": slim, "spec": dict(spec), "status": started}}
 
     # Every key, so that a new leader queues everything: kopf drops an object's entry when it is deleted.
     @kopf.index(GROUP, VERSION, "workflowruns", id="run_keys", **on)  # type: ignore[arg-type]
@@ -329,6 +343,8 @@ def register(
         queue.add(Key("event", namespace, name))
         store = kwargs["waiting_runs"].get((namespace, spec.get("name", "")))
         for run in list(store or []):
+            queue.add(Key("run", namespace, run))
+        for run in list(kwargs["cancellable_runs"].get((namespace, spec.get("name", ""))) or []):
             queue.add(Key("run", namespace, run))
 
     @kopf.on.event(GROUP, VERSION, "workflows", **on)  # type: ignore[arg-type]

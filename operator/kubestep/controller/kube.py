@@ -248,6 +248,18 @@ class Kube:
         )
         return list(found.get("items", []))
 
+    async def delete_object(self, plural: str, namespace: str, name: str) -> None:
+        """Delete a kubestep object; what it owns (Jobs, Secrets, child runs) goes in the background."""
+        await self._write(
+            self.custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            plural,
+            name,
+            propagation_policy="Background",
+        )
+
     async def create(self, plural: str, namespace: str, body: Obj) -> Obj:
         """Create a kubestep object."""
         return cast(

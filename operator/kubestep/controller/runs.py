@@ -31,6 +31,7 @@ from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import Result
 from kubestep.engine.actions import (
     Action,
+    AnnounceEnd,
     CancelChild,
     Note,
     PublishEvents,
@@ -159,6 +160,7 @@ async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
     namespace = run.metadata.namespace or ""
     events: list[ArrivedEvent] = []
     awaited = {s.wait.event for s in run.status.steps if s.phase is StepPhase.WAITING and s.wait is not None}
+    awaited |= {rule.event for rule in run.spec.workflow.cancel_on}
     for name in sorted(awaited):
         events.extend(observe.arrived(e) for e in ctl.indices.events_named(namespace, name))
     children: list[ChildResult] = []
@@ -267,6 +269,15 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
             except Rejected as exc:
                 message = f"step {action.step!r}: event {payload.get('name')!r} cannot be published: {exc}"
                 await _note(ctl, obj, Note("EventRejected", message, warning=True))
+    elif isinstance(action, AnnounceEnd):
+        # Named after the run: a pass repeated after a crash finds it there, and publishes nothing twice.
+        try:
+            await ctl.kube.create("events", namespace, builders.end_event(run, action))
+        except AlreadyExists:
+            pass
+        except Rejected as exc:
+            message = f"the Event {action.name} ({action.payload['name']}) cannot be published: {exc}"
+            await _note(ctl, obj, Note("EventRejected", message, warning=True))
     elif isinstance(action, Note):
         await _note(ctl, obj, action)
     elif isinstance(action, StartRerun):

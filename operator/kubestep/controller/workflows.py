@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.run import RunPhase
 from kubestep.api.workflow import Workflow, WorkflowStatus
+from kubestep.controller import history, schedules
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import WORKFLOWS, Conflict, NotFound, Obj
 from kubestep.controller.queue import Result
@@ -35,15 +36,20 @@ def readiness(workflow: Workflow) -> Condition:
         keys.append(("spec.throttle.key", workflow.spec.throttle.key))
     if workflow.spec.priority is not None:
         keys.append(("spec.priority.run", workflow.spec.priority.run))
-    for field, key in keys:
-        problem = None if key is None else check(key)
+    expressions = [(field, key, "CEL over `event`") for field, key in keys]
+    expressions += [
+        (f"spec.cancelOn[{index}].if", rule.if_, "CEL over `event` and `async`")
+        for index, rule in enumerate(workflow.spec.cancel_on)
+    ]
+    for field, expression, over in expressions:
+        problem = None if expression is None else check(expression)
         if problem is not None:
             return Condition(
                 type=READY,
                 status="False",
                 reason="InvalidExpression",
                 observed_generation=generation,
-                message=f"{field}: {problem}; fix the expression (CEL over `event`)",
+                message=f"{field}: {problem}; fix the expression ({over})",
             )
     return Condition(
         type=READY,
@@ -88,7 +94,12 @@ async def reconcile_workflow(ctl: Controller, key: Key) -> Result:
         }
     )
     status.conditions = set_condition(workflow.status.conditions, readiness(workflow), ctl.clock())
-    return await _save(ctl, obj, status) if status != workflow.status else Result.done()
+    status = await schedules.tick(ctl, workflow, status)
+    expiry = await history.collect_runs(ctl, workflow, status)
+    result = await _save(ctl, obj, status) if status != workflow.status else Result.done()
+    # The next tick of a `cron` trigger, or the end of a run's time to live, is the pass's timer.
+    timers = [t for t in (status.next_tick, expiry) if t is not None]
+    return result if result.requeue else Result.requeue_at(min(timers, default=None))
 
 
 async def _save(ctl: Controller, obj: Obj, status: WorkflowStatus) -> Result:

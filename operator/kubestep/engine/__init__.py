@@ -5,6 +5,7 @@ No I/O, no kopf, no Kubernetes client: the operator and the local runner are ada
 
 from kubestep.engine.actions import (
     Action,
+    AnnounceEnd,
     CancelChild,
     Note,
     PublishEvents,
@@ -18,6 +19,7 @@ from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Ob
 
 __all__ = [
     "Action",
+    "AnnounceEnd",
     "ArrivedEvent",
     "CancelChild",
     "ChildResult",

@@ -8,6 +8,7 @@ from typing import Any
 
 from kubestep.api.report import RunnerState
 from kubestep.api.run import RerunSpec
+from kubestep.engine.policy import PodOverrides
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class StartExecution:
     attempt: int
     state: RunnerState
     timeout_seconds: float | None
+    pod: PodOverrides | None = None
+    """The step's own pod settings (`spec.steps`), when its step is known and has any."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,22 @@ class StartRerun:
     rerun: RerunSpec
 
 
+@dataclass(frozen=True)
+class AnnounceEnd:
+    """Publish the Event telling that the run ended (`kubestep/run.failed`, ...), named ``name``."""
+
+    name: str
+    payload: dict[str, Any]
+
+
 Action = (
-    StartExecution | StopExecution | StartChild | CancelChild | PublishEvents | RequeueAt | Note | StartRerun
+    StartExecution
+    | StopExecution
+    | StartChild
+    | CancelChild
+    | PublishEvents
+    | RequeueAt
+    | Note
+    | StartRerun
+    | AnnounceEnd
 )

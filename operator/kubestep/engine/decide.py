@@ -45,6 +45,7 @@ from kubestep.api.workflow import ExecutionMode, ExecutionPolicy
 from kubestep.engine import admission, backoff, rerun
 from kubestep.engine.actions import (
     Action,
+    AnnounceEnd,
     CancelChild,
     Note,
     PublishEvents,
@@ -53,8 +54,11 @@ from kubestep.engine.actions import (
     StartExecution,
     StopExecution,
 )
+from kubestep.engine.cancel import cancelled_by
 from kubestep.engine.cel import CelError, check, holds
+from kubestep.engine.lifecycle import end_event
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome, Stalled
+from kubestep.engine.policy import Resolved, describe_retries, describe_timeout, resolve
 
 #: Reasons every pod passes through on its way to running: not worth telling the user, unless they last.
 _STARTING = {"PodNotCreated", "ContainerCreating", "PodInitializing"}
@@ -102,7 +106,7 @@ class _Decider:
         status = self.status
         if status.phase.finished:
             self.start_reruns()
-            return Decision(status, self.actions)
+            return self.announce()
         if status.started_at is None and not self.run.spec.cancel and admission.must_wait(self.run):
             self.held = 1  # its first execution: nothing of it starts before admission
             return self.finish()
@@ -114,6 +118,13 @@ class _Decider:
                 self.start_rerun(self.run.spec.rerun)
         if self.run.spec.cancel:
             self.end_all(RunPhase.CANCELLED, None, "Cancelled", "the run was cancelled (spec.cancel)")
+            return self.finish()
+        since = self.run.metadata.creation_timestamp or status.started_at or self.now
+        trigger = self.run.spec.event
+        cancel = cancelled_by(self.spec, trigger.as_payload(), since, observed.events, trigger.source or "")
+        if cancel is not None:
+            error = ErrorInfo(type="Cancelled", message=cancel.message())
+            self.end_all(RunPhase.CANCELLED, error, "Cancelled", cancel.message())
             return self.finish()
         for outcome in observed.outcomes:
             self.absorb(outcome)
@@ -173,8 +184,23 @@ class _Decider:
         self.summarize()
         admission.settle(self.run, self.status, self.held)
         if self.status.phase.finished:
-            # Nothing is left to wake up for (a timer set earlier in this decision, before the run ended).
+            # Nothing is left to wake up for (a timer set earlier in this decision, before the run ended)
+            # but the announcement of the end, made once this final status is saved.
             self.actions = [a for a in self.actions if not isinstance(a, RequeueAt)]
+            ended_now = not self.run.status.phase.finished and self.status.announced is None
+            if ended_now and end_event(self.run.model_copy(update={"status": self.status})):
+                self.status.announced = False
+                self.actions.append(RequeueAt(self.now))
+        return Decision(self.status, self.actions)
+
+    def announce(self) -> Decision:
+        """A finished run, saved so: publish the Event of its end, once (then record that it did)."""
+        # Only runs that ended owing it (False): a run that ended before kubestep announced ends (None) or
+        # that announced already (True) publishes nothing.
+        ended = end_event(self.run) if self.status.announced is False else None
+        if ended is not None:
+            self.status.announced = True
+            self.actions.append(AnnounceEnd(ended.object_name, ended.payload))
         return Decision(self.status, self.actions)
 
     def note(self, reason: str, message: str, warning: bool = False) -> None:
@@ -217,7 +243,7 @@ class _Decider:
             self.discovery_failed(execution, outcome)
             return
         result, reason = _failure_class(outcome)
-        message = outcome.message or _describe_exit(outcome, self.spec.timeouts.step)
+        message = outcome.message or _describe_exit(outcome, self.timeout_text(step))
         self.attempt_failed(step, execution, outcome, result, reason, message, None)
 
     def absorb_chain(self, execution: Execution, outcome: Outcome) -> Execution | None:
@@ -317,7 +343,20 @@ class _Decider:
         if step is None:
             step = StepStatus(id=ref.id, name=ref.name, type=ref.type, started_at=since or self.now)
             self.status.steps.append(step)
+        if step.type is StepType.RUN and step.policy is None:
+            step.policy = self.policy(step, ref).status(ref.options)
         return step
+
+    def policy(self, step: StepStatus | None, ref: StepRef | None = None) -> Resolved:
+        """The retries, timeout and pod settings of ``step`` (the workflow's when it is not known yet)."""
+        if step is None:
+            return resolve(self.spec, None, None, None)
+        code = ref.options if ref is not None else step.policy.code if step.policy else None
+        return resolve(self.spec, step.id, step.name, code)
+
+    def timeout_text(self, step: StepStatus | None) -> str:
+        """Where the timeout of ``step``'s attempts comes from, for messages."""
+        return describe_timeout(self.policy(step))
 
     def apply_report(self, execution: Execution, report: Report, outcome: Outcome) -> None:
         kind = report.kind
@@ -449,18 +488,19 @@ class _Decider:
             warning=True,
         )
         policy = self.spec.retries
+        limit = self.policy(step)
         if result.spends_budget:
             step.failures += 1
         if result in (AttemptResult.DISRUPTION, AttemptResult.LOST):
             step.disruptions += 1
-        exhausted = (result.spends_budget and step.failures > policy.limit) or (
+        exhausted = (result.spends_budget and step.failures > limit.retries) or (
             step.disruptions > policy.disruption_limit
         )
         if result is AttemptResult.NON_RETRIABLE or exhausted:
             if result is AttemptResult.NON_RETRIABLE:
                 why = "not retriable"
             elif result.spends_budget:
-                why = f"retries exhausted: spec.retries.limit is {policy.limit}"
+                why = f"retries exhausted: {describe_retries(limit)}"
             else:
                 why = f"disruptions exhausted: spec.retries.disruptionLimit is {policy.disruption_limit}"
             error_type = reason if result is not AttemptResult.TIMEOUT else "Timeout"
@@ -493,7 +533,7 @@ class _Decider:
         it away), within the sum of the two retry limits."""
         self.status.discovery_failures += 1
         policy = self.spec.retries
-        message = outcome.message or _describe_exit(outcome, self.spec.timeouts.step)
+        message = outcome.message or _describe_exit(outcome, self.timeout_text(None))
         if outcome.log_tail:
             message += "\n" + outcome.log_tail[-_LOG_TAIL_CHARS:]
         if self.status.discovery_failures > policy.limit + policy.disruption_limit:
@@ -660,7 +700,8 @@ class _Decider:
 
     def start(self, step_id: str | None, attempt: int, name: str) -> None:
         self.status.active.append(Execution(name=name, step=step_id, attempt=attempt, started_at=self.now))
-        timeout = self.spec.timeouts.step
+        # An execution with no step yet runs with the workflow's settings: its step is not known.
+        policy = self.policy(None if step_id is None else self.run_step(step_id))
         self.actions.append(
             StartExecution(
                 name=name,
@@ -668,7 +709,8 @@ class _Decider:
                 attempt=attempt,
                 # A discovery execution runs the first attempt of whatever new step it reaches.
                 state=self.runner_state(step_id, attempt if step_id else 1),
-                timeout_seconds=pod_deadline(self.spec.execution, timeout),
+                timeout_seconds=pod_deadline(self.spec.execution, policy.timeout_seconds),
+                pod=policy.pod or None,
             )
         )
 
@@ -812,12 +854,12 @@ def chain_settings(execution: ExecutionPolicy) -> dict[str, Any]:
     return {"chain_steps": execution.max_steps_per_pod, "chain_seconds": float(execution.max_pod_seconds)}
 
 
-def pod_deadline(execution: ExecutionPolicy, step_timeout: str | None) -> float | None:
+def pod_deadline(execution: ExecutionPolicy, step_seconds: float | None) -> float | None:
     """A step pod's ``activeDeadlineSeconds``: the step's timeout; in a chain, plus the chain's own bound."""
-    if step_timeout is None:
+    if step_seconds is None:
         return None
     extra = execution.max_pod_seconds if execution.mode is ExecutionMode.CHAINED else 0
-    return parse_duration(step_timeout) + extra
+    return step_seconds + extra
 
 
 def chained_steps(outcome: Outcome) -> list[tuple[Report, datetime]]:
@@ -847,11 +889,11 @@ def _failure_class(outcome: Outcome) -> tuple[AttemptResult, str]:
     return AttemptResult.ERROR, outcome.reason or "Error"
 
 
-def _describe_exit(outcome: Outcome, step_timeout: str | None) -> str:
+def _describe_exit(outcome: Outcome, step_timeout: str) -> str:
     if outcome.kind is ExitKind.EXITED:
         return f"the step process exited with code {outcome.exit_code} ({outcome.reason or 'Error'})"
     if outcome.kind is ExitKind.DEADLINE:
-        return f"the step ran longer than spec.timeouts.step ({step_timeout}) and was stopped"
+        return f"the step ran longer than {step_timeout} and was stopped"
     if outcome.kind is ExitKind.DISRUPTED:
         return f"the cluster stopped the step ({outcome.reason or 'disrupted'})"
     return "the step's execution vanished without a trace"

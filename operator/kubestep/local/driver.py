@@ -24,6 +24,7 @@ from kubestep.api.run import (
 from kubestep.api.workflow import Workflow
 from kubestep.engine import admission
 from kubestep.engine.actions import (
+    AnnounceEnd,
     CancelChild,
     Note,
     PublishEvents,
@@ -194,7 +195,8 @@ class Driver:
             changed = self._admit()
             for name in list(self.state.runs):
                 changed |= self._step(name)
-            if all(self.state.runs[t].status.phase.finished for t in targets):
+            # Finished, and its end published (`kubestep/run.failed`, ...) when it owes that.
+            if all(_over(self.state.runs[t]) for t in targets):
                 return [self.state.runs[t] for t in targets]
             if changed:
                 continue
@@ -233,7 +235,7 @@ class Driver:
 
     def _step(self, name: str) -> bool:
         run = self.state.runs[name]
-        if run.status.phase.finished and not self._outcomes.get(name):
+        if _over(run) and not self._outcomes.get(name):
             return False
         now = self.clock.now()
         due = self._requeue.get(name)
@@ -277,6 +279,12 @@ class Driver:
                 return self._child_missing(action)
             event = RunEvent(name="kubestep/function.invoked", data=action.data, id=action.name, source=name)
             self.create_run(action.workflow, event, action.name, ParentRef(run=name, step=action.step))
+        elif isinstance(action, AnnounceEnd):
+            # Told on the timeline; what triggers on it (onFailure handlers too) runs in a cluster only.
+            if self.timeline is not None:
+                note = Note("EventPublished", f"{action.payload['name']} ({action.name})")
+                self.timeline.note(self.clock.now(), name, note)
+            return False
         elif isinstance(action, PublishEvents):
             for event_id, sent in zip(action.ids, action.events, strict=True):
                 payload = {**sent, "id": sent.get("id") or event_id}
@@ -335,3 +343,7 @@ def _not_found(workflow: str, known: list[str]) -> ErrorInfo:
         type="WorkflowNotFound",
         message=f"no workflow named {workflow!r} is loaded; known: {', '.join(sorted(known)) or 'none'}",
     )
+
+
+def _over(run: WorkflowRun) -> bool:
+    return run.status.phase.finished and run.status.announced is not False

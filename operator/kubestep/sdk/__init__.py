@@ -7,6 +7,7 @@ from kubestep.sdk.errors import (
     StepError,
     WorkflowDefinitionError,
 )
+from kubestep.sdk.options import StepOptions
 from kubestep.sdk.step import Step
 from kubestep.sdk.workflow import Context, EventPayload, TriggerSpec, WorkflowFunction, workflow
 
@@ -18,6 +19,7 @@ __all__ = [
     "RetryAfterError",
     "Step",
     "StepError",
+    "StepOptions",
     "TriggerSpec",
     "WorkflowDefinitionError",
     "WorkflowFunction",

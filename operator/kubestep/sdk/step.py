@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from kubestep.api.durations import parse_duration
 from kubestep.api.names import sent_event_name
+from kubestep.api.policy import CodeOptions
 from kubestep.api.report import MemoEntry, Report, ReportError, ReportKind, RunnerState, StepRef
 from kubestep.api.run import StepType
 from kubestep.sdk.errors import (
@@ -26,6 +27,7 @@ from kubestep.sdk.errors import (
     StepError,
     WorkflowDefinitionError,
 )
+from kubestep.sdk.options import StepOptions
 from kubestep.sdk.workflow import Context, EventPayload, WorkflowFunction
 
 _TRACEBACK_LINES = 20
@@ -137,14 +139,37 @@ class Step:
     def __init__(self, replay: Replay) -> None:
         self._replay = replay
 
-    def run(self, id: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def run(
+        self,
+        id: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        opts: StepOptions | None = None,
+        **kwargs: Any,
+    ) -> Any:
         """Run ``fn(*args, **kwargs)`` as a durable step named ``id`` and return its (JSON) output.
 
         A failure is retried on its own with the workflow's backoff; raise ``NonRetriableError`` to stop
         retrying, or ``RetryAfterError`` to choose the delay. When the step fails for good, ``StepError``
-        is raised here.
+        is raised here. ``opts`` (``StepOptions(retries=..., timeout=...)``) sets this step's own policy;
+        the Workflow's ``spec.steps`` wins over it. It is the one keyword ``fn`` cannot receive.
         """
-        return self._replay.reach(id, StepType.RUN, lambda ref: self._replay.execute(ref, fn, args, kwargs))
+        options: CodeOptions | None = None
+        if opts is not None:
+            if not isinstance(opts, StepOptions):
+                self._replay.fail_run(
+                    WorkflowDefinitionError(
+                        f"step {id!r}: opts must be a kubestep.StepOptions, got {type(opts).__name__}; "
+                        "write opts=StepOptions(retries=5)"
+                    )
+                )
+            try:
+                options = opts.resolved(id)
+            except ValueError as exc:
+                self._replay.fail_run(WorkflowDefinitionError(str(exc)))
+        return self._replay.reach(
+            id, StepType.RUN, lambda ref: self._replay.execute(ref, fn, args, kwargs), options
+        )
 
     def sleep(self, id: str, duration: str | float | timedelta) -> None:
         """Pause the run for ``duration`` (``"30s"``, ``"2h"``, ``"1d"``, seconds, or a ``timedelta``).
@@ -288,7 +313,13 @@ class Replay:
 
     # The replay protocol -------------------------------------------------------------------------
 
-    def reach(self, name: str, kind: StepType, on_new: Callable[[StepRef], Any]) -> Any:
+    def reach(
+        self,
+        name: str,
+        kind: StepType,
+        on_new: Callable[[StepRef], Any],
+        options: CodeOptions | None = None,
+    ) -> Any:
         """The function reached step ``name``: return its recorded result, or act on the new step."""
         if not isinstance(name, str) or not name:
             self.fail_run(WorkflowDefinitionError(f"step names must be non-empty strings, got {name!r}"))
@@ -299,7 +330,7 @@ class Replay:
                     "call it from the workflow function instead"
                 )
             )
-        ref = StepRef(id=self._unique_id(name), name=name, type=kind)
+        ref = StepRef(id=self._unique_id(name), name=name, type=kind, options=options)
         if self._branch is not None:
             if self._branch:
                 self.fail_run(
