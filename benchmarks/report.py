@@ -48,6 +48,10 @@ def print_table(document: dict[str, Any]) -> None:
             f"{ceiling:.0f} Jobs/min ({cluster['ceiling']['jobs']} Jobs)",
         ),
         ("bare Jobs importing the runner (a step pod's interpreter start)", f"{runner:.0f} Jobs/min"),
+        (
+            "operator start to first reconcile (an Event waiting at its start, processed)",
+            f"{cluster['operator_start_to_first_reconcile_s']:.2f} s",
+        ),
     ]
     for label in ("one-step", "five-steps"):
         f = cluster[label]
