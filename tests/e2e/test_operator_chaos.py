@@ -42,6 +42,8 @@ def chaos_workflow(data_dir: Path) -> dict[str, Any]:
             "retries": {"limit": 2, "backoff": {"initial": "1s", "factor": 1, "max": "1s", "jitter": "0s"}},
             "timeouts": {"step": "3m", "run": "30m"},
             "podTemplate": {"env": [{"name": "CHAOS_DATA_DIR", "value": str(data_dir)}]},
+            # Every run is inspected at the end: none may be collected by the default history of 50.
+            "history": {"succeeded": 10000, "failed": 10000},
         },
     }
 
