@@ -631,6 +631,31 @@ def rerun(
 # workflows and events -----------------------------------------------------------------------------------
 
 
+def _list(
+    plural: str,
+    what: str,
+    row: Callable[[Any, datetime, bool], list[str]],
+    model: type[Any],
+    columns: Any,
+    output: str,
+    cluster: Any,
+    all_namespaces: bool,
+    styles: dict[int, Callable[[str], str]] | None = None,
+) -> None:
+    """A list command's body: the objects as JSON/YAML, or a table of ``row`` of each."""
+    objs = cluster.list(plural)
+    if output != "table":
+        print(render.dump(objs, output))
+        return
+    now = _now()
+    rows = [row(_model(model, o), now, all_namespaces) for o in objs]
+    out = _out()
+    if not rows:
+        out.print(f"no {what} found", markup=False)
+        return
+    out.print(_table(columns, rows, all_namespaces, styles))
+
+
 @one_line_errors
 def workflows(
     output: OutputOpt = "table",
@@ -641,20 +666,18 @@ def workflows(
 ) -> None:
     """List workflows: Ready, triggers, and counts of active, succeeded and failed runs."""
     _check_output(output)
-    objs = _cluster(kubeconfig, context, namespace, all_namespaces).list(WORKFLOWS)
-    if output != "table":
-        print(render.dump(objs, output))
-        return
-    now = _now()
-    rows = [render.workflow_row(_model(Workflow, o), now, all_namespaces) for o in objs]
-    out = _out()
-    if not rows:
-        out.print("no workflows found", markup=False)
-        return
-    out.print(
-        _table(
-            render.WORKFLOW_COLUMNS, rows, all_namespaces, {1: lambda v: "green" if v == "True" else "red"}
-        )
+    cluster = _cluster(kubeconfig, context, namespace, all_namespaces)
+    ready: dict[int, Callable[[str], str]] = {1: lambda v: "green" if v == "True" else "red"}
+    _list(
+        WORKFLOWS,
+        "workflows",
+        render.workflow_row,
+        Workflow,
+        render.WORKFLOW_COLUMNS,
+        output,
+        cluster,
+        all_namespaces,
+        ready,
     )
 
 
@@ -668,17 +691,8 @@ def events(
 ) -> None:
     """List events: their name, id, the runs they started or resumed, or why they started none."""
     _check_output(output)
-    objs = _cluster(kubeconfig, context, namespace, all_namespaces).list(EVENTS)
-    if output != "table":
-        print(render.dump(objs, output))
-        return
-    now = _now()
-    rows = [render.event_row(_model(Event, o), now, all_namespaces) for o in objs]
-    out = _out()
-    if not rows:
-        out.print("no events found", markup=False)
-        return
-    out.print(_table(render.EVENT_COLUMNS, rows, all_namespaces))
+    cluster = _cluster(kubeconfig, context, namespace, all_namespaces)
+    _list(EVENTS, "events", render.event_row, Event, render.EVENT_COLUMNS, output, cluster, all_namespaces)
 
 
 def register(app: typer.Typer) -> None:

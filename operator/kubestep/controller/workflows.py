@@ -19,19 +19,8 @@ READY = "Ready"
 def readiness(workflow: Workflow) -> Condition:
     """``Ready`` True, or False naming the first expression that does not compile."""
     generation = workflow.metadata.generation
-    for index, trigger in enumerate(workflow.spec.triggers):
-        if trigger.if_ is None:
-            continue
-        problem = check(trigger.if_)
-        if problem is not None:
-            return Condition(
-                type=READY,
-                status="False",
-                reason="InvalidExpression",
-                observed_generation=generation,
-                message=f"spec.triggers[{index}].if: {problem}; fix the expression (CEL over `event`)",
-            )
-    keys = [(f"spec.concurrency[{i}].key", e.key) for i, e in enumerate(workflow.spec.concurrency)]
+    keys = [(f"spec.triggers[{i}].if", t.if_) for i, t in enumerate(workflow.spec.triggers)]
+    keys += [(f"spec.concurrency[{i}].key", e.key) for i, e in enumerate(workflow.spec.concurrency)]
     if workflow.spec.throttle is not None:
         keys.append(("spec.throttle.key", workflow.spec.throttle.key))
     if workflow.spec.priority is not None:
