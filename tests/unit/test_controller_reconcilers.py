@@ -407,6 +407,10 @@ def test_after_a_restart_a_recorded_execution_without_a_job_is_lost_and_its_name
     world.reconcile()
     (execution,) = world.active()
     world.restart()  # the debt was in memory only: who knows whether the Job was created and deleted
+    # First the pod watch gets time to hand over a last state of its pod: nothing is decided meanwhile.
+    assert world.reconcile() == Result.requeue_at(world.now + runs.MISSING_GRACE)
+    assert world.active() == [execution]
+    world.now += runs.MISSING_GRACE
     world.reconcile()
     assert Call("create_job", execution) not in world.kube.calls
     (retry,) = world.active()
@@ -414,6 +418,30 @@ def test_after_a_restart_a_recorded_execution_without_a_job_is_lost_and_its_name
     assert world.jobs() == [retry]
     status = world.run().status
     assert status.discovery_failures + sum(s.disruptions for s in status.steps) == 1  # recorded, not silent
+
+
+def test_a_vanished_execution_whose_pod_ending_arrives_late_is_recorded_on_the_step_it_had_started() -> None:
+    # The Job watch can be ahead of the pod watch: Job and pod are gone from the API before the pod's
+    # last state (its report: the step it had started) is handed over. Deciding then would blame the
+    # runner for a step attempt the user can see in the step's log.
+    world = World()
+    a_run(world)
+    world.reconcile()
+    (execution,) = world.active()
+    del world.kube.store[(JOBS, NS, execution)]  # deleted with its pod; the pod watch has said nothing yet
+    result = world.reconcile()
+    assert world.active() == [execution] and world.run().status.steps == []
+    assert result == Result.requeue_at(world.now + runs.MISSING_GRACE)
+    world.now += timedelta(seconds=1)
+    started = Report(kind=ReportKind.STARTED, step=StepRef(id="enrich", name="enrich"))
+    pod = pod_state(True)
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["message"] = encode_report(started)[0]
+    runs.remember_pod_ending(world.ctl, NS, RUN.name, execution, pod)
+    world.reconcile()
+    (step,) = world.run().status.steps
+    assert [(a.job, a.result.value if a.result else None) for a in step.attempts] == [(execution, "Lost")]
+    assert world.run().status.discovery_failures == 0
+    assert world.ctl.missing[(NS, RUN.name)] == {}
 
 
 def test_a_job_refused_as_invalid_is_told_and_recorded_by_a_pass_at_once() -> None:

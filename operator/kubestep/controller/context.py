@@ -80,6 +80,10 @@ class Controller:
     A deleted pod can be gone by the time its Job is marked failed; what it reported (the step it had
     started) is kept here until the attempt is recorded.
     """
+    missing: dict[tuple[str, str], dict[str, datetime]] = field(default_factory=dict)
+    """Recorded executions found with neither Job nor pod, by (namespace, run), then Job name: when first
+    found so. The pod watch may not have handed over a deleted pod's last state yet (it can lag the Job
+    watch): the attempt is called Lost only once that had time to arrive."""
     rejected: dict[tuple[str, str], str] = field(default_factory=dict)
     """Jobs the API server refused to create, by (namespace, Job name): why. Recorded as failed attempts."""
     owed: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)

@@ -302,7 +302,7 @@ def register(
                 queue.add(Key("run", namespace, owner["name"]))
 
     @kopf.on.event("", "v1", "pods", labels={builders.LABEL_MANAGED: builders.MANAGER}, **on)  # type: ignore[arg-type]
-    def pod_changed(
+    async def pod_changed(
         event: dict[str, Any],
         namespace: str,
         body: kopf.Body,
@@ -325,7 +325,8 @@ def register(
             if observe.held_up(status) or observe.terminated_state(status):
                 queue.add(Key("run", namespace, run))
             return
-        # Remember how it ended: once deleted, the pod (and the step its report named) is gone.
+        # Remember how it ended: once deleted, the pod (and the step its report named) is gone. (Async: with
+        # no hop to a thread, a pass seldom sees the pod gone from the watch cache before it is remembered.)
         pod = {
             "metadata": {k: meta.get(k) for k in ("name", "creationTimestamp", "deletionTimestamp")},
             "status": {k: v for k, v in (body.get("status") or {}).items() if k != "initContainerStatuses"},

@@ -55,6 +55,9 @@ CHAIN_LOG_LINES = 100_000
 LARGE_STATE_BYTES = 64 * 1024
 #: A Job with no pod this old is asked why (its Events): younger ones are just being started.
 JOB_EVENTS_AFTER = timedelta(seconds=10)
+#: How long a recorded execution with neither Job nor pod waits for the pod watch to hand over its pod's
+#: last state (the step it had started, or finished) before its attempt is called Lost without it.
+MISSING_GRACE = timedelta(seconds=5)
 
 
 async def reconcile_run(ctl: Controller, key: Key) -> Result:
@@ -78,7 +81,8 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
         # The CRD's schema makes this unlikely; never crash on a user's object, say it once per change.
         log.warning("run %s/%s is unusable and is left alone: %s", key.namespace, key.name, exc)
         return Result.done()
-    observed = await _observe(ctl, run)
+    wakeups: list[datetime] = []
+    observed = await _observe(ctl, run, wakeups)
     decision = decide(run, observed, ctl.clock())
     await _carry_out(ctl, obj, run, decision)
     # Executions are started only once the status that records them is saved, so a Job name is used once:
@@ -109,6 +113,7 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
         await _after_save(ctl, key, run, decision.status)
     # The engine's timers (a backoff, a sleep, a timeout); a refused Job is recorded by a pass at once.
     timers = [requeue.when for requeue in decision.of(RequeueAt)] + ([ctl.clock()] if refused else [])
+    timers += wakeups
     return Result.requeue_at(min(timers, default=None))
 
 
@@ -147,14 +152,16 @@ def _forget(ctl: Controller, key: Key) -> None:
     METRICS.run_gone(key.namespace, key.name)
     ctl.pod_endings.pop((key.namespace, key.name), None)
     ctl.owed.pop((key.namespace, key.name), None)
+    ctl.missing.pop((key.namespace, key.name), None)
     cache.forget_run(ctl, key.namespace, key.name)
 
 
-async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
+async def _observe(ctl: Controller, run: WorkflowRun, wakeups: list[datetime]) -> Observed:
+    """What the engine decides from; ``wakeups`` gets when to look again at what is not known yet."""
     outcomes: list[Outcome] = []
     stalled: list[Stalled] = []
     for execution in run.status.active:
-        ended = await _execution_outcome(ctl, run, execution.name, stalled)
+        ended = await _execution_outcome(ctl, run, execution.name, stalled, wakeups)
         if ended is not None:
             outcomes.append(ended)
     namespace = run.metadata.namespace or ""
@@ -180,10 +187,10 @@ async def _observe(ctl: Controller, run: WorkflowRun) -> Observed:
 
 
 async def _execution_outcome(
-    ctl: Controller, run: WorkflowRun, name: str, stalled: list[Stalled]
+    ctl: Controller, run: WorkflowRun, name: str, stalled: list[Stalled], wakeups: list[datetime]
 ) -> Outcome | None:
     """How execution ``name`` ended, or None while it runs (adding it to ``stalled`` if its pod has not
-    started)."""
+    started, and to ``wakeups`` when to look again if its end is not known yet)."""
     namespace = run.metadata.namespace or ""
     rejected = ctl.rejected.get((namespace, name))
     if rejected is not None:
@@ -209,6 +216,14 @@ async def _execution_outcome(
     seen = ctl.pod_endings.get((namespace, run.metadata.name), {}).get(name)
     if seen is not None and not observe.terminated_state(pod):
         pod = seen  # the pod went away (or has not said how it ended); what it said before is what counts
+    if job is None and pod is None:
+        # Both gone, and the pod watch has handed over nothing yet: it may be behind the Job watch with the
+        # pod's last state (the step a discovery execution had started, a final report). Wait for it.
+        missing = ctl.missing.setdefault((namespace, run.metadata.name), {})
+        since = missing.setdefault(name, ctl.clock())
+        if ctl.clock() < since + MISSING_GRACE:
+            wakeups.append(since + MISSING_GRACE)
+            return None
     log_text = None
     ended = observe.outcome(name, job, pod)
     needs_log = observe.report_needs_log(pod)
@@ -392,6 +407,7 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
         if execution.name not in still:
             # Its outcome is recorded: the input it was given is no longer needed.
             endings.pop(execution.name, None)
+            ctl.missing.get((namespace, key.name), {}).pop(execution.name, None)
             ctl.rejected.pop((namespace, execution.name), None)
             if (namespace, execution.name) in ctl.large_states:
                 ctl.large_states.discard((namespace, execution.name))
