@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fake_kube import JOBS, PODS, SECRETS, Call
-from test_controller_reconcilers import NS, RUN, FakeIndices, World, a_running_run, report
+from test_controller_reconcilers import NS, RUN, FakeIndices, World, a_running_run, report, workflow_obj
 
 from kubestep.api.report import Report, ReportKind
 from kubestep.api.run import RunPhase
-from kubestep.controller.context import Controller
-from kubestep.controller.kube import RUNS
+from kubestep.controller.context import Controller, Key
+from kubestep.controller.kube import RUNS, WORKFLOWS
+from kubestep.controller.queue import Result
 
 READS = ("get", "get_job", "job_pods")
 COMPLETED = Report(kind=ReportKind.COMPLETED, output=3)
@@ -29,10 +30,13 @@ class CachedIndices(FakeIndices):
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    workflows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def sync(self, *kinds: str) -> None:
         """The watches of ``kinds`` (default: all) caught up with the API server."""
-        kinds = kinds or (RUNS, JOBS, PODS)
+        kinds = kinds or (RUNS, JOBS, PODS, WORKFLOWS)
+        if WORKFLOWS in kinds:
+            self.workflows = {o["metadata"]["name"]: o for o in self.kube.objects(WORKFLOWS, NS)}
         if RUNS in kinds:
             self.runs = {o["metadata"]["name"]: o for o in self.kube.objects(RUNS, NS)}
         if JOBS in kinds:
@@ -52,6 +56,9 @@ class CachedIndices(FakeIndices):
 
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return copy.deepcopy(self.pods.get(job, []))
+
+    def workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.workflows.get(name))
 
 
 def cached_world() -> tuple[World, CachedIndices]:
@@ -188,3 +195,47 @@ def test_a_large_state_secret_is_deleted_as_soon_as_its_attempt_is_recorded() ->
     cache.sync()
     world.reconcile()
     assert Call("delete_secret", job) in world.kube.calls
+
+
+# Workflows ------------------------------------------------------------------------------------------------
+
+
+WORKFLOW = Key("workflow", NS, "contacts")
+
+
+def test_a_workflows_count_pass_reads_it_from_the_cache_once_the_watch_has_its_own_last_write() -> None:
+    world, cache = cached_world()
+    world.kube.put(WORKFLOWS, workflow_obj())
+    cache.sync()
+    # A new process knows no version of it yet: its first pass reads from the API, then writes its counts.
+    assert world.reconcile(WORKFLOW) == Result.done()
+    assert world.kube.methods("get") == ["get"] and world.kube.methods("replace_status") == ["replace_status"]
+    # The watch has not seen that write yet: the cached copy is older, and would conflict. Read again.
+    a_running_run(world)
+    world.reconcile(WORKFLOW)
+    assert world.kube.methods("get") == ["get"]
+    cache.sync()
+    world.reconcile(WORKFLOW)
+    assert world.kube.methods("get") == []
+    obj = world.kube.peek(WORKFLOWS, NS, "contacts")
+    assert obj is not None and obj["status"]["active"] == 1
+
+
+def test_a_workflow_changed_by_its_user_is_read_from_the_api_before_its_status_is_written() -> None:
+    world, cache = cached_world()
+    world.kube.put(WORKFLOWS, workflow_obj())
+    cache.sync()
+    world.reconcile(WORKFLOW)
+    cache.sync()
+    world.kube.touch(WORKFLOWS, NS, "contacts", spec={**workflow_obj()["spec"], "function": "other:flow"})
+    cache.sync()
+    assert world.reconcile(WORKFLOW) == Result.done()
+    assert world.kube.methods("get") == ["get"]  # a version this process did not write: read it
+
+
+def test_an_admission_pass_reads_the_workflows_spec_from_the_cache() -> None:
+    world, cache = cached_world()
+    world.kube.put(WORKFLOWS, workflow_obj())
+    cache.sync()
+    world.reconcile(Key("admission", NS, "contacts"))
+    assert world.kube.methods("get") == []

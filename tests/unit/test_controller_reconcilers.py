@@ -88,6 +88,9 @@ class FakeIndices:
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return []
 
+    def workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None
+
 
 class World:
     """A fake API server, the operator's memory (a :class:`Controller`) and a clock one can move."""

@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from kubestep.api.run import RunPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import Workflow, WorkflowSpec
-from kubestep.controller import builders
+from kubestep.controller import builders, cache
 from kubestep.controller.context import Controller, Key
-from kubestep.controller.kube import RUNS, WORKFLOWS, Conflict, NotFound, Obj
+from kubestep.controller.kube import RUNS, Conflict, NotFound, Obj
 from kubestep.controller.queue import Result
 from kubestep.engine import admission
 
@@ -28,7 +28,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     """Grant what the workflow's limits allow to its waiting runs; API errors are raised."""
     spec: WorkflowSpec | None = None
     try:
-        spec = Workflow.model_validate(await ctl.kube.get(WORKFLOWS, key.namespace, key.name)).spec
+        spec = Workflow.model_validate(await cache.workflow(ctl, key.namespace, key.name)).spec
     except NotFound:
         pass  # its runs still finish: each under the limits it was started with
     except ValidationError:

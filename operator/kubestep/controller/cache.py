@@ -9,7 +9,9 @@ goes to the API server whenever the cached copy cannot be trusted for the decisi
 - a finished Job whose cached pod shows no end yet has its pods listed from the API (the pod watch may
   be behind the Job watch, and a pod without an end would read as one the cluster took away);
 - a run is read from the cache only at the newest ``resourceVersion`` this process has seen of it
-  (read or written); any other cached version may be older, so the run is read from the API.
+  (read or written); any other cached version may be older, so the run is read from the API. The same
+  holds for a Workflow whose status is to be written; one only read for its spec (admission) is taken
+  from the cache as it is: a change of the spec queues that pass again once the watch has it.
 
 A cached Job still running that has in fact ended is harmless: its watch event queues the run again.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 from kubestep.controller import observe
 from kubestep.controller.context import Controller
-from kubestep.controller.kube import RUNS, NotFound, Obj
+from kubestep.controller.kube import RUNS, WORKFLOWS, NotFound, Obj
 
 
 async def run(ctl: Controller, namespace: str, name: str) -> Obj:
@@ -30,6 +32,32 @@ async def run(ctl: Controller, namespace: str, name: str) -> Obj:
     fresh = await ctl.kube.get(RUNS, namespace, name)
     saw_run(ctl, fresh)
     return fresh
+
+
+async def workflow(ctl: Controller, namespace: str, name: str, to_write: bool = False) -> Obj:
+    """The Workflow, from the cache unless ``to_write`` and the cached copy is not the newest version seen
+    (NotFound if gone)."""
+    cached = ctl.indices.workflow(namespace, name)
+    newest = ctl.workflow_versions.get((namespace, name))
+    if cached is not None and (
+        not to_write or (newest is not None and cached["metadata"].get("resourceVersion") == newest)
+    ):
+        return cached
+    fresh = await ctl.kube.get(WORKFLOWS, namespace, name)
+    saw_workflow(ctl, fresh)
+    return fresh
+
+
+def saw_workflow(ctl: Controller, obj: Obj) -> None:
+    """Note the version of a Workflow just read from or written to the API."""
+    meta = obj.get("metadata") or {}
+    if meta.get("resourceVersion"):
+        ctl.workflow_versions[(meta["namespace"], meta["name"])] = str(meta["resourceVersion"])
+
+
+def forget_workflow(ctl: Controller, namespace: str, name: str) -> None:
+    """Drop what is known of a Workflow that is gone or changed meanwhile."""
+    ctl.workflow_versions.pop((namespace, name), None)
 
 
 def saw_run(ctl: Controller, obj: Obj) -> None:

@@ -56,6 +56,9 @@ class Indices(Protocol):
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         """The pods of a step Job as their watch last saw them (metadata and status only)."""
 
+    def workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Workflow as its watch last saw it."""
+
 
 def utcnow() -> datetime:
     """The operator's clock."""
@@ -93,6 +96,9 @@ class Controller:
     large_states: set[tuple[str, str]] = field(default_factory=set)
     """State Secrets too large to keep until their run ends, by (namespace, name): deleted as soon as their
     execution is recorded. The others are deleted together, in one request, when the run ends."""
+    workflow_versions: dict[tuple[str, str], str] = field(default_factory=dict)
+    """The newest ``resourceVersion`` of each Workflow this process read from the API or wrote, by
+    (namespace, name): its status is written only from that version (a cached older one would conflict)."""
     run_versions: dict[tuple[str, str], str] = field(default_factory=dict)
     """The newest ``resourceVersion`` of each run this process read from the API or wrote, by (namespace,
     run): a cached copy at another version may be behind, and is read again from the API."""

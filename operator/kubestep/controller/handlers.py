@@ -68,6 +68,9 @@ class KopfIndices:
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return next(iter(self._get("job_cache", (namespace, name))), None)
 
+    def workflow(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return next(iter(self._get("workflow_cache", (namespace, name))), None)
+
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         return self._get("pod_cache", (namespace, job))
 
@@ -157,6 +160,15 @@ def register(
     def run_cache(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Hashable, dict[str, Any]]:
         if (body.get("status") or {}).get("phase") in _FINISHED:
             return {}
+        return {
+            (namespace, name): {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
+        }
+
+    # Workflows are few and small, and read by every admission and count pass: kept whole.
+    @kopf.index(GROUP, VERSION, "workflows", id="workflow_cache", **on)  # type: ignore[arg-type]
+    def workflow_cache(
+        namespace: str, name: str, body: kopf.Body, **_: Any
+    ) -> dict[Hashable, dict[str, Any]]:
         return {
             (namespace, name): {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
         }

@@ -7,7 +7,7 @@ from pydantic import ValidationError
 from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.run import RunPhase
 from kubestep.api.workflow import Workflow, WorkflowStatus
-from kubestep.controller import history, schedules
+from kubestep.controller import cache, history, schedules
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import WORKFLOWS, Conflict, NotFound, Obj
 from kubestep.controller.queue import Result
@@ -52,8 +52,9 @@ def readiness(workflow: Workflow) -> Condition:
 async def reconcile_workflow(ctl: Controller, key: Key) -> Result:
     """Write the workflow's status from its spec and from the runs index; API errors are raised."""
     try:
-        obj = await ctl.kube.get(WORKFLOWS, key.namespace, key.name)
+        obj = await cache.workflow(ctl, key.namespace, key.name, to_write=True)
     except NotFound:
+        cache.forget_workflow(ctl, key.namespace, key.name)
         return Result.done()
     try:
         workflow = Workflow.model_validate(obj)
@@ -93,7 +94,9 @@ async def reconcile_workflow(ctl: Controller, key: Key) -> Result:
 
 async def _save(ctl: Controller, obj: Obj, status: WorkflowStatus) -> Result:
     try:
-        await ctl.kube.replace_status(WORKFLOWS, obj, status.to_dict())
+        cache.saw_workflow(ctl, await ctl.kube.replace_status(WORKFLOWS, obj, status.to_dict()))
     except (Conflict, NotFound):
-        return Result.again()  # changed meanwhile: count again from what is there now
+        meta = obj["metadata"]
+        cache.forget_workflow(ctl, meta["namespace"], meta["name"])
+        return Result.again()  # changed meanwhile: count again from what is there now, read from the API
     return Result.done()
