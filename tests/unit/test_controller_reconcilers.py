@@ -659,6 +659,17 @@ def test_an_event_whose_run_could_not_be_created_is_retried_and_starts_it_once()
     assert len(started_runs(world)) == 1
 
 
+def test_an_event_whose_run_is_refused_says_so_not_that_an_expression_failed() -> None:
+    world = World()
+    world.kube.put(WORKFLOWS, workflow_obj())
+    key = an_event(world)
+    world.kube.fail("create", Rejected('workflowruns "x" is forbidden: exceeded quota', 403))
+    world.reconcile(key)
+    condition = processed(world, "upload-1")
+    assert condition["reason"] == "RunNotStarted", condition
+    assert "exceeded quota" in condition["message"] and "`if`" not in condition["message"]
+
+
 def test_an_event_that_is_gone_is_done() -> None:
     world = World()
     assert world.reconcile(Key("event", NS, "nope")) == Result.done()

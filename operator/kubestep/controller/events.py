@@ -31,6 +31,9 @@ class _Verdict:
     started: list[EventRunRef] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    """Why a run was not started: an unusable workflow, a refused run."""
+    failed_ifs: list[str] = field(default_factory=list)
+    """Triggers whose `if` could not be evaluated on this event."""
 
 
 async def reconcile_event(ctl: Controller, key: Key) -> Result:
@@ -95,7 +98,7 @@ async def _start_runs(ctl: Controller, event: Event) -> _Verdict:
             )
         found = match(workflow.spec, payload)
         if found.error:
-            verdict.errors.append(f"workflow {workflow.metadata.name}: {found.error}")
+            verdict.failed_ifs.append(f"workflow {workflow.metadata.name}: {found.error}")
         if not found.matched:
             continue
         await _start_run(ctl, workflow, event, created, verdict)
@@ -180,7 +183,7 @@ async def _refuse(ctl: Controller, obj: dict[str, Any], exc: ValidationError, no
 
 
 def _condition(event: Event, verdict: _Verdict) -> Condition:
-    errors = "; ".join(verdict.errors)
+    errors = "; ".join(verdict.failed_ifs + verdict.errors)
     if verdict.started:
         runs = ", ".join(f"{r.run} ({r.workflow})" for r in verdict.started)
         message = f"started {len(verdict.started)} run(s): {runs}" + (f"; errors: {errors}" if errors else "")
@@ -191,7 +194,14 @@ def _condition(event: Event, verdict: _Verdict) -> Condition:
             "window start nothing; give the event a new spec.id to start another run"
         )
         return Condition(type=PROCESSED, status="True", reason="Duplicate", message=message)
-    if errors:
+    if verdict.errors:
+        return Condition(
+            type=PROCESSED,
+            status="True",
+            reason="RunNotStarted",
+            message=f"no run started: {errors}; fix what is named and publish a new Event",
+        )
+    if verdict.failed_ifs:
         return Condition(
             type=PROCESSED,
             status="True",
