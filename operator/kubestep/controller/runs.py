@@ -390,8 +390,13 @@ async def _ignore_missing(call: Awaitable[object]) -> None:
 
 
 async def _note(ctl: Controller, obj: Obj, note: Note) -> None:
+    # One line per note: a step's log tail quoted in it (a user's traceback) never reads as the operator's.
     (log.warning if note.warning else log.info)(
-        "%s/%s: %s: %s", obj["metadata"]["namespace"], obj["metadata"]["name"], note.reason, note.message
+        "%s/%s: %s: %s",
+        obj["metadata"]["namespace"],
+        obj["metadata"]["name"],
+        note.reason,
+        note.message.replace("\n", " ⏎ "),
     )
     try:
         await ctl.recorder.record(ctl.kube, obj, note, ctl.clock())
