@@ -322,3 +322,14 @@ def test_a_process_killed_mid_step_leaves_the_started_report_naming_the_step(flo
     report = decode_report(report_path.read_text())
     assert report.kind is ReportKind.STARTED
     assert report.step == StepRef(id="hang", name="hang", type=StepType.RUN)
+
+
+def test_a_step_pods_runner_does_not_load_the_resource_models() -> None:
+    # Every step pod starts an interpreter that imports the runner: the Workflow and WorkflowRun models
+    # (a third of that start's CPU) are the operator's, not the pod's.
+    code = "import sys, kubestep.runner.main; print(' '.join(sorted(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": str(Path(kubestep.__file__).parent.parent)}
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    modules = set(loaded.stdout.split())
+    assert "kubestep.api.report" in modules
+    assert not modules & {"kubestep.api.workflow", "kubestep.api.run", "kubestep.api.event"}, modules

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 
 from kubestep.api.base import Model
 from kubestep.api.policy import CodeOptions
-from kubestep.api.run import StepType
+from kubestep.api.steps import StepType
 
 #: Marks the log line that carries a report too large for the termination message.
 LOG_REPORT_MARKER = "::kubestep-report::"

@@ -12,6 +12,7 @@ from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
 from kubestep.api.event import EventSpec
 from kubestep.api.flow import RunAdmission
 from kubestep.api.policy import StepPolicyStatus
+from kubestep.api.steps import StepType as StepType
 from kubestep.api.workflow import WorkflowSpec
 
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
@@ -38,16 +39,6 @@ class RunPhase(StrEnum):
     def finished(self) -> bool:
         """True when nothing more will happen to the run."""
         return self in (RunPhase.SUCCEEDED, RunPhase.FAILED, RunPhase.CANCELLED)
-
-
-class StepType(StrEnum):
-    """What kind of step a step is."""
-
-    RUN = "run"
-    SLEEP = "sleep"
-    WAIT_FOR_EVENT = "wait_for_event"
-    INVOKE = "invoke"
-    SEND_EVENT = "send_event"
 
 
 class StepPhase(StrEnum):

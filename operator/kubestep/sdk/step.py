@@ -18,7 +18,7 @@ from kubestep.api.durations import parse_duration
 from kubestep.api.names import sent_event_name
 from kubestep.api.policy import CodeOptions
 from kubestep.api.report import MemoEntry, Report, ReportError, ReportKind, RunnerState, StepRef
-from kubestep.api.run import StepType
+from kubestep.api.steps import StepType
 from kubestep.sdk.errors import (
     Interrupt,
     NondeterminismError,
