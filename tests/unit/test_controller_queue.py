@@ -451,3 +451,30 @@ def test_a_failure_is_logged_quietly_at_first_only_when_transient(caplog: pytest
     levels = {record.getMessage().split(":")[0]: record.levelname for record in caplog.records}
     assert levels == {"run/a": "INFO", "run/b": "WARNING"}
     assert "trying again in 1.0s" in caplog.records[0].getMessage()
+
+
+def test_keys_added_for_later_wait_until_no_other_key_waits() -> None:
+    async def scenario(queue: WorkQueue, rec: Recorder) -> None:
+        queue.add("finished-1", later=True)
+        queue.add("finished-2", later=True)
+        queue.add("live-1")
+        queue.add("finished-3", later=True)
+        queue.add("live-2")
+        await until(lambda: queue.idle)
+
+    calls = run_with_workers(scenario).calls
+    assert calls == ["live-1", "live-2", "finished-1", "finished-2", "finished-3"]
+
+
+def test_a_key_waiting_for_later_that_is_added_again_now_is_handled_now_and_once() -> None:
+    async def scenario(queue: WorkQueue, rec: Recorder) -> None:
+        queue.add("a", later=True)
+        queue.add("b", later=True)
+        queue.add("live")
+        queue.add("b")  # it changed meanwhile: now it matters
+        queue.add("b", later=True)  # and asking for later again does not put it back
+        assert queue.depth == 3
+        await until(lambda: queue.idle)
+        await settle()
+
+    assert run_with_workers(scenario).calls == ["live", "b", "a"]

@@ -293,7 +293,7 @@ def register(
         if queue is None:
             return
         if event.get("type") != "DELETED":
-            queue.add(Key("run", namespace, name))
+            queue.add(Key("run", namespace, name), later=_settled(spec, status))
         queue.add(Key("workflow", namespace, spec.get("workflowRef", {}).get("name", "")))
         # A run that wants a slot, or frees one (its Job ended, it ended, it was deleted): admission again.
         queue.add(Key("admission", namespace, spec.get("workflowRef", {}).get("name", "")))
@@ -382,6 +382,16 @@ async def _stop_workers(memo: kopf.Memo) -> None:
     for task in workers:
         task.cancel()
     await asyncio.gather(*workers, return_exceptions=True)
+
+
+def _settled(spec: dict[str, Any], status: dict[str, Any]) -> bool:
+    """A finished run whose end is announced and whose reruns are started: its pass can wait for live work
+    (after a restart every run is listed, and the finished ones may be thousands)."""
+    return (
+        status.get("phase") in _FINISHED
+        and status.get("announced") is not False  # None: it publishes no end Event
+        and len(spec.get("rerunRequests") or []) <= int(status.get("rerunRequestsHandled") or 0)
+    )
 
 
 def _queue(memo: kopf.Memo) -> WorkQueue | None:

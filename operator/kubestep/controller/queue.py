@@ -20,6 +20,7 @@ and grows with every requeue or failure in a row; of two times asked for a key, 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -101,19 +102,28 @@ class WorkQueue:
 
     def __init__(self, backoff: Backoff | None = None) -> None:
         self.backoff = backoff or Backoff()
-        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
-        self._pending: set[Hashable] = set()
+        # (lane, order, key): a key queued urgently again while it waits in the later lane gets a second
+        # entry; the one taken first wins and the other is skipped as stale.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, Hashable]] = asyncio.PriorityQueue()
+        self._order = itertools.count()
+        self._pending: dict[Hashable, int] = {}
+        """Keys waiting for a worker, and the lane each waits in (0 now, 1 later)."""
         self._active: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._timers: dict[Hashable, tuple[datetime, asyncio.TimerHandle]] = {}
 
-    def add(self, key: Hashable) -> None:
-        """Reconcile ``key`` as soon as a worker is free."""
+    def add(self, key: Hashable, later: bool = False) -> None:
+        """Reconcile ``key`` as soon as a worker is free; with ``later``, once no other key waits.
+
+        ``later`` is for keys whose pass is rarely needed at once (a finished run seen when the operator
+        starts): live work is not held up behind them, however many there are.
+        """
+        lane = 1 if later else 0
         if key in self._active:
             self._dirty.add(key)
-        elif key not in self._pending:
-            self._pending.add(key)
-            self._queue.put_nowait(key)
+        elif self._pending.get(key, 2) > lane:
+            self._pending[key] = lane
+            self._queue.put_nowait((lane, next(self._order), key))
 
     def add_at(self, key: Hashable, when: datetime) -> None:
         """Reconcile ``key`` at ``when`` (the earliest of all times asked for wins)."""
@@ -152,8 +162,10 @@ class WorkQueue:
     async def work(self, handler: Handler) -> None:
         """Take keys forever, run ``handler`` on each and act on the :class:`Result` it returns."""
         while True:
-            key = await self._queue.get()
-            self._pending.discard(key)
+            lane, _, key = await self._queue.get()
+            if self._pending.get(key) != lane:
+                continue  # taken already from the other lane
+            del self._pending[key]
             self._active.add(key)
             try:
                 result = await handler(key)
