@@ -305,10 +305,9 @@ class RunGather(Model):
     """While true, the run takes in new events of its key and waits in phase `Queued`; the operator
     sets it false when it releases the run."""
     first_at: datetime
-    """When its first event arrived (the Event's creation): `batch.timeout` and `debounce.timeout` count
-    from here."""
+    """When the operator took in its first event: `batch.timeout` and `debounce.timeout` count from here."""
     last_at: datetime
-    """When its newest event arrived: `debounce.period` counts from here."""
+    """When the operator took in its newest event: `debounce.period` counts from here."""
     count: int = Field(default=1, ge=1)
     """Events taken in so far (for `Debounce`, the replaced ones included)."""
     events: list[RunEvent] = Field(default_factory=list, max_length=MAX_BATCH_SIZE)

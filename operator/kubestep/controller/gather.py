@@ -70,6 +70,8 @@ async def gather_event(ctl: Controller, workflow: Workflow, event: Event, create
     spec = event.spec.completed(event.metadata.uid or event.metadata.name, created)
     run_event = RunEvent.model_validate({**spec.model_dump(), "source": event.metadata.name})
     key = decide.key_of(policy, run_event.as_payload())
+    # Held by when the operator takes the event in: a backlog found after an outage is one burst.
+    taken = ctl.clock()
     selector = f"{LABEL_GATHER}={decide.key_label(key)}"
     for _ in range(_TRIES):
         objs = {
@@ -78,7 +80,7 @@ async def gather_event(ctl: Controller, workflow: Workflow, event: Event, create
             if (o.get("spec") or {}).get("workflowRef", {}).get("name") == wf
         }
         runs = [h for h in map(_held, objs.values()) if h is not None]
-        joined = decide.join(policy, key, runs, run_event, created)
+        joined = decide.join(policy, key, runs, run_event, taken)
         if joined.action is decide.JoinAction.ALREADY:
             return Gathered(run=joined.run)
         if joined.action is decide.JoinAction.SUPERSEDED:

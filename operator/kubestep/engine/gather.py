@@ -13,8 +13,8 @@ lets only one writer through:
   `timeout` after its first.
 
 A released run (`open: false`) waits for admission like any other run: `spec.concurrency` and
-`spec.throttle` still apply. Times are the Events' creation times, so a late-processed event counts when
-it arrived.
+`spec.throttle` still apply. Times are when the operator took each event in (normally within moments of
+its creation): a backlog found after an outage is taken in as one burst.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _contains(run: Held, source: str | None) -> bool:
 
 
 def join(policy: Policy, key: str, runs: Iterable[Held], event: RunEvent, arrived: datetime) -> Join:
-    """Where ``event`` (of key ``key``, created at ``arrived``) goes, given the runs of that key."""
+    """Where ``event`` (of key ``key``, taken in at ``arrived``) goes, given the runs of that key."""
     mine = [r for r in runs if r.gather.key == key]
     for run in mine:
         if _contains(run, event.source):
