@@ -11,8 +11,10 @@ import pytest
 from pydantic import ValidationError
 from test_controller_reconcilers import NS, World, event_obj, workflow_obj
 
+import kubestep
 from kubestep.api.base import ObjectMeta
-from kubestep.api.flow import ADMITTED, QueueReason
+from kubestep.api.flow import ADMITTED, QueueReason, RunAdmission
+from kubestep.api.report import RunnerState
 from kubestep.api.run import (
     GatherKind,
     RunEvent,
@@ -37,6 +39,8 @@ from kubestep.engine.gather import (
     release_at,
     waiting,
 )
+from kubestep.sdk.step import Replay
+from kubestep.sdk.workflow import Context
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -442,3 +446,31 @@ def test_a_batch_is_ordered_by_event_time_whatever_order_its_events_are_taken_in
     assert joined.action is JoinAction.ADD and joined.gather is not None
     assert [e.source for e in joined.gather.events] == ["a", "b"]
     assert joined.event is not None and joined.event.source == "a"  # `ctx.event` is the first
+
+
+# What the function sees ---------------------------------------------------------------------------------
+
+
+def test_a_batched_run_sees_its_events_and_any_other_run_its_one_event() -> None:
+    seen: list[Context] = []
+
+    @kubestep.workflow("echo")
+    def echo(ctx: Context, step: kubestep.Step) -> None:
+        seen.append(ctx)
+
+    first, second = {"name": "doc/edited", "data": {"n": 1}}, {"name": "doc/edited", "data": {"n": 2}}
+    Replay(RunnerState(run="r", function="m:f", event=first, events=[first, second]), now=lambda: T0).run(
+        echo
+    )
+    Replay(RunnerState(run="r", function="m:f", event=second), now=lambda: T0).run(echo)
+    batched, single = seen
+    assert [e.data for e in batched.events] == [{"n": 1}, {"n": 2}] and batched.event.data == {"n": 1}
+    assert [e.data for e in single.events] == [{"n": 2}]
+
+
+def test_the_runner_is_given_a_batchs_events_in_order() -> None:
+    run = gather_run(gathered(B, 0, 0, events=[ev("e1", i=1), ev("e2", i=2)], open=False))
+    run.status.admission = RunAdmission(admitted_at=T0)
+    decision = decide(run, Observed(), at(1))
+    (start,) = [a for a in decision.actions if isinstance(a, StartExecution)]
+    assert [e["data"] for e in start.state.events] == [{"i": 1}, {"i": 2}]

@@ -121,10 +121,11 @@ def join(policy: Policy, key: str, runs: Iterable[Held], event: RunEvent, arrive
     if newest is None:
         return _create(policy, key, 0, event, arrived)
     gather = newest.gather
-    is_open = gather.open and not newest.finished
+    # A run held the other way (the workflow switched between debounce and batch) takes nothing more.
+    is_open = gather.open and not newest.finished and gather.kind is kind_of(policy)
     if isinstance(policy, Debounce):
         # Out of order (processed after a newer one): the newer event already stands for it.
-        if arrived < gather.last_at:
+        if arrived < gather.last_at and gather.kind is GatherKind.DEBOUNCE:
             return Join(JoinAction.SUPERSEDED, run=newest.name, replaced=newest.event.source)
         if not is_open:
             return _create(policy, key, gather.generation + 1, event, arrived)
