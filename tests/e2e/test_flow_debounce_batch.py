@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +47,11 @@ def gather_workflow(**flow: Any) -> dict[str, Any]:
     }
 
 
-def event(name: str, n: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "kubestep.dev/v1alpha1",
-        "kind": "Event",
-        "metadata": {"name": name},
-        "spec": {"name": "test/gather", "data": {"n": n}},
-    }
+def event(name: str, n: int, ts: datetime | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"name": "test/gather", "data": {"n": n}}
+    if ts is not None:
+        spec["ts"] = ts.isoformat()
+    return {"apiVersion": "kubestep.dev/v1alpha1", "kind": "Event", "metadata": {"name": name}, "spec": spec}
 
 
 def stamp(value: str) -> datetime:
@@ -169,7 +167,9 @@ def test_batches_of_five_and_the_rest_after_the_timeout(
     operator: Operator, cluster: Cluster, tmp_path: Path
 ) -> None:
     ready(cluster, gather_workflow(batch={"maxSize": 5, "timeout": "5s"}))
-    cluster.apply(*[event(f"b-{i:02}", i) for i in range(12)])
+    # Sent at once, each with its own time (`ts`): a batch is ordered by it.
+    now = datetime.now(UTC)
+    cluster.apply(*[event(f"b-{i:02}", i, now + timedelta(milliseconds=10 * i)) for i in range(12)])
     runs = finished_runs(cluster, 3)
     outputs = [r["status"]["output"] for r in runs]
     sizes = [len(o["events"]) for o in outputs]

@@ -4,6 +4,7 @@ in-memory API (Events in, runs held, released, admitted, superseded Events sayin
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from kubestep.api.run import (
     WorkflowRun,
     WorkflowRunSpec,
 )
-from kubestep.api.workflow import Batch, Debounce, Trigger, WorkflowSpec
+from kubestep.api.workflow import Batch, Debounce, Trigger, Workflow, WorkflowSpec
 from kubestep.controller.context import Key
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, Conflict
 from kubestep.engine import Observed, StartExecution, decide
@@ -39,6 +40,9 @@ from kubestep.engine.gather import (
     release_at,
     waiting,
 )
+from kubestep.local.clock import VirtualClock
+from kubestep.local.driver import Driver
+from kubestep.local.executors import InProcessExecutor
 from kubestep.sdk.step import Replay
 from kubestep.sdk.workflow import Context
 
@@ -442,10 +446,14 @@ def test_a_batch_is_ordered_by_event_time_whatever_order_its_events_are_taken_in
     first = join(BATCH, "", [], timed("b", 1), at(1))
     assert first.gather is not None
     runs = [held("r0", first.gather, timed("b", 1))]
-    joined = join(BATCH, "", runs, timed("a", 0), at(0))
+    joined = join(BATCH, "", runs, timed("a", 0), at(2))
     assert joined.action is JoinAction.ADD and joined.gather is not None
     assert [e.source for e in joined.gather.events] == ["a", "b"]
     assert joined.event is not None and joined.event.source == "a"  # `ctx.event` is the first
+    # Of the same time: in the order taken in.
+    runs = [held("r0", joined.gather, joined.event)]
+    joined = join(BATCH, "", runs, timed("0", 1), at(3))
+    assert joined.gather is not None and [e.source for e in joined.gather.events] == ["a", "b", "0"]
 
 
 # What the function sees ---------------------------------------------------------------------------------
@@ -474,3 +482,57 @@ def test_the_runner_is_given_a_batchs_events_in_order() -> None:
     decision = decide(run, Observed(), at(1))
     (start,) = [a for a in decision.actions if isinstance(a, StartExecution)]
     assert [e["data"] for e in start.state.events] == [{"i": 1}, {"i": 2}]
+
+
+# `kubestep run`: the same decisions, on a virtual clock ---------------------------------------------------
+
+
+@kubestep.workflow("sender")
+def sender(ctx: Context, step: kubestep.Step) -> None:
+    """Sends `data.count` events, `data.every` apart (all at once for '0s')."""
+    for i in range(ctx.event.data["count"]):
+        step.send_event(f"send-{i}", "doc/edited", {"n": i})
+        if ctx.event.data["every"] != "0s":
+            step.sleep(f"pause-{i}", ctx.event.data["every"])
+
+
+@kubestep.workflow("collector")
+def collector(ctx: Context, step: kubestep.Step) -> dict[str, Any]:
+    return {"event": ctx.event.data["n"], "events": [e.data["n"] for e in ctx.events]}
+
+
+def local_runs(flow: dict[str, Any], count: int, every: str) -> list[WorkflowRun]:
+    """Drive a sender of ``count`` events and the collector runs they make to their ends; the collector's
+    runs, in the order they were created."""
+    clock = VirtualClock()
+    spec = WorkflowSpec.model_validate(
+        {"triggers": [{"event": "doc/edited"}], "image": "local", "function": "t:collector", **flow}
+    )
+    sending = WorkflowSpec(triggers=[Trigger(event="go")], image="local", function="t:sender")
+    workflows = {
+        "sender": Workflow(metadata=ObjectMeta(name="sender"), spec=sending),
+        "collector": Workflow(metadata=ObjectMeta(name="collector"), spec=spec),
+    }
+    executor = InProcessExecutor({"t:sender": sender, "t:collector": collector}, {}, clock.now)
+    driver = Driver(workflows, executor, clock, threading.Event(), max_decisions=10_000)
+    (name,) = driver.start(RunEvent(name="go", data={"count": count, "every": every}), "sender")
+    driver.drive([name])
+    names = [r.metadata.name for r in driver.state.runs.values() if r.spec.workflow_ref.name == "collector"]
+    return sorted(driver.drive(names), key=lambda r: r.metadata.creation_timestamp or T0)
+
+
+def test_kubestep_run_debounces_as_the_operator_does() -> None:
+    (run,) = local_runs({"debounce": {"period": "3s"}}, 5, "1s")
+    assert run.status.output == {"event": 4, "events": [4]}
+    assert run.status.started_at is not None and run.spec.gather is not None
+    assert run.status.started_at >= run.spec.gather.last_at + timedelta(seconds=3)
+    bounded = local_runs({"debounce": {"period": "3s", "timeout": "5s"}}, 12, "1s")
+    assert len(bounded) >= 2 and bounded[-1].status.output == {"event": 11, "events": [11]}
+
+
+def test_kubestep_run_batches_as_the_operator_does() -> None:
+    runs = local_runs({"batch": {"maxSize": 5, "timeout": "5s"}}, 12, "0s")
+    assert [r.status.output["events"] for r in runs] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    last = runs[-1]
+    assert last.status.started_at is not None and last.spec.gather is not None
+    assert last.status.started_at >= last.spec.gather.first_at + timedelta(seconds=5)

@@ -312,7 +312,8 @@ class RunGather(Model):
     """Events taken in so far (for `Debounce`, the replaced ones included)."""
     events: list[RunEvent] = Field(default_factory=list, max_length=MAX_BATCH_SIZE)
     """`Batch`: the events, oldest first (`ctx.events`): by their `ts` (their Event's creation, in whole
-    seconds, unless they set one), then by their Event's name. The first is also `spec.event`."""
+    seconds, unless they set one), those of the same time in the order they were taken in. The first is
+    also `spec.event`."""
 
 
 class WorkflowRunSpec(Model):

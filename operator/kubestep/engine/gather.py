@@ -146,10 +146,10 @@ def join(policy: Policy, key: str, runs: Iterable[Held], event: RunEvent, arrive
     return Join(JoinAction.ADD, newest.name, gather.generation, updated, first)
 
 
-def _order(event: RunEvent) -> tuple[datetime, str]:
-    """A batch's order: by the events' time (`ts`: their Event's creation unless they set one; whole
-    seconds), then by their Event's name, as the operator's workers may take them in any order."""
-    return event.ts or _EPOCH, event.source or ""
+def _order(event: RunEvent) -> datetime:
+    """A batch's order: by the events' time (`ts`: their Event's creation, in whole seconds, unless they
+    set one); events of the same time in the order they were taken in (the sort is stable)."""
+    return event.ts or _EPOCH
 
 
 def _create(policy: Policy, key: str, generation: int, event: RunEvent, arrived: datetime) -> Join:
