@@ -27,7 +27,7 @@ from kubestep.api.run import (
 )
 from kubestep.api.workflow import Batch, Debounce, Trigger, Workflow, WorkflowSpec
 from kubestep.controller.context import Key
-from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, Conflict
+from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, Conflict, Unavailable
 from kubestep.engine import Observed, StartExecution, decide
 from kubestep.engine.admission import must_wait
 from kubestep.engine.gather import (
@@ -536,3 +536,19 @@ def test_kubestep_run_batches_as_the_operator_does() -> None:
     last = runs[-1]
     assert last.status.started_at is not None and last.spec.gather is not None
     assert last.status.started_at >= last.spec.gather.first_at + timedelta(seconds=5)
+
+
+def test_an_event_handled_again_after_a_crash_tells_the_one_it_replaced() -> None:
+    world = flow_world({"debounce": {"period": "3s"}})
+    send(world, "e0", 0, n=0)
+    (run,) = runs(world)
+    # The operator stops after writing e1 into the run, before telling e0 or saving e1's status.
+    world.kube.fail("get", Unavailable("the API server is gone"), name=f"{EVENTS}/e0")
+    send(world, "e1", 1, n=1)
+    assert processed(world, "e0")[0] == "RunsStarted"
+    world.restart()
+    world.reconcile(Key("event", NS, "e1"))
+    reason, message = processed(world, "e0")
+    assert reason == "Debounced" and run.metadata.name in message and "e1" in message
+    assert processed(world, "e1")[0] == "RunsStarted"
+    assert [r.spec.event.data for r in runs(world)] == [{"n": 1}]

@@ -310,6 +310,9 @@ class RunGather(Model):
     """When the operator took in its newest event: `debounce.period` counts from here."""
     count: int = Field(default=1, ge=1)
     """Events taken in so far (for `Debounce`, the replaced ones included)."""
+    replaced: str | None = Field(default=None, max_length=253)
+    """`Debounce`: the Event that `spec.event` replaced last, told so (its `Processed` condition says
+    `Debounced`) by the operator, again if it stopped before."""
     events: list[RunEvent] = Field(default_factory=list, max_length=MAX_BATCH_SIZE)
     """`Batch`: the events, oldest first (`ctx.events`): by their `ts` (their Event's creation, in whole
     seconds, unless they set one), those of the same time in the order they were taken in. The first is

@@ -82,6 +82,8 @@ async def gather_event(ctl: Controller, workflow: Workflow, event: Event, create
         runs = [h for h in map(_held, objs.values()) if h is not None]
         joined = decide.join(policy, key, runs, run_event, taken)
         if joined.action is decide.JoinAction.ALREADY:
+            if joined.replaced:
+                await supersede(ctl, namespace, joined.replaced, wf, joined.run, event.metadata.name)
             return Gathered(run=joined.run)
         if joined.action is decide.JoinAction.SUPERSEDED:
             return Gathered(debounced=_superseded(wf, joined.run, joined.replaced))

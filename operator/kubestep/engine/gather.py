@@ -102,7 +102,8 @@ class Join:
     event: RunEvent | None = None
     """The run's new `spec.event` (CREATE, REPLACE, and ADD when the event sorts first in its batch)."""
     replaced: str | None = None
-    """REPLACE: the Event (its name) that the event supersedes; SUPERSEDED: the newer one."""
+    """REPLACE (and ALREADY, for the newest event of a debounced run): the Event (its name) that the event
+    supersedes; SUPERSEDED: the newer one."""
 
 
 def _contains(run: Held, source: str | None) -> bool:
@@ -116,7 +117,11 @@ def join(policy: Policy, key: str, runs: Iterable[Held], event: RunEvent, arrive
     mine = [r for r in runs if r.gather.key == key]
     for run in mine:
         if _contains(run, event.source):
-            return Join(JoinAction.ALREADY, run=run.name)
+            # Still the newest: the one it replaced may not have been told yet (a crash in between).
+            newest_held = run.event.source == event.source and run.gather.kind is GatherKind.DEBOUNCE
+            return Join(
+                JoinAction.ALREADY, run=run.name, replaced=run.gather.replaced if newest_held else None
+            )
     newest = max(mine, key=lambda r: r.gather.generation, default=None)
     if newest is None:
         return _create(policy, key, 0, event, arrived)
@@ -129,7 +134,9 @@ def join(policy: Policy, key: str, runs: Iterable[Held], event: RunEvent, arrive
             return Join(JoinAction.SUPERSEDED, run=newest.name, replaced=newest.event.source)
         if not is_open:
             return _create(policy, key, gather.generation + 1, event, arrived)
-        updated = gather.model_copy(update={"last_at": arrived, "count": gather.count + 1})
+        updated = gather.model_copy(
+            update={"last_at": arrived, "count": gather.count + 1, "replaced": newest.event.source}
+        )
         return Join(JoinAction.REPLACE, newest.name, gather.generation, updated, event, newest.event.source)
     if not is_open or len(gather.events) >= policy.max_size:
         return _create(policy, key, gather.generation + 1, event, arrived)
