@@ -27,6 +27,7 @@ JOBS, PODS, SECRETS, NOTES, LEASES = "jobs", "pods", "secrets", "core-events", "
 WRITES = frozenset(
     {
         "create",
+        "replace",
         "replace_status",
         "merge_patch",
         "create_job",
@@ -171,13 +172,15 @@ class FakeKube:
         self._enter("list_objects", plural)
         return self.objects(plural, namespace)
 
-    async def list_runs(self, namespace: str, workflow_label: str) -> list[Obj]:
-        """The WorkflowRuns labelled as runs of a workflow, read from the API server (not a cache)."""
+    async def list_runs(self, namespace: str, workflow_label: str, selector: str = "") -> list[Obj]:
+        """The WorkflowRuns labelled as runs of a workflow (and matching ``selector``, ``a=b,c=d``)."""
         self._enter("list_runs", workflow_label)
+        wanted = dict(p.split("=", 1) for p in selector.split(",") if p)
+        wanted["kubestep.dev/workflow"] = workflow_label
         return [
             o
             for o in self.objects("workflowruns", namespace)
-            if (o["metadata"].get("labels") or {}).get("kubestep.dev/workflow") == workflow_label
+            if all((o["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
 
     async def delete_object(self, plural: str, namespace: str, name: str) -> None:
@@ -189,6 +192,23 @@ class FakeKube:
         """Create a kubestep object."""
         self._enter("create", f"{plural}/{body['metadata'].get('name')}")
         return self._create(plural, namespace, body)
+
+    async def replace(self, plural: str, obj: Obj) -> Obj:
+        """Write ``obj``'s metadata and spec over the object, if it is still at the version read."""
+        meta = obj["metadata"]
+        self._enter("replace", f"{plural}/{meta['name']}")
+        stored = self.store.get((plural, meta["namespace"], meta["name"]))
+        if stored is None:
+            raise NotFound(f'{plural} "{meta["name"]}" not found', 404)
+        if stored["metadata"]["resourceVersion"] != meta["resourceVersion"]:
+            raise Conflict(
+                f'Operation cannot be fulfilled on {plural} "{meta["name"]}": the object has been modified',
+                409,
+            )
+        stored["spec"] = copy.deepcopy(obj.get("spec", {}))
+        stored["metadata"]["labels"] = copy.deepcopy(meta.get("labels") or {})
+        stored["metadata"]["resourceVersion"] = str(next(self._versions))
+        return copy.deepcopy(stored)
 
     async def replace_status(self, plural: str, obj: Obj, status: Obj) -> Obj:
         """Write ``status`` over the object's status, if the object is still at the version read."""

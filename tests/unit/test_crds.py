@@ -644,7 +644,7 @@ def test_step_timeout_not_above_run_timeout() -> None:
     assert evaluate(rule, {})
 
 
-@pytest.mark.parametrize("field", ["workflowRef", "workflow", "event"])
+@pytest.mark.parametrize("field", ["workflowRef", "workflow"])
 def test_run_inputs_are_immutable(field: str) -> None:
     crd = load("workflowruns.kubestep.dev.yaml")
     (rule,) = rules_at(crd, f".spec.{field}")
@@ -669,6 +669,22 @@ def test_duration_comparisons_stay_silent_on_values_that_do_not_parse(
     assert f"self.{first}.matches(" in rule["rule"] and f"self.{second}.matches(" in rule["rule"]
     assert evaluate(rule, {first: bad, second: "1h"})
     assert evaluate(rule, {first: "1h", second: bad})
+
+
+def test_a_runs_event_changes_only_while_the_run_holds_events() -> None:
+    crd = load("workflowruns.kubestep.dev.yaml")
+    (rule,) = [r for r in rules_at(crd, ".spec") if "self.event" in r["rule"]]
+    assert "spec.event is immutable" in rule["message"]
+    a, b = {"name": "a", "data": {"x": [1]}}, {"name": "a", "data": {"x": [2]}}
+    assert evaluate(rule, {"event": a}, {"event": dict(a)})
+    assert not evaluate(rule, {"event": b}, {"event": a})
+    held = {"kind": "Debounce", "open": True}
+    assert evaluate(rule, {"event": b, "gather": held}, {"event": a, "gather": held})
+    closed = {**held, "open": False}
+    assert not evaluate(rule, {"event": b, "gather": closed}, {"event": a, "gather": closed})
+    (closes,) = rules_at(crd, ".spec.gather")
+    assert evaluate(closes, closed, held)
+    assert not evaluate(closes, held, closed)
 
 
 def test_an_events_spec_cannot_change() -> None:

@@ -59,6 +59,8 @@ class QueueReason(StrEnum):
     CONCURRENCY_LIMITED = "ConcurrencyLimited"
     THROTTLED = "Throttled"
     WORKFLOW_PAUSED = "WorkflowPaused"
+    DEBOUNCING = "Debouncing"
+    BATCHING = "Batching"
 
 
 #: The condition a queued run carries: False while it waits, True once admitted.

@@ -57,6 +57,8 @@ class RunnerState(Model):
     """`module:function` to import."""
     event: dict[str, Any]
     """The triggering event payload."""
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    """A batched run's events, oldest first (`spec.batch`); empty otherwise (the function sees `[event]`)."""
     steps: list[MemoEntry] = Field(default_factory=list)
     """Steps reached so far, in order."""
     target: str | None = None

@@ -6,14 +6,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
 from kubestep.api.event import EventSpec
 from kubestep.api.flow import RunAdmission
 from kubestep.api.policy import StepPolicyStatus
 from kubestep.api.steps import StepType as StepType
-from kubestep.api.workflow import WorkflowSpec
+from kubestep.api.workflow import MAX_BATCH_SIZE, WorkflowSpec
 
 _PRESERVE: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 
@@ -255,8 +255,65 @@ class RerunSpec(Model):
     outputs without running them."""
 
 
+class GatherKind(StrEnum):
+    """How a run holds its workflow's events before it starts."""
+
+    DEBOUNCE = "Debounce"
+    BATCH = "Batch"
+
+
+#: Once a run has been released, its gathered events no longer change.
+_GATHER_CLOSES: dict[str, Any] = {
+    "rule": "oldSelf.open || self == oldSelf",
+    "message": "spec.gather is fixed once the run is released (open: false); send a new Event instead",
+}
+#: `spec.event` changes only while a debounced run still holds its events; the rule on the whole spec
+#: (not on the field) can read `spec.gather`.
+_EVENT_FIXED: dict[str, Any] = {
+    "rule": "(has(oldSelf.gather) && oldSelf.gather.open) || self.event == oldSelf.event",
+    "message": "spec.event is immutable: it is the event that started the run; "
+    "send a new Event to start another run",
+}
+_GATHER_KEPT: dict[str, Any] = {
+    "rule": "has(self.gather) == has(oldSelf.gather)",
+    "message": "spec.gather is set when the run is created and stays; create a new WorkflowRun instead",
+}
+
+
+class RunGather(Model):
+    """The events a run holds under `spec.debounce` or `spec.batch` of its workflow, written by the
+    operator: it adds events while `open`, then releases the run (admitted as any other run)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_GATHER_CLOSES]})
+
+    kind: GatherKind
+    """`Debounce` (`spec.event` is the newest event) or `Batch` (`events` lists them all)."""
+    key: str = Field(default="", max_length=4096)
+    """The value of the `key` expression its events share ('' without a key)."""
+    generation: int = Field(default=0, ge=0)
+    """Which run of the key this is: 0 for the first, then one more each time."""
+    open: bool = True
+    """While true, the run takes in new events of its key and waits in phase `Queued`; the operator
+    sets it false when it releases the run."""
+    first_at: datetime
+    """When the operator took in its first event: `batch.timeout` and `debounce.timeout` count from here."""
+    last_at: datetime
+    """When the operator took in its newest event: `debounce.period` counts from here."""
+    count: int = Field(default=1, ge=1)
+    """Events taken in so far (for `Debounce`, the replaced ones included)."""
+    replaced: str | None = Field(default=None, max_length=253)
+    """`Debounce`: the Event that `spec.event` replaced last, told so (its `Processed` condition says
+    `Debounced`) by the operator, again if it stopped before."""
+    events: list[RunEvent] = Field(default_factory=list, max_length=MAX_BATCH_SIZE)
+    """`Batch`: the events, oldest first (`ctx.events`): by their `ts` (their Event's creation, in whole
+    seconds, unless they set one), those of the same time in the order they were taken in. The first is
+    also `spec.event`."""
+
+
 class WorkflowRunSpec(Model):
     """The frozen inputs of a run. Editing the Workflow never changes a run already started."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_EVENT_FIXED, _GATHER_KEPT]})
 
     workflow_ref: WorkflowRef = Field(
         json_schema_extra=_immutable(
@@ -272,15 +329,12 @@ class WorkflowRunSpec(Model):
         )
     )
     """A copy of the workflow's spec taken when the run started."""
-    event: RunEvent = Field(
-        json_schema_extra=_immutable(
-            "spec.event is immutable: it is the event that started the run; "
-            "send a new Event to start another run"
-        )
-    )
-    """The triggering event."""
+    event: RunEvent
+    """The triggering event (for a debounced run: the newest event, until the run is released)."""
     parent: ParentRef | None = None
     """Set when another run invoked this one."""
+    gather: RunGather | None = None
+    """Set on a run that holds events under the workflow's `spec.debounce` or `spec.batch`."""
     cancel: bool = False
     """Set to true to cancel the run: running step pods are deleted and the run ends Cancelled."""
     rerun: RerunSpec | None = Field(

@@ -345,6 +345,80 @@ class Priority(SpecModel):
     `event.data.plan == 'enterprise' ? 300 : 0`."""
 
 
+#: The most events one run of `spec.batch` receives.
+MAX_BATCH_SIZE = 100
+
+_DEBOUNCE_PERIOD: dict[str, Any] = {
+    "rule": "!(" + _parsable("period") + ") || duration(self.period) >= duration('1s')",
+    "message": "debounce.period is shorter than 1s; use a period of at least 1s (e.g. 3s, 1m)",
+    "fieldPath": ".period",
+}
+_DEBOUNCE_TIMEOUT: dict[str, Any] = {
+    "rule": "!has(self.timeout) || !(" + _parsable("period", "timeout") + ") "
+    "|| duration(self.timeout) >= duration(self.period)",
+    "message": "debounce.timeout is shorter than debounce.period, so no event could ever be waited for; "
+    "lengthen timeout or shorten period",
+    "fieldPath": ".timeout",
+}
+_BATCH_TIMEOUT: dict[str, Any] = {
+    "rule": "!(" + _parsable("timeout") + ") || duration(self.timeout) >= duration('1s')",
+    "message": "batch.timeout is shorter than 1s; use a timeout of at least 1s (e.g. 5s, 1m)",
+    "fieldPath": ".timeout",
+}
+_DEBOUNCE_OR_BATCH: dict[str, Any] = {
+    "rule": "!has(self.debounce) || !has(self.batch)",
+    "message": "spec.debounce and spec.batch are both set; a workflow holds its events one way: keep "
+    "spec.debounce (one run with the last event) or spec.batch (one run with many events)",
+}
+
+
+class Debounce(SpecModel):
+    """Hold a workflow's events and start one run, with the last of them, once they stop arriving."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [_DEBOUNCE_PERIOD, _DEBOUNCE_TIMEOUT]}
+    )
+
+    period: SpecDuration
+    """The run starts once no event (of its key) arrived for this long, at least `1s`, e.g. `3s`. Each
+    event replaces the one held before it; the replaced Events say `Debounced` and name the run."""
+    key: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Optional CEL expression over `event` whose value debounces each separately, for example
+    `event.data.document`. An event whose key fails to evaluate counts under the empty key."""
+    timeout: SpecDuration | None = None
+    """The longest a run waits from its first event, however steadily events keep arriving (at least
+    `period`); unset: no bound."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Debounce:
+        if parse_duration(self.period) < 1:
+            raise ValueError(_DEBOUNCE_PERIOD["message"])
+        if self.timeout is not None and parse_duration(self.timeout) < parse_duration(self.period):
+            raise ValueError(_DEBOUNCE_TIMEOUT["message"])
+        return self
+
+
+class Batch(SpecModel):
+    """Hold a workflow's events and start one run for several of them (`ctx.events`)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_BATCH_TIMEOUT]})
+
+    max_size: int = Field(ge=1, le=MAX_BATCH_SIZE)
+    """The most events one run receives: the run starts as soon as it has this many."""
+    timeout: SpecDuration
+    """The run starts this long after its first event even when it has fewer than `maxSize`, at least
+    `1s`, e.g. `5s`."""
+    key: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Optional CEL expression over `event` whose value batches each separately, for example
+    `event.data.tenant`. An event whose key fails to evaluate counts under the empty key."""
+
+    @model_validator(mode="after")
+    def _timeout_at_least_a_second(self) -> Batch:
+        if parse_duration(self.timeout) < 1:
+            raise ValueError(_BATCH_TIMEOUT["message"])
+        return self
+
+
 #: Entries of `spec.steps`: enough for every step of a large workflow, small enough for the API server's
 #: cost estimate of the rules that iterate them.
 MAX_STEP_POLICIES = 64
@@ -410,6 +484,8 @@ class OnFailure(SpecModel):
 class WorkflowSpec(SpecModel):
     """What to run and when."""
 
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_DEBOUNCE_OR_BATCH]})
+
     triggers: list[Trigger] = Field(
         min_length=1, max_length=20, json_schema_extra={"x-kubernetes-validations": [_UNIQUE_TRIGGER_EVENTS]}
     )
@@ -440,6 +516,12 @@ class WorkflowSpec(SpecModel):
     """Flow control: at most `limit` run starts per `period` (plus `burst`), the rest queued in order."""
     priority: Priority | None = None
     """Flow control: moves queued runs earlier or later in their queues."""
+    debounce: Debounce | None = None
+    """Flow control: hold the events and start one run with the last, once they stop arriving for
+    `period` (per key). Not together with `batch`."""
+    batch: Batch | None = None
+    """Flow control: one run receives up to `maxSize` events (`ctx.events`), started when full or `timeout`
+    after its first. Not together with `debounce`."""
     steps: dict[str, StepPolicy] = Field(
         default_factory=dict,
         max_length=MAX_STEP_POLICIES,
@@ -475,6 +557,8 @@ class WorkflowSpec(SpecModel):
         pairs = [(c.scope, c.key or "") for c in self.concurrency]
         if len(set(pairs)) != len(pairs):
             raise ValueError(UNIQUE_CONCURRENCY["message"])
+        if self.debounce is not None and self.batch is not None:
+            raise ValueError(_DEBOUNCE_OR_BATCH["message"])
         return self
 
     @model_validator(mode="after")

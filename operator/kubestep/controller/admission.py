@@ -15,11 +15,12 @@ from pydantic import ValidationError
 
 from kubestep.api.run import RunPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import Workflow, WorkflowSpec
-from kubestep.controller import builders, cache
+from kubestep.controller import builders, cache, gather
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import RUNS, Conflict, NotFound, Obj
 from kubestep.controller.queue import Result
 from kubestep.engine import admission
+from kubestep.engine.gather import policy_of
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     except ValidationError:
         return Result.done()  # its own reconcile says why; nothing is granted meanwhile
     queued = RunPhase.QUEUED.value in ctl.indices.run_phases(key.namespace, key.name)
-    if (spec is None or not (spec.concurrency or spec.throttle)) and not queued:
+    if (spec is None or not (spec.concurrency or spec.throttle or policy_of(spec))) and not queued:
         return Result.done()  # no flow control and no run waiting: no list needed
     objs = [
         obj
@@ -51,6 +52,8 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     if spec is None:
         spec = _spec_of_newest(candidates)
     now = ctl.clock()
+    # Runs holding events (debounce, batch) are released first, then admitted like any other.
+    hold = await gather.release(ctl, candidates, now)
     decided = admission.admit(
         spec.concurrency if spec else [],
         [c for _, c in candidates.values()],
@@ -77,7 +80,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
         except Conflict:
             again = True  # changed since the list: decided again from what is there then
     # A throttle's next turn changes nothing the watches see: the pass asks to be run again then.
-    return Result(requeue=again, at=decided.at)
+    return Result(requeue=again or hold.again, at=gather.earliest(decided.at, hold.at))
 
 
 def _spec_of_newest(candidates: dict[str, tuple[Obj, admission.Candidate]]) -> WorkflowSpec | None:

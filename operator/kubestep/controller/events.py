@@ -15,9 +15,11 @@ from kubestep.api.event import Event, EventRunRef, EventStatus
 from kubestep.api.workflow import Workflow
 from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller, Key
+from kubestep.controller.gather import DEBOUNCED, gather_event
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
 from kubestep.controller.queue import Result
 from kubestep.engine.dedupe import earlier_start
+from kubestep.engine.gather import policy_of
 from kubestep.engine.lifecycle import on_failure_function
 from kubestep.engine.triggers import ID_GENERATIONS, duplicate, id_run_seed, match
 
@@ -30,6 +32,7 @@ PROCESSED = "Processed"
 class _Verdict:
     started: list[EventRunRef] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    debounced: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     """Why a run was not started: an unusable workflow, a refused run."""
     failed_ifs: list[str] = field(default_factory=list)
@@ -126,6 +129,15 @@ async def _start_run(
                 f"workflow {wf}"
             )
             return
+    if not variant and policy_of(workflow.spec) is not None:
+        gathered = await gather_event(ctl, workflow, event, created)
+        if gathered.run is not None:
+            verdict.started.append(EventRunRef(workflow=wf, run=gathered.run))
+        if gathered.debounced is not None:
+            verdict.debounced.append(gathered.debounced)
+        if gathered.error is not None:
+            verdict.errors.append(gathered.error)
+        return
     if not event.spec.id:
         names_ = [names.run_name(wf, f"{variant}{event.metadata.uid or event.metadata.name}")]
     else:
@@ -188,6 +200,10 @@ def _condition(event: Event, verdict: _Verdict) -> Condition:
         runs = ", ".join(f"{r.run} ({r.workflow})" for r in verdict.started)
         message = f"started {len(verdict.started)} run(s): {runs}" + (f"; errors: {errors}" if errors else "")
         return Condition(type=PROCESSED, status="True", reason="RunsStarted", message=message)
+    if verdict.debounced:
+        return Condition(
+            type=PROCESSED, status="True", reason=DEBOUNCED, message="; ".join(verdict.debounced)
+        )
     if verdict.duplicates:
         message = (
             f"duplicate: {'; '.join(verdict.duplicates)}. Events with the same spec.id within the dedupe "

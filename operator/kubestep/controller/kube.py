@@ -236,15 +236,16 @@ class Kube:
         )
         return list(found.get("items", []))
 
-    async def list_runs(self, namespace: str, workflow_label: str) -> list[Obj]:
-        """The WorkflowRuns labelled as runs of a workflow, read from the API server (not a cache)."""
+    async def list_runs(self, namespace: str, workflow_label: str, selector: str = "") -> list[Obj]:
+        """The WorkflowRuns labelled as runs of a workflow (and matching ``selector``, more labels), read
+        from the API server (not a cache)."""
         found: Obj = await self._call(
             self.custom.list_namespaced_custom_object,
             GROUP,
             VERSION,
             namespace,
             "workflowruns",
-            label_selector=f"kubestep.dev/workflow={workflow_label}",
+            label_selector=",".join(filter(None, [f"kubestep.dev/workflow={workflow_label}", selector])),
         )
         return list(found.get("items", []))
 
@@ -266,6 +267,22 @@ class Kube:
             Obj,
             await self._record(
                 self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, plural, body
+            ),
+        )
+
+    async def replace(self, plural: str, obj: Obj) -> Obj:
+        """Write ``obj``'s metadata and spec over the object, if it is still at the version read."""
+        meta = obj["metadata"]
+        return cast(
+            Obj,
+            await self._record(
+                self.custom.replace_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                plural,
+                meta["name"],
+                obj,
             ),
         )
 

@@ -25,6 +25,9 @@ def readiness(workflow: Workflow) -> Condition:
         keys.append(("spec.throttle.key", workflow.spec.throttle.key))
     if workflow.spec.priority is not None:
         keys.append(("spec.priority.run", workflow.spec.priority.run))
+    for field, held in (("debounce", workflow.spec.debounce), ("batch", workflow.spec.batch)):
+        if held is not None:
+            keys.append((f"spec.{field}.key", held.key))
     expressions = [(field, key, "CEL over `event`") for field, key in keys]
     expressions += [
         (f"spec.cancelOn[{index}].if", rule.if_, "CEL over `event` and `async`")

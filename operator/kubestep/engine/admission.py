@@ -64,6 +64,9 @@ def must_wait(run: WorkflowRun) -> bool:
     admission = run.status.admission or RunAdmission()
     if runs_capped and admission.admitted_at is None:
         return True
+    # Holding events (`spec.debounce`, `spec.batch`): released, then admitted by a pass of admission.
+    if run.spec.gather is not None and (run.spec.gather.open or admission.admitted_at is None):
+        return True
     return steps_capped and admission.tickets == 0
 
 

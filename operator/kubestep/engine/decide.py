@@ -730,6 +730,7 @@ class _Decider:
             run=self.run.metadata.name,
             function=self.spec.function,
             event=self.run.spec.event.as_payload(),
+            events=[e.as_payload() for e in self.run.spec.gather.events] if self.run.spec.gather else [],
             steps=memo,
             target=target,
             attempt=attempt,

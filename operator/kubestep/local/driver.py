@@ -16,13 +16,14 @@ from kubestep.api.run import (
     ErrorInfo,
     ParentRef,
     RunEvent,
+    RunGather,
     RunPhase,
     WorkflowRef,
     WorkflowRun,
     WorkflowRunSpec,
 )
 from kubestep.api.workflow import Workflow
-from kubestep.engine import admission
+from kubestep.engine import admission, gather
 from kubestep.engine.actions import (
     AnnounceEnd,
     CancelChild,
@@ -34,6 +35,7 @@ from kubestep.engine.actions import (
     StopExecution,
 )
 from kubestep.engine.decide import decide
+from kubestep.engine.gather import policy_of
 from kubestep.engine.observations import ArrivedEvent, ChildResult, Observed, Outcome
 from kubestep.engine.triggers import DEFAULT_DEDUPE_WINDOW, ID_GENERATIONS, duplicate, id_run_seed, match
 from kubestep.local.clock import Clock
@@ -101,7 +103,9 @@ class Driver:
             if workflow is not None and name != workflow:
                 continue
             verdict = match(wf.spec, event.as_payload())
-            if verdict.matched:
+            if verdict.matched and policy_of(wf.spec) is not None:
+                started.append(self._gather(name, event))
+            elif verdict.matched:
                 started.append(self.create_run(name, event, self._run_name(name, event)))
             elif verdict.error:
                 errors.append(f"{name}: {verdict.error}")
@@ -132,7 +136,50 @@ class Driver:
                 return name
         return name
 
-    def create_run(self, workflow: str, event: RunEvent, name: str, parent: ParentRef | None = None) -> str:
+    def _gather(self, workflow: str, event: RunEvent) -> str:
+        """Put ``event`` into the open run of its key under `spec.debounce` or `spec.batch` (opening one),
+        as the operator does; the run it went to (or, superseded, the run holding its successor)."""
+        policy = policy_of(self.workflows[workflow].spec)
+        assert policy is not None
+        now = self.clock.now()
+        event = event.completed(uuid.uuid4().hex, now)
+        event = event.model_copy(update={"source": event.source or event.id})
+        key = gather.key_of(policy, event.as_payload())
+        held = [
+            gather.Held(
+                r.metadata.name, r.spec.gather, r.spec.event, r.status.phase.finished or r.spec.cancel
+            )
+            for r in self.state.runs.values()
+            if r.spec.workflow_ref.name == workflow and r.spec.gather is not None
+        ]
+        joined = gather.join(policy, key, held, event, now)
+        if joined.action is gather.JoinAction.CREATE:
+            # Named afresh (not by key and generation): the state directory keeps runs of earlier commands.
+            return self.create_run(
+                workflow, event, names.run_name(workflow, uuid.uuid4().hex), gather=joined.gather
+            )
+        run = self.state.runs[joined.run]
+        if joined.action in (gather.JoinAction.ADD, gather.JoinAction.REPLACE):
+            update: dict[str, Any] = {"gather": joined.gather}
+            if joined.event is not None:
+                update["event"] = joined.event
+            run = run.model_copy(update={"spec": run.spec.model_copy(update=update)})
+            self.state.runs[joined.run] = run
+            self._save(run)
+        if self.timeline is not None and joined.replaced and joined.action is not gather.JoinAction.ADD:
+            superseded = joined.replaced if joined.action is gather.JoinAction.REPLACE else event.source
+            note = Note("Debounced", f"event {superseded} superseded by a newer event of its key")
+            self.timeline.note(now, joined.run, note)
+        return joined.run
+
+    def create_run(
+        self,
+        workflow: str,
+        event: RunEvent,
+        name: str,
+        parent: ParentRef | None = None,
+        gather: RunGather | None = None,
+    ) -> str:
         """Create a run of ``workflow`` (idempotent by ``name``, also across drivers)."""
         if name in self.state.runs:
             return name
@@ -146,7 +193,11 @@ class Driver:
             # Its creation orders it in the queues of the workflow's flow control, as in the cluster.
             metadata=ObjectMeta(name=name, uid=uuid.uuid4().hex, creation_timestamp=self.clock.now()),
             spec=WorkflowRunSpec(
-                workflow_ref=WorkflowRef(name=workflow), workflow=spec, event=event, parent=parent
+                workflow_ref=WorkflowRef(name=workflow),
+                workflow=spec,
+                event=event,
+                parent=parent,
+                gather=gather,
             ),
         )
         self.adopt(run)
@@ -205,13 +256,16 @@ class Driver:
     def _admit(self) -> bool:
         """Grant the slots of the workflows' flow control, as the operator does; True if any was."""
         by_workflow: dict[str, list[WorkflowRun]] = defaultdict(list)
-        for run in self.state.runs.values():
-            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle
-            if flow or run.status.admission is not None:
-                by_workflow[run.spec.workflow_ref.name].append(run)
-        changed = False
         now = self.clock.now()
         self._admission_due.clear()
+        changed = self._release(now)
+        for run in self.state.runs.values():
+            held = run.spec.gather
+            if held is not None and held.open and not run.status.phase.finished:
+                continue  # holding events: released first (above), then admitted like any run
+            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle
+            if flow or run.status.admission is not None or held is not None:
+                by_workflow[run.spec.workflow_ref.name].append(run)
         for workflow, runs in by_workflow.items():
             loaded = self.workflows.get(workflow)
             spec = loaded.spec if loaded is not None else runs[-1].spec.workflow
@@ -231,6 +285,28 @@ class Driver:
                     self.state.runs[run.metadata.name] = run
                     self._save(run)
                     changed = changed or bool(verdict.admit or verdict.tickets)
+        return changed
+
+    def _release(self, now: datetime) -> bool:
+        """Release the runs holding events whose time has come; the others say what they wait for."""
+        changed = False
+        for name, run in list(self.state.runs.items()):
+            held = run.spec.gather
+            policy = policy_of(run.spec.workflow)
+            if held is None or policy is None or not held.open or run.status.phase.finished:
+                continue
+            if gather.due(policy, held, now):
+                spec = run.spec.model_copy(update={"gather": held.model_copy(update={"open": False})})
+                run = run.model_copy(update={"spec": spec})
+                changed = True
+            else:
+                self._admission_due[f"gather:{name}"] = gather.release_at(policy, held)
+                status = admission.apply(run.status, gather.waiting(policy, held), now)
+                if status == run.status:
+                    continue
+                run = run.model_copy(update={"status": status})
+            self.state.runs[name] = run
+            self._save(run)
         return changed
 
     def _step(self, name: str) -> bool:

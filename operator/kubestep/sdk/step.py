@@ -530,7 +530,10 @@ class Replay:
     def run(self, workflow: WorkflowFunction) -> Report:
         """Replay ``workflow`` once and return the report."""
         ctx = Context(
-            event=EventPayload.from_dict(self.state.event), run_id=self.state.run, attempt=self.state.attempt
+            event=EventPayload.from_dict(self.state.event),
+            run_id=self.state.run,
+            attempt=self.state.attempt,
+            events=tuple(EventPayload.from_dict(e) for e in self.state.events or [self.state.event]),
         )
         try:
             output = workflow(ctx, Step(self))

@@ -47,6 +47,9 @@ class Context:
     """The run's name."""
     attempt: int = 1
     """The attempt number of the step being executed in this process (1-based)."""
+    events: tuple[EventPayload, ...] = ()
+    """The run's events, oldest first: under the workflow's `spec.batch`, all those the run received (the
+    first is also `event`); otherwise just `event`."""
 
 
 @dataclass(frozen=True)
