@@ -75,6 +75,18 @@ class KopfIndices:
         return self._get("pod_cache", (namespace, job))
 
 
+#: The kopf indices :class:`KopfIndices` reads (each registered by :func:`register`).
+READ_INDICES = (
+    "waiting_runs",
+    "runs_by_workflow",
+    "resumed_by",
+    "events_by_name",
+    "run_cache",
+    "job_cache",
+    "pod_cache",
+    "workflow_cache",
+)
+
 #: Every object a reconciler owns, by kind: all of them are queued when this operator starts leading.
 KEY_INDICES = {"run": "run_keys", "event": "event_keys", "workflow": "workflow_keys"}
 
@@ -211,18 +223,7 @@ def register(
         settings.posting.level = logging.WARNING
         settings.watching.server_timeout = 300
         load_configuration()
-        indices = {
-            name: kwargs[name]
-            for name in (
-                "waiting_runs",
-                "runs_by_workflow",
-                "resumed_by",
-                "events_by_name",
-                "run_cache",
-                "job_cache",
-                "pod_cache",
-            )
-        }
+        indices = {name: kwargs[name] for name in READ_INDICES}
         queue = WorkQueue()
         METRICS.track_queue(lambda: queue.depth)
         elector: LeaderElector | None = None
