@@ -25,7 +25,7 @@ def test_every_index_the_reconcilers_read_is_registered() -> None:
 def test_every_read_of_the_indices_finds_its_index_among_those_handed_over() -> None:
     # An index read but not handed over fails every pass that reads it (a KeyError), not a test of the fake.
     indices = handlers.KopfIndices({name: {} for name in handlers.READ_INDICES})  # type: ignore[misc]
-    methods = [name for name, _ in inspect.getmembers(Indices, inspect.isfunction) if not name.startswith("_")]
+    methods = [n for n, _ in inspect.getmembers(Indices, inspect.isfunction) if not n.startswith("_")]
     assert methods
     for name in methods:
         arity = len(inspect.signature(getattr(Indices, name)).parameters) - 1
