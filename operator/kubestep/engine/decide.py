@@ -42,7 +42,7 @@ from kubestep.api.run import (
     WorkflowRunStatus,
 )
 from kubestep.api.workflow import ExecutionMode, ExecutionPolicy
-from kubestep.engine import admission, backoff, rerun
+from kubestep.engine import admission, backoff, rerun, starting
 from kubestep.engine.actions import (
     Action,
     AnnounceEnd,
@@ -107,8 +107,16 @@ class _Decider:
         if status.phase.finished:
             self.start_reruns()
             return self.announce()
+        if status.started_at is None and not self.run.spec.cancel:
+            overdue = starting.timed_out(self.run, self.now)
+            if overdue is not None:
+                self.end_all(RunPhase.CANCELLED, overdue, starting.START_TIMEOUT, overdue.message)
+                return self.finish()
         if status.started_at is None and not self.run.spec.cancel and admission.must_wait(self.run):
             self.held = 1  # its first execution: nothing of it starts before admission
+            due = starting.deadline(self.run)
+            if due is not None:
+                self.actions.append(RequeueAt(due))  # nothing else wakes a queued run at its deadline
             return self.finish()
         if status.started_at is None:
             status.started_at = self.now
