@@ -20,7 +20,9 @@ from kubestep.api.run import (
     WorkflowRunSpec,
     WorkflowRunStatus,
 )
-from kubestep.api.workflow import Throttle, Timeouts, Trigger, WorkflowSpec
+from kubestep.api.workflow import Throttle, Timeouts, Trigger, Workflow, WorkflowSpec
+from kubestep.cli.render import workflow_row
+from kubestep.controller.workflows import readiness
 from kubestep.engine import ExitKind, Observed, Outcome, RequeueAt, StartExecution, decide
 from kubestep.engine.admission import Candidate, admit, apply, candidate, settled
 from kubestep.engine.starting import START_TIMEOUT, deadline, timed_out
@@ -262,3 +264,18 @@ def test_a_run_admitted_in_time_is_not_cancelled_later() -> None:
 def test_start_timeout_is_a_duration() -> None:
     with pytest.raises(ValueError, match="start"):
         Timeouts(start="soon")
+
+
+# What the workflow shows ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("paused", "reason", "shown"), [(False, "Valid", "True"), (True, "Paused", "True (Paused)")]
+)
+def test_the_workflow_says_it_is_paused(paused: bool, reason: str, shown: str) -> None:
+    workflow = Workflow(metadata=ObjectMeta(name="wf", generation=2), spec=spec(paused=paused))
+    condition = readiness(workflow)
+    assert (condition.status, condition.reason) == ("True", reason)
+    assert ("spec.paused" in condition.message) is paused
+    workflow.status.conditions = [condition]
+    assert workflow_row(workflow, at(0))[1] == shown
