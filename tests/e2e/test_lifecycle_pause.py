@@ -170,6 +170,39 @@ def test_a_paused_workflow_queues_new_runs_holds_runs_between_steps_and_resuming
     assert_clean_log(operator)
 
 
+def test_resumed_while_a_step_runs_the_run_is_told_at_once(
+    operator: Operator, cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.apply(pause_workflow(tmp_path))
+    cluster.apply(an_event("busy"))
+    busy = wait_for(lambda: run_of(cluster, "busy"), timeout=60, interval=0.3, what="the run")
+    name = busy["metadata"]["name"]
+    wait_for(
+        lambda: started(tmp_path, name, "first") or None, timeout=120, interval=0.2, what="its first step"
+    )
+    set_paused(cluster, True)
+    wait_for(
+        lambda: admitted(cluster.get("ksr", name)).get("reason") == "WorkflowPaused" or None,
+        timeout=60,
+        interval=0.3,
+        what="the run to be told of the pause",
+    )
+    set_paused(cluster, False)
+    # Not only once its step ends: the step is still held at the gate.
+    wait_for(
+        lambda: admitted(cluster.get("ksr", name)).get("status") == "True" or None,
+        timeout=60,
+        interval=0.3,
+        what="the run to be told of the resume",
+    )
+    assert not [t for t in traces(tmp_path) if t["what"] == "end"]
+    (tmp_path / "gate").touch()
+    run = cluster.wait_run(timeout=120)
+    assert run["status"]["phase"] == "Succeeded", run["status"]
+    assert [t["step"] for t in traces(tmp_path) if t["what"] == "start"] == ["first", "second"]
+    assert_clean_log(operator)
+
+
 def test_a_run_held_past_its_start_timeout_is_cancelled_saying_why(
     operator: Operator, cluster: Cluster, tmp_path: Path
 ) -> None:

@@ -37,8 +37,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     paused = spec is not None and spec.paused
     queued = RunPhase.QUEUED.value in ctl.indices.run_phases(key.namespace, key.name)
     if (spec is None or not (spec.concurrency or spec.throttle or spec.paused)) and not queued:
-        # No flow control and no run waiting: no list needed. (A run told of a pause and still running its
-        # step when the workflow was resumed waits once that step ends, queued: it is told then.)
+        # No flow control and no run waiting (a run told of a pause counts as waiting): no list needed.
         return Result.done()
     objs = [
         obj
