@@ -3,6 +3,7 @@ step, and the cancellation of a run that waited too long to start; on an injecte
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from kubestep.api.run import (
 from kubestep.api.workflow import Throttle, Timeouts, Trigger, Workflow, WorkflowSpec
 from kubestep.cli.render import workflow_row
 from kubestep.controller.workflows import readiness
-from kubestep.engine import ExitKind, Observed, Outcome, RequeueAt, StartExecution, decide
+from kubestep.engine import ExitKind, Note, Observed, Outcome, RequeueAt, StartExecution, decide
 from kubestep.engine.admission import Candidate, admit, apply, candidate, settled
 from kubestep.engine.starting import START_TIMEOUT, deadline, timed_out
 
@@ -189,6 +190,8 @@ def test_a_run_in_flight_finishes_its_step_then_waits_and_resumes_where_it_was()
     run, decision = step(run, at(2), [Outcome(execution.name, ExitKind.EXITED, report=done, exit_code=0)])
     assert not decision.of(StartExecution)
     assert decision.status.phase is RunPhase.QUEUED
+    (queued,) = [n for n in decision.of(Note) if n.reason == "RunQueued"]
+    assert "paused" in queued.message
     assert [(s.id, s.phase) for s in decision.status.steps] == [
         ("a", StepPhase.SUCCEEDED),
         ("b", StepPhase.PENDING),
@@ -279,3 +282,58 @@ def test_the_workflow_says_it_is_paused(paused: bool, reason: str, shown: str) -
     assert ("spec.paused" in condition.message) is paused
     workflow.status.conditions = [condition]
     assert workflow_row(workflow, at(0))[1] == shown
+
+
+# A whole simulation: pauses and resumes at random moments, admission and the engine interleaved ------------
+
+
+@pytest.mark.parametrize("entries", [[], [Concurrency(limit=2)]], ids=["uncapped", "steps-capped"])
+@pytest.mark.parametrize("seed", range(4))
+def test_no_step_starts_while_told_paused_and_all_finish_once_resumed(
+    entries: list[Concurrency], seed: int
+) -> None:
+    rnd = random.Random(seed)
+    runs = {}
+    for i in range(6):
+        run = make_run(spec(entries=entries), t=i)
+        run.metadata.name = f"r{i}"
+        runs[run.metadata.name] = run
+    paused = False
+    now = at(0)
+    starts = held = 0
+    for tick in range(3000):
+        now += timedelta(seconds=1)
+        if tick > 2000:
+            paused = False  # in the end, resumed for good
+        elif rnd.random() < 0.05:
+            paused = not paused
+        if all(r.status.phase.finished for r in runs.values()):
+            break
+        if rnd.random() < 0.3:
+            decided = admit(entries, [candidate(r) for r in runs.values()], now, paused=paused)
+            for name, verdict in decided.verdicts.items():
+                runs[name] = runs[name].model_copy(update={"status": apply(runs[name].status, verdict, now)})
+            continue
+        name = rnd.choice(sorted(runs))
+        run = runs[name]
+        outcomes = []
+        for execution in run.status.active:
+            if rnd.random() < 0.5:
+                done = sum(1 for s in run.status.steps if s.phase.finished)
+                if execution.step is None and done >= 2:
+                    report = Report(kind=ReportKind.COMPLETED, output=name)
+                else:
+                    step_id = execution.step or f"s{done}"
+                    report = Report(
+                        kind=ReportKind.STEP_SUCCEEDED, step=StepRef(id=step_id, name=step_id), output=1
+                    )
+                outcomes.append(Outcome(execution.name, ExitKind.EXITED, report=report, exit_code=0))
+        decision = decide(run, Observed(outcomes), now)
+        told_paused = run.status.admission is not None and run.status.admission.paused
+        assert not (told_paused and decision.of(StartExecution)), (name, tick)
+        held += told_paused
+        starts += len(decision.of(StartExecution))
+        runs[name] = run.model_copy(update={"status": decision.status})
+    assert [r.status.phase for r in runs.values()] == [RunPhase.SUCCEEDED] * 6
+    assert starts >= 6 * 3
+    assert held > 0, "no decision was made while paused"

@@ -807,9 +807,12 @@ class _Decider:
             phases = {s.phase for s in status.steps if not s.phase.finished}
             if self.held and not status.active:
                 if status.phase is not RunPhase.QUEUED:
+                    paused = status.admission is not None and status.admission.paused
                     self.note(
                         "RunQueued",
-                        "waiting for the workflow's flow control (its Admitted condition says why)",
+                        "the workflow is paused (spec.paused): the next step starts once it is resumed"
+                        if paused
+                        else "waiting for the workflow's flow control (its Admitted condition says why)",
                     )
                 status.phase = RunPhase.QUEUED
             elif status.active or StepPhase.RETRYING in phases or StepPhase.PENDING in phases:
