@@ -23,6 +23,10 @@ oldest work. With K groups waiting for N free slots, no group gets more than ⌈
 
 `spec.throttle` paces run admissions per key (GCRA), replayed from the admission times the runs record;
 `spec.priority` moves a run's place in every queue by its own number of seconds.
+
+`spec.paused` is read from the workflow as it is now, not from a run's copy of the spec: admission writes it
+into every unfinished run (`status.admission.paused`), and the run's engine starts nothing while it says so
+(`take_ticket`, `must_wait`). So a run in flight finishes its running steps and waits before the next.
 """
 
 from __future__ import annotations
