@@ -18,7 +18,6 @@ from pydantic import ValidationError
 
 from kubestep.api.base import GROUP, VERSION
 from kubestep.api.event import Event
-from kubestep.api.run import RunPhase
 from kubestep.controller import builders, observe, runs
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import FIELD_MANAGER, Kube, load_configuration
@@ -26,6 +25,7 @@ from kubestep.controller.leader import ElectionConfig, LeaderElector
 from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import WorkQueue
 from kubestep.controller.reconcile import reconcile
+from kubestep.engine import admission
 
 log = logging.getLogger(__name__)
 
@@ -116,10 +116,7 @@ def register(
     def runs_by_workflow(
         namespace: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
     ) -> dict[Hashable, str]:
-        phase = status.get("phase") or "Pending"
-        if (status.get("admission") or {}).get("paused") and phase not in _FINISHED:
-            # Told its workflow is paused: admission must tell it of the resume, as it tells a queued run.
-            phase = RunPhase.QUEUED.value
+        phase = admission.counted_phase(status)
         return {(namespace, spec.get("workflowRef", {}).get("name", "")): phase}
 
     @kopf.index(GROUP, VERSION, "workflowruns", id="resumed_by", **on)  # type: ignore[arg-type]

@@ -173,6 +173,18 @@ def candidate_of(obj: Mapping[str, Any]) -> Candidate:
     )
 
 
+def counted_phase(status: Mapping[str, Any]) -> str:
+    """The phase a run (its status as the API returns it) counts in for admission: a run told its workflow
+    is paused and not finished counts as `Queued`, since admission must tell it of the resume as it tells a
+    queued run (the operator keeps these in an index, so that a workflow with nothing queued costs no list).
+    """
+    phase = str(status.get("phase") or RunPhase.PENDING.value)
+    finished = phase in {p.value for p in RunPhase if p.finished}
+    if (status.get("admission") or {}).get("paused") and not finished:
+        return RunPhase.QUEUED.value
+    return phase
+
+
 def _time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
