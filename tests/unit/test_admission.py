@@ -202,6 +202,7 @@ def test_paused_admits_nothing_and_says_so() -> None:
         reason="WorkflowPaused",
         waiting_for="WorkflowPaused",
         message="the workflow is paused; the run starts when it is resumed",
+        paused=True,
     )
 
 

@@ -42,6 +42,7 @@ from kubestep.controller.kube import (
 )
 from kubestep.controller.queue import Result
 from kubestep.controller.reconcile import reconcile
+from kubestep.engine import admission
 
 NS = "team-a"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -70,7 +71,7 @@ class FakeIndices:
 
     def run_phases(self, namespace: str, workflow: str) -> list[str]:
         return [
-            (obj.get("status") or {}).get("phase") or "Pending"
+            admission.counted_phase(obj.get("status") or {})
             for obj in self.kube.objects(RUNS, namespace)
             if obj["spec"]["workflowRef"]["name"] == workflow
         ]

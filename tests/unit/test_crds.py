@@ -224,6 +224,7 @@ def test_crd_names_and_version(name: str, kind: str, short: str) -> None:
             "workflows.kubestep.dev.yaml",
             {
                 "Ready": '.status.conditions[?(@.type=="Ready")].status',
+                "Paused": ".spec.paused",
                 "Active": ".status.active",
                 "Succeeded": ".status.succeeded",
                 "Failed": ".status.failed",

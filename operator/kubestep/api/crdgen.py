@@ -426,6 +426,7 @@ RESOURCES: tuple[Resource, ...] = (
                 "string",
                 "Whether the spec is usable (the Ready condition).",
             ),
+            PrinterColumn("Paused", ".spec.paused", "boolean", "Whether the workflow is paused."),
             PrinterColumn("Active", ".status.active", "integer", "Runs not yet finished."),
             PrinterColumn("Succeeded", ".status.succeeded", "integer", "Runs that succeeded."),
             PrinterColumn("Failed", ".status.failed", "integer", "Runs that failed or were cancelled."),

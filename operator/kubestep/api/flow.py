@@ -83,3 +83,5 @@ class RunAdmission(Model):
     waiting_for: str = ""
     """While the run waits: the limit and its key value, e.g. `ConcurrencyLimited tenant=acme`; empty once
     admitted."""
+    paused: bool = False
+    """The run's workflow is paused (`spec.paused`): no new step of the run starts until it is resumed."""

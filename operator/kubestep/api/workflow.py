@@ -247,6 +247,10 @@ class Timeouts(SpecModel):
     it the attempt fails with the reason Kubernetes gives (`FailedCreate`, `ImagePullBackOff`,
     `Unschedulable`, ...) and is retried as `spec.retries` says. Until then the step's `pending` says why
     (for the run's first pod, whose step is not known yet, the `Succeeded` condition's message)."""
+    start: SpecDuration | None = None
+    """Longest time a run may wait from its creation to the start of its first step (queued by
+    `spec.concurrency` or `spec.throttle`, or held by `spec.paused`), as a duration of at most `8784h`.
+    Past it the run ends `Cancelled` with error type `StartTimeout`. Unset: it waits as long as it takes."""
 
     @model_validator(mode="after")
     def _step_within_run(self) -> Timeouts:
@@ -548,6 +552,11 @@ class WorkflowSpec(SpecModel):
     """Shorthand for a handler of this workflow's failures: each run that fails for good starts one run of
     `onFailure.function` (same image and settings), triggered by its `kubestep/run.failed` Event. A
     handler's own failure starts no other handler."""
+    paused: bool = False
+    """Hold the workflow: events still start runs, but they wait in phase `Queued` (their `Admitted`
+    condition says `WorkflowPaused`), and runs in flight finish the steps they are running, then wait the
+    same way before their next step. Setting it back to `false` resumes them where they were, under
+    `spec.concurrency` and `spec.throttle`. Sleeps, waits and timeouts run on meanwhile."""
 
     @model_validator(mode="after")
     def _unique_trigger_events(self) -> WorkflowSpec:

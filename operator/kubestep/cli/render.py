@@ -171,6 +171,8 @@ def workflow_row(workflow: Workflow, now: datetime, namespace: bool = False) -> 
     ready_text = "Unknown" if ready is None else ready.status
     if ready is not None and ready.status != "True" and ready.reason:
         ready_text += f" ({ready.reason})"
+    if workflow.spec.paused:
+        ready_text += " (Paused)"
     triggers = ", ".join(_trigger_text(t) for t in workflow.spec.triggers) or "-"
     st = workflow.status
     row = [

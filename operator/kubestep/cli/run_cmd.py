@@ -20,7 +20,7 @@ from kubestep.api.workflow import Workflow
 from kubestep.engine.actions import StartExecution
 from kubestep.engine.schedule import Tick
 from kubestep.local.clock import RealClock
-from kubestep.local.driver import Driver, NoTriggerMatchError
+from kubestep.local.driver import Driver, NoTriggerMatchError, held_by_pause
 from kubestep.local.executors import ProcessExecutor
 from kubestep.local.loading import ManifestError, load_event, load_workflows
 from kubestep.local.store import RunNotFoundError, Store
@@ -57,7 +57,9 @@ def run(
     """Run a workflow on this machine: every step attempt is a local `python -m kubestep.runner` process.
 
     Backoff waits and sleeps are real. A run waiting for an event is resumed with
-    `kubestep run --resume RUN --event EVENT.yaml`, from any terminal. Exits 0 only when the run succeeded.
+    `kubestep run --resume RUN --event EVENT.yaml`, from any terminal. A run of a paused workflow
+    (`spec.paused`) stops before its next step; set `paused: false` in the file and resume it with
+    `kubestep run --resume RUN`. Exits 0 only when the run succeeded.
     """
     if output not in ("text", "json"):
         _fail(f"--output must be text or json, not {output!r}")
@@ -182,6 +184,13 @@ def _resume(
 
 
 def _finish(runs: list[WorkflowRun], output: str, console: Console) -> None:
+    for r in runs:
+        if held_by_pause(r):
+            console.print(
+                f"[yellow]run {r.metadata.name} waits: workflow {r.spec.workflow_ref.name!r} is paused "
+                "(spec.paused); set `paused: false` in its file and resume it with "
+                f"`kubestep run --resume {r.metadata.name}`[/yellow]"
+            )
     if output == "json":
         records = [_record(r) for r in runs]
         sys.stdout.write(json.dumps(records[0] if len(records) == 1 else records, indent=2) + "\n")

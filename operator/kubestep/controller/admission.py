@@ -34,9 +34,14 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
         pass  # its runs still finish: each under the limits it was started with
     except ValidationError:
         return Result.done()  # its own reconcile says why; nothing is granted meanwhile
+    # Only the workflow itself pauses: the runs of a deleted one finish (their copies may say paused).
+    paused = spec is not None and spec.paused
     queued = RunPhase.QUEUED.value in ctl.indices.run_phases(key.namespace, key.name)
-    if (spec is None or not (spec.concurrency or spec.throttle or policy_of(spec))) and not queued:
-        return Result.done()  # no flow control and no run waiting: no list needed
+    if (
+        spec is None or not (spec.concurrency or spec.throttle or spec.paused or policy_of(spec))
+    ) and not queued:
+        # No flow control and no run waiting (a run told of a pause counts as waiting): no list needed.
+        return Result.done()
     objs = [
         obj
         for obj in await ctl.kube.list_runs(key.namespace, builders.workflow_label(key.name))
@@ -59,6 +64,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
         [c for _, c in candidates.values()],
         now,
         spec.throttle if spec else None,
+        paused=paused,
         priority=spec.priority if spec else None,
     )
     again = False

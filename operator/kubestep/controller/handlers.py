@@ -25,6 +25,7 @@ from kubestep.controller.leader import ElectionConfig, LeaderElector
 from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import WorkQueue
 from kubestep.controller.reconcile import reconcile
+from kubestep.engine import admission
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ def register(
     def runs_by_workflow(
         namespace: str, spec: dict[str, Any], status: dict[str, Any], **_: Any
     ) -> dict[Hashable, str]:
-        return {(namespace, spec.get("workflowRef", {}).get("name", "")): status.get("phase") or "Pending"}
+        phase = admission.counted_phase(status)
+        return {(namespace, spec.get("workflowRef", {}).get("name", "")): phase}
 
     @kopf.index(GROUP, VERSION, "workflowruns", id="resumed_by", **on)  # type: ignore[arg-type]
     def resumed_by(

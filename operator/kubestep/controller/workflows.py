@@ -43,6 +43,16 @@ def readiness(workflow: Workflow) -> Condition:
                 observed_generation=generation,
                 message=f"{field}: {problem}; fix the expression ({over})",
             )
+    if workflow.spec.paused:
+        # Still Ready: events are taken and runs created, only their steps wait.
+        return Condition(
+            type=READY,
+            status="True",
+            reason="Paused",
+            observed_generation=generation,
+            message="the workflow is paused (spec.paused): matching events start runs that wait in phase "
+            "Queued, and runs in flight wait before their next step, until spec.paused is set to false",
+        )
     return Condition(
         type=READY,
         status="True",

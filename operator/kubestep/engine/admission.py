@@ -23,6 +23,10 @@ oldest work. With K groups waiting for N free slots, no group gets more than ⌈
 
 `spec.throttle` paces run admissions per key (GCRA), replayed from the admission times the runs record;
 `spec.priority` moves a run's place in every queue by its own number of seconds.
+
+`spec.paused` is read from the workflow as it is now, not from a run's copy of the spec: admission writes it
+into every unfinished run (`status.admission.paused`), and the run's engine starts nothing while it says so
+(`take_ticket`, `must_wait`). So a run in flight finishes its running steps and waits before the next.
 """
 
 from __future__ import annotations
@@ -60,8 +64,11 @@ def scopes(entries: Iterable[Concurrency]) -> tuple[bool, bool]:
 def must_wait(run: WorkflowRun) -> bool:
     """Whether a run not started yet waits for admission before anything of it starts."""
     runs_capped, steps_capped = scopes(run.spec.workflow.concurrency)
-    runs_capped = runs_capped or run.spec.workflow.throttle is not None
+    # Created while its workflow was paused: admitted once it is resumed, not before.
+    runs_capped = runs_capped or run.spec.workflow.throttle is not None or run.spec.workflow.paused
     admission = run.status.admission or RunAdmission()
+    if admission.paused:
+        return True
     if runs_capped and admission.admitted_at is None:
         return True
     # Holding events (`spec.debounce`, `spec.batch`): released, then admitted by a pass of admission.
@@ -71,10 +78,13 @@ def must_wait(run: WorkflowRun) -> bool:
 
 
 def take_ticket(run: WorkflowRun, status: WorkflowRunStatus) -> bool:
-    """Spend a ticket of ``status`` to start one execution; False when the run must wait for one."""
+    """Spend a ticket of ``status`` to start one execution; False when the run must wait for one (or for
+    its paused workflow to be resumed)."""
+    admission = status.admission
+    if admission is not None and admission.paused:
+        return False
     if not scopes(run.spec.workflow.concurrency)[1]:
         return True
-    admission = status.admission
     if admission is None or admission.tickets == 0:
         return False
     admission.tickets -= 1
@@ -118,6 +128,8 @@ class Candidate:
     """Step starts waiting for a ticket, as its engine last said."""
     keys: dict[str, str] = field(default_factory=dict)
     """Key values already computed, by expression."""
+    paused: bool = False
+    """It was told its workflow is paused (and has not been told it was resumed)."""
 
 
 def candidate(run: WorkflowRun) -> Candidate:
@@ -136,6 +148,7 @@ def candidate(run: WorkflowRun) -> Candidate:
         tickets=admission.tickets,
         wants=admission.wants,
         keys=admission.keys,
+        paused=admission.paused,
     )
 
 
@@ -159,7 +172,20 @@ def candidate_of(obj: Mapping[str, Any]) -> Candidate:
         tickets=int(admission.get("tickets") or 0),
         wants=int(admission.get("wants") or 0),
         keys=dict(admission.get("keys") or {}),
+        paused=bool(admission.get("paused")),
     )
+
+
+def counted_phase(status: Mapping[str, Any]) -> str:
+    """The phase a run (its status as the API returns it) counts in for admission: a run told its workflow
+    is paused and not finished counts as `Queued`, since admission must tell it of the resume as it tells a
+    queued run (the operator keeps these in an index, so that a workflow with nothing queued costs no list).
+    """
+    phase = str(status.get("phase") or RunPhase.PENDING.value)
+    finished = phase in {p.value for p in RunPhase if p.finished}
+    if (status.get("admission") or {}).get("paused") and not finished:
+        return RunPhase.QUEUED.value
+    return phase
 
 
 def _time(value: str | None) -> datetime | None:
@@ -182,6 +208,8 @@ class Verdict:
     """The limit, its key value and the slots in use, in a sentence."""
     keys: dict[str, str] = field(default_factory=dict)
     """The run's key values, by expression, to keep."""
+    paused: bool = False
+    """Its workflow is paused: no new step of it starts, even one granted."""
 
 
 @dataclass(frozen=True)
@@ -243,8 +271,9 @@ def admit(
     """Which waiting work of a workflow with ``entries`` (and ``throttle``) starts now, given all its
     ``runs`` and the time.
 
-    ``paused``: nothing is admitted, and every waiting run says the workflow is paused. ``priority``: each
-    run is ordered as if queued that many seconds earlier (see :func:`priority_seconds`).
+    ``paused``: nothing is admitted, every waiting run says the workflow is paused, and so does every run in
+    flight (its steps running finish, no new one starts); once resumed, each run told so is told it is not.
+    ``priority``: each run is ordered as if queued that many seconds earlier (see :func:`priority_seconds`).
     """
     steps_capped = scopes(entries)[1]
     entries = list(entries)
@@ -289,7 +318,7 @@ def admit(
         share[group] = share.get(group, 0) + holding
         wants = run.wants if run.started or not steps_capped else max(run.wants, 1)
         tickets = max(0, wants - run.tickets)
-        if not admitted or tickets:
+        if not admitted or tickets or run.paused != paused:
             works.append(_Work(run, keys, group, not admitted, tickets))
     if not paused:
         _grant(entries, held, share, works, pace)
@@ -297,8 +326,15 @@ def admit(
     said: dict[tuple[tuple[str, ...], bool], Verdict] = {}  # why a group waits is the same for all its runs
     for work in works:
         why = (work.group, work.needs_admit and not work.granted_admit)
-        if not work.waiting:
+        if not work.waiting and not paused:
             verdict = Verdict(admit=work.granted_admit, tickets=work.granted_tickets)
+        elif not work.waiting:  # in flight while paused: its next step waits
+            verdict = Verdict(
+                reason=QueueReason.WORKFLOW_PAUSED,
+                waiting_for=QueueReason.WORKFLOW_PAUSED,
+                message="the workflow is paused; the steps running finish, and the next one starts when it "
+                "is resumed",
+            )
         else:
             if why not in said:
                 said[why] = _verdict(entries, held, work, paused, pace)
@@ -308,7 +344,7 @@ def admit(
             known[throttle.key] = work.group[-1]
         if priority is not None:
             known[_PRIORITY + priority.run] = work.run.keys[_PRIORITY + priority.run]
-        verdicts[work.run.name] = replace(verdict, keys=known)
+        verdicts[work.run.name] = replace(verdict, keys=known, paused=paused)
     blocked = {w.group[-1] for w in works if w.needs_admit and not w.granted_admit}
     return Admission(verdicts, at=None if paused else pace.next_start(blocked))
 
@@ -524,6 +560,8 @@ def settled(status: Mapping[str, Any], verdict: Verdict) -> bool:
     if verdict.admit or verdict.tickets:
         return False
     admission = status.get("admission") or {}
+    if bool(admission.get("paused")) != verdict.paused:
+        return False
     if (
         admission.get("waitingFor", "") != verdict.waiting_for
         or (admission.get("keys") or {}) != verdict.keys
@@ -550,6 +588,7 @@ def apply(status: WorkflowRunStatus, verdict: Verdict, now: datetime) -> Workflo
     admission.tickets += verdict.tickets
     admission.waiting_for = verdict.waiting_for
     admission.keys = verdict.keys or admission.keys
+    admission.paused = verdict.paused
     out.admission = admission
     if verdict.reason:
         condition = Condition(type=ADMITTED, status="False", reason=verdict.reason, message=verdict.message)

@@ -42,7 +42,7 @@ from kubestep.api.run import (
     WorkflowRunStatus,
 )
 from kubestep.api.workflow import ExecutionMode, ExecutionPolicy
-from kubestep.engine import admission, backoff, rerun
+from kubestep.engine import admission, backoff, rerun, starting
 from kubestep.engine.actions import (
     Action,
     AnnounceEnd,
@@ -107,8 +107,16 @@ class _Decider:
         if status.phase.finished:
             self.start_reruns()
             return self.announce()
+        if status.started_at is None and not self.run.spec.cancel:
+            overdue = starting.timed_out(self.run, self.now)
+            if overdue is not None:
+                self.end_all(RunPhase.CANCELLED, overdue, starting.START_TIMEOUT, overdue.message)
+                return self.finish()
         if status.started_at is None and not self.run.spec.cancel and admission.must_wait(self.run):
             self.held = 1  # its first execution: nothing of it starts before admission
+            due = starting.deadline(self.run)
+            if due is not None:
+                self.actions.append(RequeueAt(due))  # nothing else wakes a queued run at its deadline
             return self.finish()
         if status.started_at is None:
             status.started_at = self.now
@@ -800,9 +808,12 @@ class _Decider:
             phases = {s.phase for s in status.steps if not s.phase.finished}
             if self.held and not status.active:
                 if status.phase is not RunPhase.QUEUED:
+                    paused = status.admission is not None and status.admission.paused
                     self.note(
                         "RunQueued",
-                        "waiting for the workflow's flow control (its Admitted condition says why)",
+                        "the workflow is paused (spec.paused): the next step starts once it is resumed"
+                        if paused
+                        else "waiting for the workflow's flow control (its Admitted condition says why)",
                     )
                 status.phase = RunPhase.QUEUED
             elif status.active or StepPhase.RETRYING in phases or StepPhase.PENDING in phases:

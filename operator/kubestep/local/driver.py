@@ -230,7 +230,8 @@ class Driver:
     # The loop ------------------------------------------------------------------------------------------
 
     def drive(self, targets: list[str]) -> list[WorkflowRun]:
-        """Advance all runs until every run in ``targets`` has finished; return those runs."""
+        """Advance all runs until every run in ``targets`` has finished, or waits only for its paused
+        workflow (which no one resumes while this process runs: see :func:`held_by_pause`); return them."""
         decisions = 0
         while True:
             decisions += 1
@@ -251,6 +252,9 @@ class Driver:
                 return [self.state.runs[t] for t in targets]
             if changed:
                 continue
+            ended = [self.state.runs[t] for t in targets]
+            if any(held_by_pause(r) for r in ended) and all(_over(r) or held_by_pause(r) for r in ended):
+                return ended
             self._sleep()
 
     def _admit(self) -> bool:
@@ -263,15 +267,22 @@ class Driver:
             held = run.spec.gather
             if held is not None and held.open and not run.status.phase.finished:
                 continue  # holding events: released first (above), then admitted like any run
-            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle
-            if flow or run.status.admission is not None or held is not None:
+            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle or run.spec.workflow.paused
+            loaded = self.workflows.get(run.spec.workflow_ref.name)
+            paused = loaded is not None and loaded.spec.paused
+            if flow or run.status.admission is not None or held is not None or paused:
                 by_workflow[run.spec.workflow_ref.name].append(run)
         for workflow, runs in by_workflow.items():
             loaded = self.workflows.get(workflow)
             spec = loaded.spec if loaded is not None else runs[-1].spec.workflow
             candidates = [admission.candidate(r) for r in runs]
             decided = admission.admit(
-                spec.concurrency, candidates, now, spec.throttle, priority=spec.priority
+                spec.concurrency,
+                candidates,
+                now,
+                spec.throttle,
+                paused=loaded is not None and loaded.spec.paused,
+                priority=spec.priority,
             )
             if decided.at is not None:
                 self._admission_due[workflow] = decided.at
@@ -419,6 +430,12 @@ def _not_found(workflow: str, known: list[str]) -> ErrorInfo:
         type="WorkflowNotFound",
         message=f"no workflow named {workflow!r} is loaded; known: {', '.join(sorted(known)) or 'none'}",
     )
+
+
+def held_by_pause(run: WorkflowRun) -> bool:
+    """Whether the run waits, before a step, for its paused workflow (`spec.paused`) to be resumed."""
+    admission = run.status.admission
+    return run.status.phase is RunPhase.QUEUED and admission is not None and admission.paused
 
 
 def _over(run: WorkflowRun) -> bool:
