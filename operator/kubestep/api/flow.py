@@ -59,6 +59,7 @@ class QueueReason(StrEnum):
     CONCURRENCY_LIMITED = "ConcurrencyLimited"
     THROTTLED = "Throttled"
     WORKFLOW_PAUSED = "WorkflowPaused"
+    SINGLETON_ACTIVE = "SingletonActive"
 
 
 #: The condition a queued run carries: False while it waits, True once admitted.

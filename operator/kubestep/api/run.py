@@ -292,6 +292,9 @@ class WorkflowRunSpec(Model):
     """Set when another run invoked this one."""
     cancel: bool = False
     """Set to true to cancel the run: running step pods are deleted and the run ends Cancelled."""
+    cancel_reason: str | None = Field(default=None, max_length=1024)
+    """Why the run is cancelled, set together with `cancel`; the run's `status.error` says it. The operator
+    sets it when an Event replaces the run under `spec.singleton` (mode `Cancel`), naming that Event."""
     rerun: RerunSpec | None = Field(
         default=None,
         json_schema_extra=_immutable(

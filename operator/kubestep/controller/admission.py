@@ -34,7 +34,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     except ValidationError:
         return Result.done()  # its own reconcile says why; nothing is granted meanwhile
     queued = RunPhase.QUEUED.value in ctl.indices.run_phases(key.namespace, key.name)
-    if (spec is None or not (spec.concurrency or spec.throttle)) and not queued:
+    if (spec is None or not (spec.concurrency or spec.throttle or spec.singleton)) and not queued:
         return Result.done()  # no flow control and no run waiting: no list needed
     objs = [
         obj
@@ -52,7 +52,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
         spec = _spec_of_newest(candidates)
     now = ctl.clock()
     decided = admission.admit(
-        spec.concurrency if spec else [],
+        admission.entries(spec) if spec else [],
         [c for _, c in candidates.values()],
         now,
         spec.throttle if spec else None,

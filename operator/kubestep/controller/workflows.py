@@ -25,6 +25,10 @@ def readiness(workflow: Workflow) -> Condition:
         keys.append(("spec.throttle.key", workflow.spec.throttle.key))
     if workflow.spec.priority is not None:
         keys.append(("spec.priority.run", workflow.spec.priority.run))
+    if workflow.spec.rate_limit is not None:
+        keys.append(("spec.rateLimit.key", workflow.spec.rate_limit.key))
+    if workflow.spec.singleton is not None:
+        keys.append(("spec.singleton.key", workflow.spec.singleton.key))
     expressions = [(field, key, "CEL over `event`") for field, key in keys]
     expressions += [
         (f"spec.cancelOn[{index}].if", rule.if_, "CEL over `event` and `async`")

@@ -206,7 +206,7 @@ class Driver:
         """Grant the slots of the workflows' flow control, as the operator does; True if any was."""
         by_workflow: dict[str, list[WorkflowRun]] = defaultdict(list)
         for run in self.state.runs.values():
-            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle
+            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle or run.spec.workflow.singleton
             if flow or run.status.admission is not None:
                 by_workflow[run.spec.workflow_ref.name].append(run)
         changed = False
@@ -217,7 +217,7 @@ class Driver:
             spec = loaded.spec if loaded is not None else runs[-1].spec.workflow
             candidates = [admission.candidate(r) for r in runs]
             decided = admission.admit(
-                spec.concurrency, candidates, now, spec.throttle, priority=spec.priority
+                admission.entries(spec), candidates, now, spec.throttle, priority=spec.priority
             )
             if decided.at is not None:
                 self._admission_due[workflow] = decided.at
