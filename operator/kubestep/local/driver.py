@@ -22,7 +22,7 @@ from kubestep.api.run import (
     WorkflowRunSpec,
 )
 from kubestep.api.workflow import Workflow
-from kubestep.engine import admission
+from kubestep.engine import admission, gates
 from kubestep.engine.actions import (
     AnnounceEnd,
     CancelChild,
@@ -88,6 +88,8 @@ class Driver:
         self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self._inbox: dict[str, list[ArrivedEvent]] = defaultdict(list)
         self._unstartable: dict[str, ErrorInfo] = {}
+        self.gated: list[tuple[str, gates.Gate]] = []
+        """What the start gates said of each event they decided, by workflow."""
         self.standing_events: list[dict[str, Any]] = []
         """Events offered to every wait as if just published (``kubestep.testing``)."""
 
@@ -101,7 +103,7 @@ class Driver:
             if workflow is not None and name != workflow:
                 continue
             verdict = match(wf.spec, event.as_payload())
-            if verdict.matched:
+            if verdict.matched and self._passes_gate(name, event):
                 started.append(self.create_run(name, event, self._run_name(name, event)))
             elif verdict.error:
                 errors.append(f"{name}: {verdict.error}")
@@ -109,6 +111,29 @@ class Driver:
             detail = "; ".join(errors) or f"no trigger of workflow {workflow!r} matches event {event.name!r}"
             raise NoTriggerMatchError(detail)
         return started
+
+    def _passes_gate(self, workflow: str, event: RunEvent) -> bool:
+        """`spec.rateLimit` and `spec.singleton`, decided as the operator decides them, over the runs this
+        process drives; a run an event replaces is cancelled here."""
+        spec = self.workflows[workflow].spec
+        if not gates.gated(spec):
+            return True
+        runs = [
+            gates.seen(r, spec.function)
+            for r in self.state.runs.values()
+            if r.spec.workflow_ref.name == workflow
+        ]
+        now = self.clock.now()
+        verdict = gates.gate(workflow, spec, event.as_payload(), event.source or "", runs, now)
+        for name in verdict.cancel:
+            run = self.state.runs[name]
+            cancelled = run.spec.model_copy(update={"cancel": True, "cancel_reason": verdict.cancel_reason})
+            self.state.runs[name] = run.model_copy(update={"spec": cancelled})
+        if verdict.message and self.timeline is not None:
+            reason = "RunsReplaced" if verdict.starts else verdict.outcome.value
+            self.timeline.note(now, workflow, Note(reason, verdict.message, warning=not verdict.starts))
+        self.gated.append((workflow, verdict))
+        return verdict.starts
 
     def _run_name(self, workflow: str, event: RunEvent) -> str:
         """A new run's name; for an event with ``spec.id``, named as the operator names it, so that an event
