@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from kubestep.api.base import ObjectMeta
 from kubestep.api.flow import ConcurrencyScope, QueueReason
 from kubestep.api.run import RunEvent, RunPhase, WorkflowRef, WorkflowRun, WorkflowRunSpec
-from kubestep.api.workflow import RateLimit, Singleton, Trigger, WorkflowSpec
+from kubestep.api.workflow import RateLimit, Singleton, Trigger, Workflow, WorkflowSpec
+from kubestep.controller.workflows import readiness
 from kubestep.engine import Observed, decide
 from kubestep.engine.admission import Candidate, admit, entries, must_wait
 from kubestep.engine.gates import Gate, Outcome, Seen, gate, seen, seen_of
@@ -247,3 +248,16 @@ def test_bad_fields_are_refused_with_what_to_write(model: type, fields: dict[str
 
 def test_gate_default_starts() -> None:
     assert Gate().starts and Gate().outcome is Outcome.START
+
+
+@pytest.mark.parametrize(
+    ("flow", "field"),
+    [
+        ({"rate_limit": RateLimit(limit=1, period="1m", key="event.data.(")}, "spec.rateLimit.key"),
+        ({"singleton": Singleton(key="event.data.(")}, "spec.singleton.key"),
+    ],
+)
+def test_a_key_that_does_not_compile_makes_the_workflow_not_ready(flow: dict[str, Any], field: str) -> None:
+    condition = readiness(Workflow(metadata=ObjectMeta(name="wf"), spec=spec(**flow)))
+    assert (condition.status, condition.reason) == ("False", "InvalidExpression")
+    assert condition.message.startswith(f"{field}: CEL expression 'event.data.(' does not compile")

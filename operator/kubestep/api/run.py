@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from kubestep.api.base import API_VERSION, Condition, Model, ObjectMeta
 from kubestep.api.event import EventSpec
@@ -264,8 +264,19 @@ class RerunSpec(Model):
     outputs without running them."""
 
 
+#: `spec.cancelReason` says why `spec.cancel` is set: alone it would say something false.
+_CANCEL_REASON: dict[str, Any] = {
+    "rule": "!has(self.cancelReason) || (has(self.cancel) && self.cancel)",
+    "message": "spec.cancelReason is set but spec.cancel is not true; set spec.cancel: true to cancel the "
+    "run, or remove spec.cancelReason",
+    "fieldPath": ".cancelReason",
+}
+
+
 class WorkflowRunSpec(Model):
     """The frozen inputs of a run. Editing the Workflow never changes a run already started."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_CANCEL_REASON]})
 
     workflow_ref: WorkflowRef = Field(
         json_schema_extra=_immutable(
