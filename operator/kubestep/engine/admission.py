@@ -23,6 +23,8 @@ oldest work. With K groups waiting for N free slots, no group gets more than ⌈
 
 `spec.throttle` paces run admissions per key (GCRA), replayed from the admission times the runs record;
 `spec.priority` moves a run's place in every queue by its own number of seconds.
+`spec.singleton` is one more entry of scope `Runs` (limit 1 per its key, see `entries`): a run that
+replaced a cancelled one waits until that one has ended (the event side is `engine.gates`).
 """
 
 from __future__ import annotations
