@@ -17,6 +17,7 @@ from kubestep.controller.workflows import readiness
 from kubestep.engine import Observed, decide
 from kubestep.engine.admission import Candidate, admit, entries, must_wait
 from kubestep.engine.gates import Gate, Outcome, Seen, gate, seen, seen_of
+from kubestep.engine.history import Finished, collect
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -261,3 +262,14 @@ def test_a_key_that_does_not_compile_makes_the_workflow_not_ready(flow: dict[str
     condition = readiness(Workflow(metadata=ObjectMeta(name="wf"), spec=spec(**flow)))
     assert (condition.status, condition.reason) == ("False", "InvalidExpression")
     assert condition.message.startswith(f"{field}: CEL expression 'event.data.(' does not compile")
+
+
+def test_history_keeps_runs_the_rate_limit_still_counts() -> None:
+    limited = spec(rate_limit=RateLimit(limit=1, period="1m"), history={"succeeded": 0, "failed": 0})
+    young = Finished("young", RunPhase.SUCCEEDED, at(20), created=at(0))
+    old = Finished("old", RunPhase.SUCCEEDED, at(20), created=at(-120))
+    plan = collect(limited, [young, old], at(30))
+    # Deleted, the young run would no longer be counted and a second event would start a run.
+    assert plan.delete == ["old"]
+    assert plan.next == at(61)  # collected once the rate limit has stopped counting it
+    assert collect(limited, [young], at(61)).delete == ["young"]
