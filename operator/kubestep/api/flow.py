@@ -61,6 +61,7 @@ class QueueReason(StrEnum):
     WORKFLOW_PAUSED = "WorkflowPaused"
     DEBOUNCING = "Debouncing"
     BATCHING = "Batching"
+    SINGLETON_ACTIVE = "SingletonActive"
 
 
 #: The condition a queued run carries: False while it waits, True once admitted.

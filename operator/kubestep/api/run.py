@@ -310,10 +310,21 @@ class RunGather(Model):
     also `spec.event`."""
 
 
+#: `spec.cancelReason` says why `spec.cancel` is set: alone it would say something false.
+_CANCEL_REASON: dict[str, Any] = {
+    "rule": "!has(self.cancelReason) || (has(self.cancel) && self.cancel)",
+    "message": "spec.cancelReason is set but spec.cancel is not true; set spec.cancel: true to cancel the "
+    "run, or remove spec.cancelReason",
+    "fieldPath": ".cancelReason",
+}
+
+
 class WorkflowRunSpec(Model):
     """The frozen inputs of a run. Editing the Workflow never changes a run already started."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_EVENT_FIXED, _GATHER_KEPT]})
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [_EVENT_FIXED, _GATHER_KEPT, _CANCEL_REASON]}
+    )
 
     workflow_ref: WorkflowRef = Field(
         json_schema_extra=_immutable(
@@ -337,6 +348,9 @@ class WorkflowRunSpec(Model):
     """Set on a run that holds events under the workflow's `spec.debounce` or `spec.batch`."""
     cancel: bool = False
     """Set to true to cancel the run: running step pods are deleted and the run ends Cancelled."""
+    cancel_reason: str | None = Field(default=None, max_length=1024)
+    """Why the run is cancelled, set together with `cancel`; the run's `status.error` says it. The operator
+    sets it when an Event replaces the run under `spec.singleton` (mode `Cancel`), naming that Event."""
     rerun: RerunSpec | None = Field(
         default=None,
         json_schema_extra=_immutable(

@@ -423,6 +423,56 @@ class Batch(SpecModel):
         return self
 
 
+_RATE_LIMIT_PERIOD: dict[str, Any] = {
+    "rule": "!(" + _parsable("period") + ") || duration(self.period) >= duration('1s')",
+    "message": "rateLimit.period is shorter than 1s; use a period of at least 1s (e.g. 1m, 1h)",
+    "fieldPath": ".period",
+}
+
+
+class RateLimit(SpecModel):
+    """A cap on how many events start a run: an event over it starts nothing (it is dropped, not queued), and
+    its `Processed` condition says `RateLimited`."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_RATE_LIMIT_PERIOD]})
+
+    limit: int = Field(ge=1, le=MAX_CONCURRENCY_LIMIT)
+    """Runs that events may start within any `period` (per value of `key`, when set): the runs of the
+    workflow created in the last `period`, counted to the second, whatever they are doing now."""
+    period: SpecDuration
+    """The sliding window `limit` is counted over, at least `1s`, e.g. `1m` or `24h`."""
+    key: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Optional CEL expression over `event` whose value gives each its own limit, for example
+    `event.user.id`. An event whose key fails to evaluate counts under the empty key."""
+
+    @model_validator(mode="after")
+    def _period_at_least_a_second(self) -> RateLimit:
+        if parse_duration(self.period) < 1:
+            raise ValueError(_RATE_LIMIT_PERIOD["message"])
+        return self
+
+
+class SingletonMode(StrEnum):
+    """What an event does when a run of its key is still active."""
+
+    SKIP = "Skip"
+    CANCEL = "Cancel"
+
+
+class Singleton(SpecModel):
+    """At most one active (not finished) run of the workflow per key value."""
+
+    key: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Optional CEL expression over `event` whose value names the run's slot, for example
+    `event.data.customer`; unset: one active run for the whole workflow. An event whose key fails to
+    evaluate counts under the empty key."""
+    mode: SingletonMode = SingletonMode.SKIP
+    """`Skip` (default): an event arriving while a run of its key is active starts nothing, and its
+    `Processed` condition (reason `SingletonSkipped`) names that run. `Cancel`: the active run is cancelled
+    (its `status.error` names the Event that replaced it) and the event's run starts once it has ended:
+    until then it waits in phase `Queued`, so the two never run side by side."""
+
+
 #: Entries of `spec.steps`: enough for every step of a large workflow, small enough for the API server's
 #: cost estimate of the rules that iterate them.
 MAX_STEP_POLICIES = 64
@@ -526,6 +576,10 @@ class WorkflowSpec(SpecModel):
     batch: Batch | None = None
     """Flow control: one run receives up to `maxSize` events (`ctx.events`), started when full or `timeout`
     after its first. Not together with `debounce`."""
+    rate_limit: RateLimit | None = None
+    """Flow control: at most `limit` runs started by events per `period`; events over it start nothing."""
+    singleton: Singleton | None = None
+    """Flow control: at most one active run per key; a new event is skipped, or replaces the active run."""
     steps: dict[str, StepPolicy] = Field(
         default_factory=dict,
         max_length=MAX_STEP_POLICIES,

@@ -37,9 +37,10 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     # Only the workflow itself pauses: the runs of a deleted one finish (their copies may say paused).
     paused = spec is not None and spec.paused
     queued = RunPhase.QUEUED.value in ctl.indices.run_phases(key.namespace, key.name)
-    if (
-        spec is None or not (spec.concurrency or spec.throttle or spec.paused or policy_of(spec))
-    ) and not queued:
+    flow = spec is not None and (
+        spec.concurrency or spec.throttle or spec.paused or spec.singleton or policy_of(spec)
+    )
+    if not flow and not queued:
         # No flow control and no run waiting (a run told of a pause counts as waiting): no list needed.
         return Result.done()
     objs = [
@@ -60,7 +61,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     # Runs holding events (debounce, batch) are released first, then admitted like any other.
     hold = await gather.release(ctl, candidates, now)
     decided = admission.admit(
-        spec.concurrency if spec else [],
+        admission.entries(spec) if spec else [],
         [c for _, c in candidates.values()],
         now,
         spec.throttle if spec else None,

@@ -238,6 +238,7 @@ def rerun_run(original: WorkflowRun, workflow: Workflow | None, action: StartRer
             "rerun": action.rerun,
             "rerun_requests": [],
             "cancel": False,
+            "cancel_reason": None,
         }
     )
     body = WorkflowRun(

@@ -5,6 +5,7 @@ Not the work queue: a reconciler tells the queue what it needs by the result it 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -99,6 +100,9 @@ class Controller:
     workflow_versions: dict[tuple[str, str], str] = field(default_factory=dict)
     """The newest ``resourceVersion`` of each Workflow this process read from the API or wrote, by
     (namespace, name): its status is written only from that version (a cached older one would conflict)."""
+    gate_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    """One lock per (namespace, workflow) with start gates (`spec.rateLimit`, `spec.singleton`): an event's
+    gate decision and the start it allows are made under it (`kubestep.controller.gates`)."""
     run_versions: dict[tuple[str, str], str] = field(default_factory=dict)
     """The newest ``resourceVersion`` of each run this process read from the API or wrote, by (namespace,
     run): a cached copy at another version may be behind, and is read again from the API."""

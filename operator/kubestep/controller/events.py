@@ -13,12 +13,13 @@ from kubestep.api import names
 from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.event import Event, EventRunRef, EventStatus
 from kubestep.api.workflow import Workflow
-from kubestep.controller import builders, observe
+from kubestep.controller import builders, gates, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.gather import DEBOUNCED, gather_event
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
 from kubestep.controller.queue import Result
 from kubestep.engine.dedupe import earlier_start
+from kubestep.engine.gates import Outcome
 from kubestep.engine.gather import policy_of
 from kubestep.engine.lifecycle import on_failure_function
 from kubestep.engine.triggers import ID_GENERATIONS, duplicate, id_run_seed, match
@@ -37,6 +38,8 @@ class _Verdict:
     """Why a run was not started: an unusable workflow, a refused run."""
     failed_ifs: list[str] = field(default_factory=list)
     """Triggers whose `if` could not be evaluated on this event."""
+    gated: list[tuple[str, str]] = field(default_factory=list)
+    """What the start gates (`spec.rateLimit`, `spec.singleton`) said: outcome and message."""
 
 
 async def reconcile_event(ctl: Controller, key: Key) -> Result:
@@ -104,7 +107,12 @@ async def _start_runs(ctl: Controller, event: Event) -> _Verdict:
             verdict.failed_ifs.append(f"workflow {workflow.metadata.name}: {found.error}")
         if not found.matched:
             continue
-        await _start_run(ctl, workflow, event, created, verdict)
+        async with gates.gated(ctl, workflow, event, payload) as gate:
+            if gate.message:
+                verdict.gated.append((gate.outcome.value, gate.message))
+            if not gate.starts:
+                continue
+            await _start_run(ctl, workflow, event, created, verdict)
     return verdict
 
 
@@ -199,6 +207,7 @@ def _condition(event: Event, verdict: _Verdict) -> Condition:
     if verdict.started:
         runs = ", ".join(f"{r.run} ({r.workflow})" for r in verdict.started)
         message = f"started {len(verdict.started)} run(s): {runs}" + (f"; errors: {errors}" if errors else "")
+        message += "".join(f"; {m}" for _, m in verdict.gated)
         return Condition(type=PROCESSED, status="True", reason="RunsStarted", message=message)
     if verdict.debounced:
         return Condition(
@@ -210,6 +219,10 @@ def _condition(event: Event, verdict: _Verdict) -> Condition:
             "window start nothing; give the event a new spec.id to start another run"
         )
         return Condition(type=PROCESSED, status="True", reason="Duplicate", message=message)
+    stopped = [(r, m) for r, m in verdict.gated if r != Outcome.START]
+    if stopped:
+        message = "; ".join(m for _, m in stopped) + (f"; errors: {errors}" if errors else "")
+        return Condition(type=PROCESSED, status="True", reason=stopped[0][0], message=message)
     if verdict.errors:
         return Condition(
             type=PROCESSED,

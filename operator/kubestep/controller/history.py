@@ -40,7 +40,14 @@ async def collect_runs(ctl: Controller, workflow: Workflow, status: WorkflowStat
             and run.status.announced is not False
         ):
             # A run still owing its end's announcement is kept until it has made it.
-            finished.append(Finished(run.metadata.name, run.status.phase, run.status.finished_at))
+            finished.append(
+                Finished(
+                    run.metadata.name,
+                    run.status.phase,
+                    run.status.finished_at,
+                    run.metadata.creation_timestamp,
+                )
+            )
     plan = collect(workflow.spec, finished, ctl.clock())
     for name in plan.delete:
         with contextlib.suppress(NotFound):

@@ -28,6 +28,10 @@ def readiness(workflow: Workflow) -> Condition:
     for field, held in (("debounce", workflow.spec.debounce), ("batch", workflow.spec.batch)):
         if held is not None:
             keys.append((f"spec.{field}.key", held.key))
+    if workflow.spec.rate_limit is not None:
+        keys.append(("spec.rateLimit.key", workflow.spec.rate_limit.key))
+    if workflow.spec.singleton is not None:
+        keys.append(("spec.singleton.key", workflow.spec.singleton.key))
     expressions = [(field, key, "CEL over `event`") for field, key in keys]
     expressions += [
         (f"spec.cancelOn[{index}].if", rule.if_, "CEL over `event` and `async`")

@@ -27,6 +27,9 @@ oldest work. With K groups waiting for N free slots, no group gets more than ⌈
 `spec.paused` is read from the workflow as it is now, not from a run's copy of the spec: admission writes it
 into every unfinished run (`status.admission.paused`), and the run's engine starts nothing while it says so
 (`take_ticket`, `must_wait`). So a run in flight finishes its running steps and waits before the next.
+
+`spec.singleton` is one more entry of scope `Runs` (limit 1 per its key, see `entries`): a run that
+replaced a cancelled one waits until that one has ended (the event side is `engine.gates`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 from kubestep.api.base import Condition, set_condition
 from kubestep.api.flow import ADMITTED, Concurrency, ConcurrencyScope, QueueReason, RunAdmission
 from kubestep.api.run import RunEvent, RunPhase, WorkflowRun, WorkflowRunStatus
-from kubestep.api.workflow import MAX_PRIORITY_SECONDS, Priority, Throttle
+from kubestep.api.workflow import MAX_PRIORITY_SECONDS, Priority, Throttle, WorkflowSpec
 from kubestep.engine.cel import CelError, evaluate
 
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -61,9 +64,22 @@ def scopes(entries: Iterable[Concurrency]) -> tuple[bool, bool]:
     return ConcurrencyScope.RUNS in listed, ConcurrencyScope.STEPS in listed
 
 
+class SingletonSlot(Concurrency):
+    """The cap `spec.singleton` implies: one run at a time per key (scope `Runs`), so that a run started in
+    place of a cancelled one waits in phase `Queued` until that one has ended."""
+
+
+def entries(spec: WorkflowSpec) -> list[Concurrency]:
+    """The caps admission enforces for ``spec``: `spec.concurrency`, and the slot of `spec.singleton`."""
+    if spec.singleton is None:
+        return list(spec.concurrency)
+    slot = SingletonSlot(limit=1, key=spec.singleton.key, scope=ConcurrencyScope.RUNS)
+    return [*spec.concurrency, slot]
+
+
 def must_wait(run: WorkflowRun) -> bool:
     """Whether a run not started yet waits for admission before anything of it starts."""
-    runs_capped, steps_capped = scopes(run.spec.workflow.concurrency)
+    runs_capped, steps_capped = scopes(entries(run.spec.workflow))
     # Created while its workflow was paused: admitted once it is resumed, not before.
     runs_capped = runs_capped or run.spec.workflow.throttle is not None or run.spec.workflow.paused
     admission = run.status.admission or RunAdmission()
@@ -524,6 +540,8 @@ def _verdict(
         )
         return Verdict(reason=QueueReason.THROTTLED, waiting_for=short, message=message)
     full = full or [i for i, e in enumerate(entries) if e.scope is scope]
+    if full and isinstance(entries[full[0]], SingletonSlot):
+        return _singleton_verdict(entries[full[0]], work.keys[full[0]])
     if not full:  # waits on nothing this pass knows of: it is granted on a pass that sees the change
         return Verdict(
             reason=QueueReason.CONCURRENCY_LIMITED,
@@ -552,6 +570,19 @@ def _verdict(
         waiting_for=short,
         message=message,
     )
+
+
+def _singleton_verdict(entry: Concurrency, key: str) -> Verdict:
+    short = QueueReason.SINGLETON_ACTIVE.value
+    where = ""
+    if entry.key is not None:
+        short += f" {entry.key}={_shown(key)}"
+        where = f" for key {entry.key} = {_shown(key)!r}"
+    message = (
+        f"waiting for the active run to end: spec.singleton allows one active run{where} (a run it "
+        "replaced is being cancelled)"
+    )
+    return Verdict(reason=QueueReason.SINGLETON_ACTIVE, waiting_for=short, message=message)
 
 
 def settled(status: Mapping[str, Any], verdict: Verdict) -> bool:

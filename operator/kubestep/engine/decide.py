@@ -125,7 +125,9 @@ class _Decider:
             if self.run.spec.rerun is not None:
                 self.start_rerun(self.run.spec.rerun)
         if self.run.spec.cancel:
-            self.end_all(RunPhase.CANCELLED, None, "Cancelled", "the run was cancelled (spec.cancel)")
+            why = self.run.spec.cancel_reason  # e.g. the Event that replaced it under `spec.singleton`
+            error = ErrorInfo(type="Cancelled", message=why) if why else None
+            self.end_all(RunPhase.CANCELLED, error, "Cancelled", why or "the run was cancelled (spec.cancel)")
             return self.finish()
         since = self.run.metadata.creation_timestamp or status.started_at or self.now
         trigger = self.run.spec.event

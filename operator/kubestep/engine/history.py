@@ -21,6 +21,8 @@ class Finished:
     name: str
     phase: RunPhase
     finished_at: datetime
+    created: datetime | None = None
+    """When it was created: `spec.rateLimit` counts it for a period from then, so it is kept that long."""
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,12 @@ def collect(spec: WorkflowSpec, runs: list[Finished], now: datetime) -> Collecti
     kept = {True: 0, False: 0}
     limits = {True: spec.history.succeeded, False: spec.history.failed}
     expiries: list[datetime] = []
+    counted = _rate_counted(spec)
     for run in sorted(runs, key=lambda r: (r.finished_at, r.name), reverse=True):
         succeeded = run.phase is RunPhase.SUCCEEDED
+        if counted is not None and run.created is not None and run.created + counted > now:
+            expiries.append(run.created + counted)  # the rate limit still counts it: collected after
+            continue
         if kept[succeeded] >= limits[succeeded] or (ttl is not None and run.finished_at + ttl <= now):
             delete.append(run.name)
             continue
@@ -51,6 +57,13 @@ def collect(spec: WorkflowSpec, runs: list[Finished], now: datetime) -> Collecti
         if ttl is not None:
             expiries.append(run.finished_at + ttl)
     return Collection(sorted(delete), min(expiries, default=None))
+
+
+def _rate_counted(spec: WorkflowSpec) -> timedelta | None:
+    """How long after its creation `spec.rateLimit` counts a run (see `engine.gates`)."""
+    if spec.rate_limit is None:
+        return None
+    return timedelta(seconds=parse_duration(spec.rate_limit.period) + 1)
 
 
 def over_limits(spec: WorkflowSpec, succeeded: int, failed: int) -> bool:

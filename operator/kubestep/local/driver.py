@@ -23,7 +23,7 @@ from kubestep.api.run import (
     WorkflowRunSpec,
 )
 from kubestep.api.workflow import Workflow
-from kubestep.engine import admission, gather
+from kubestep.engine import admission, gates, gather
 from kubestep.engine.actions import (
     AnnounceEnd,
     CancelChild,
@@ -90,6 +90,8 @@ class Driver:
         self._outcomes: dict[str, list[Outcome]] = defaultdict(list)
         self._inbox: dict[str, list[ArrivedEvent]] = defaultdict(list)
         self._unstartable: dict[str, ErrorInfo] = {}
+        self.gated: list[tuple[str, gates.Gate]] = []
+        """What the start gates said of each event they decided, by workflow."""
         self.standing_events: list[dict[str, Any]] = []
         """Events offered to every wait as if just published (``kubestep.testing``)."""
 
@@ -103,16 +105,42 @@ class Driver:
             if workflow is not None and name != workflow:
                 continue
             verdict = match(wf.spec, event.as_payload())
-            if verdict.matched and policy_of(wf.spec) is not None:
-                started.append(self._gather(name, event))
-            elif verdict.matched:
-                started.append(self.create_run(name, event, self._run_name(name, event)))
+            if verdict.matched:
+                if not self._passes_gate(name, event):
+                    continue
+                if policy_of(wf.spec) is not None:
+                    started.append(self._gather(name, event))
+                else:
+                    started.append(self.create_run(name, event, self._run_name(name, event)))
             elif verdict.error:
                 errors.append(f"{name}: {verdict.error}")
         if not started and workflow is not None:
             detail = "; ".join(errors) or f"no trigger of workflow {workflow!r} matches event {event.name!r}"
             raise NoTriggerMatchError(detail)
         return started
+
+    def _passes_gate(self, workflow: str, event: RunEvent) -> bool:
+        """`spec.rateLimit` and `spec.singleton`, decided as the operator decides them, over the runs this
+        process drives; a run an event replaces is cancelled here."""
+        spec = self.workflows[workflow].spec
+        if not gates.gated(spec):
+            return True
+        runs = [
+            gates.seen(r, spec.function)
+            for r in self.state.runs.values()
+            if r.spec.workflow_ref.name == workflow
+        ]
+        now = self.clock.now()
+        verdict = gates.gate(workflow, spec, event.as_payload(), event.source or "", runs, now)
+        for name in verdict.cancel:
+            run = self.state.runs[name]
+            cancelled = run.spec.model_copy(update={"cancel": True, "cancel_reason": verdict.cancel_reason})
+            self.state.runs[name] = run.model_copy(update={"spec": cancelled})
+        if verdict.message and self.timeline is not None:
+            reason = "RunsReplaced" if verdict.starts else verdict.outcome.value
+            self.timeline.note(now, workflow, Note(reason, verdict.message, warning=not verdict.starts))
+        self.gated.append((workflow, verdict))
+        return verdict.starts
 
     def _run_name(self, workflow: str, event: RunEvent) -> str:
         """A new run's name; for an event with ``spec.id``, named as the operator names it, so that an event
@@ -267,7 +295,8 @@ class Driver:
             held = run.spec.gather
             if held is not None and held.open and not run.status.phase.finished:
                 continue  # holding events: released first (above), then admitted like any run
-            flow = run.spec.workflow.concurrency or run.spec.workflow.throttle or run.spec.workflow.paused
+            wf_spec = run.spec.workflow
+            flow = wf_spec.concurrency or wf_spec.throttle or wf_spec.paused or wf_spec.singleton
             loaded = self.workflows.get(run.spec.workflow_ref.name)
             paused = loaded is not None and loaded.spec.paused
             if flow or run.status.admission is not None or held is not None or paused:
@@ -277,7 +306,7 @@ class Driver:
             spec = loaded.spec if loaded is not None else runs[-1].spec.workflow
             candidates = [admission.candidate(r) for r in runs]
             decided = admission.admit(
-                spec.concurrency,
+                admission.entries(spec),
                 candidates,
                 now,
                 spec.throttle,
