@@ -45,6 +45,12 @@ class Indices(Protocol):
     def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
         """``(workflow, run)`` of the runs whose wait this Event ended."""
 
+    def cancellable_runs(self, namespace: str, event: str) -> list[str]:
+        """Unfinished runs with a `spec.cancelOn` rule for an event of this name."""
+
+    def run_jobs(self, namespace: str, run: str) -> list[str]:
+        """The step Jobs labelled with this run (its ``kubestep.dev/run`` label value)."""
+
     # The watch cache (see `kubestep.controller.cache`): what the watches last saw, possibly behind.
 
     def run(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from kubestep.api.report import decode_step_lines
 from kubestep.api.run import StepPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import ExecutionMode, Workflow
-from kubestep.controller import builders, cache, observe
+from kubestep.controller import builders, cache, gc, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import (
     RUNS,
@@ -114,6 +114,8 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
     # The engine's timers (a backoff, a sleep, a timeout); a refused Job is recorded by a pass at once.
     timers = [requeue.when for requeue in decision.of(RequeueAt)] + ([ctl.clock()] if refused else [])
     timers += wakeups
+    # A finished run's step Jobs, once every attempt's log tail is in its status (`spec.history`).
+    timers += await gc.collect_run_jobs(ctl, run, decision.status)
     return Result.requeue_at(min(timers, default=None))
 
 
