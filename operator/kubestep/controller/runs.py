@@ -431,7 +431,8 @@ async def _stop_strays(ctl: Controller, namespace: str, run: WorkflowRun, status
     # A Job created by a pass whose status was never saved (a conflict with a cancel, a crash) is in no
     # status: once the run is over, nothing of it may keep running. A recorded execution's Job is no stray,
     # though the Job controller may not have marked it finished yet (its pod's report was read at once):
-    # it and its pod's log stay. (Executions the run's end stopped were deleted by their StopExecution.)
+    # it and its pod's log stay until `spec.history.jobsAfterFinished` (`kubestep.controller.gc`).
+    # (Executions the run's end stopped were deleted by their StopExecution.)
     recorded = {attempt.job for step in status.steps for attempt in step.attempts}
     recorded.update(execution.name for execution in run.status.active)  # ended now, or stopped
     for job in await ctl.kube.run_jobs(namespace, run.metadata.name):
