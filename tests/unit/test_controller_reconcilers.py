@@ -342,6 +342,25 @@ def test_a_finished_runs_jobs_are_deleted_in_one_request_a_minute_after_it_finis
     assert world.reconcile() == Result.done() and world.kube.writes() == []
 
 
+def test_a_finished_runs_jobs_are_not_asked_for_again_while_the_watch_catches_up() -> None:
+    world = World()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output=7))
+    world.reconcile()
+    world.now += timedelta(minutes=1)
+    stale = world.kube.peek(JOBS, NS, job)
+    world.reconcile()
+    assert world.kube.methods("delete_jobs") == ["delete_jobs"]
+    # The Job watch still lists it (behind the deletion): a pass then asks nothing ...
+    assert stale is not None
+    world.kube.put(JOBS, stale)
+    assert world.reconcile() == Result.done() and world.kube.writes() == []
+    # ... unless it is still listed long after.
+    world.now += timedelta(seconds=31)
+    world.reconcile()
+    assert world.kube.methods("delete_jobs") == ["delete_jobs"] and world.jobs() == []
+
+
 # Creating an execution: AlreadyExists, refusals, failures ------------------------------------------------
 
 

@@ -102,3 +102,6 @@ class Controller:
     run_versions: dict[tuple[str, str], str] = field(default_factory=dict)
     """The newest ``resourceVersion`` of each run this process read from the API or wrote, by (namespace,
     run): a cached copy at another version may be behind, and is read again from the API."""
+    jobs_deleted: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    """Finished runs whose step Jobs this process asked to delete, by (namespace, run): when. Until the Job
+    watch has caught up, the Jobs it still lists are not asked for again (`kubestep.controller.gc`)."""

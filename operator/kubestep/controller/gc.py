@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
@@ -23,20 +23,35 @@ from kubestep.engine.gc import collect_event, collect_jobs
 
 log = logging.getLogger(__name__)
 
+#: How long the Job watch may lag a deletion of a run's Jobs before they are asked for again.
+JOBS_WATCH_LAG = timedelta(seconds=30)
+
 
 async def collect_run_jobs(ctl: Controller, run: WorkflowRun, status: WorkflowRunStatus) -> list[datetime]:
     """Delete the step Jobs of ``run`` (its status now ``status``) if they are due; when to look again."""
     if not status.phase.finished:
         return []
     namespace = run.metadata.namespace or ""
+    key = (namespace, run.metadata.name)
     label = builders.execution_labels(run)[builders.LABEL_RUN]
     left = bool(ctl.indices.run_jobs(namespace, label))
-    verdict = collect_jobs(run.model_copy(update={"status": status}), left, ctl.clock())
+    now = ctl.clock()
+    if not left:
+        ctl.jobs_deleted.pop(key, None)
+        return []
+    asked = ctl.jobs_deleted.get(key)
+    if asked is not None and now < asked + JOBS_WATCH_LAG:
+        return []  # deleted: the watch has not told of every Job yet (each one it tells of brings a pass)
+    verdict = collect_jobs(run.model_copy(update={"status": status}), left, now)
     if not verdict.delete:
         return [verdict.at] if verdict.at is not None else []
     selector = f"{builders.LABEL_MANAGED}={builders.MANAGER},{builders.LABEL_RUN}={label}"
     await ctl.kube.delete_jobs(namespace, selector)
     log.info("%s/%s: deleted its step Jobs: %s", namespace, run.metadata.name, verdict.why)
+    # A run deleted meanwhile never comes back to clear its entry: old ones go here.
+    for stale in [k for k, when in ctl.jobs_deleted.items() if when + JOBS_WATCH_LAG < now]:
+        del ctl.jobs_deleted[stale]
+    ctl.jobs_deleted[key] = now
     return []
 
 
