@@ -77,5 +77,5 @@ async def collect_handled_event(ctl: Controller, event: Event) -> Result:
         return Result.requeue_at(verdict.at)
     with contextlib.suppress(NotFound):
         await ctl.kube.delete_object(EVENTS, namespace, event.metadata.name)
-        log.info("%s/%s: deleted the Event: %s", namespace, event.metadata.name, verdict.why)
+        log.debug("%s/%s: deleted the Event: %s", namespace, event.metadata.name, verdict.why)
     return Result.done()
