@@ -276,11 +276,11 @@ class Bench:
 
     # Operator -------------------------------------------------------------------------------------------
 
-    def start_operator(self) -> None:
+    def start_operator(self, *args: str) -> None:
         log = (self.workdir / "operator.log").open("ab")
         env = {**os.environ, "KUBECONFIG": str(self.plane.kubeconfig)}
         self.operator = subprocess.Popen(
-            [sys.executable, "-m", "kubestep.cli.main", "operator", "-n", NAMESPACE],
+            [sys.executable, "-m", "kubestep.cli.main", "operator", "-n", NAMESPACE, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -517,6 +517,70 @@ class Bench:
         self.say(f"  operator RSS {rss / 2**20:.0f} MiB (peak {peak / 2**20:.0f} MiB)")
         return figures
 
+    def settled_usage(self) -> tuple[int, int, float]:
+        """The operator's usage once its CPU time stops growing (what it was given is all handled)."""
+        last = -1.0
+        for _ in range(240):
+            _, _, cpu = self.usage()
+            if cpu - last < 0.05:
+                break
+            last = cpu
+            time.sleep(2)
+        return self.usage()
+
+    def events(self) -> int:
+        found = self.custom.list_namespaced_custom_object("kubestep.dev", "v1alpha1", NAMESPACE, "events")
+        return len(found.get("items", []))
+
+    def collected_events(self, n: int, rounds: int = 2, window: int = 5) -> dict[str, Any]:
+        """Operator RSS before and after rounds of ``n`` Events (no workflow listens to them) that it
+        handles and, past its dedupe window (``window`` seconds), deletes: flat if nothing of them stays."""
+        self.say(f"collected events: {rounds} rounds of {n} Events, dedupe window {window} s")
+        self.stop_operator()
+        self.start_operator("--dedupe-window", f"{window}s")
+        time.sleep(5)
+        # What earlier phases left (their Events, past this window now) goes first.
+        self.wait_events_gone(600)
+        _, before, _ = self.settled_usage()
+        after: list[int] = []
+        took: list[float] = []
+        for r in range(rounds):
+            began = time.monotonic()
+            names = [f"collect-{r}-{i}" for i in range(n)]
+            self.publish("nothing-listens", names)
+            self.wait_events_gone(600)
+            took.append(time.monotonic() - began)
+            _, rss, _ = self.settled_usage()
+            after.append(rss)
+            self.say(
+                f"  round {r + 1}: {n} Events handled and deleted in {took[-1]:.1f} s, "
+                f"RSS {rss / 2**20:.1f} MiB"
+            )
+        peak, _, _ = self.usage()
+        figures = {
+            "events_per_round": n,
+            "rounds": rounds,
+            "window_s": window,
+            "rss_before_bytes": before,
+            "rss_after_rounds_bytes": after,
+            "peak_rss_bytes": peak,
+            "round_seconds": took,
+        }
+        self.figures["collected_events"] = figures
+        self.say(
+            f"  operator RSS {before / 2**20:.1f} MiB before, "
+            + ", ".join(f"{a / 2**20:.1f}" for a in after)
+            + f" MiB after each round of {n} collected Events"
+        )
+        return figures
+
+    def wait_events_gone(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.events():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.events()} Events still there after {timeout:.0f} s")
+            time.sleep(1)
+
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
@@ -620,6 +684,7 @@ def bench_cluster(workdir: Path, scale: float, say: Callable[[str], None]) -> di
             peak, rss, _ = bench.usage()
             bench.figures["operator_after_runs"] = {"peak_rss_bytes": peak, "rss_bytes": rss}
             bench.caches(bench.count(5000, least=50), bench.count(1000, least=10))
+            bench.collected_events(bench.count(1000, least=50))
         finally:
             bench.stop_operator()
         bench.figures["scale"] = scale

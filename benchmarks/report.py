@@ -97,6 +97,7 @@ def print_table(document: dict[str, Any]) -> None:
     f = cluster["five-steps"]
     after = cluster["operator_after_runs"]
     caches = cluster["caches"]
+    gc = cluster["collected_events"]
     local = document["figures"]["local_100_steps"]
     rows += [
         ("operator writes per attempt by kind (five-steps)", _kinds(f["operator_writes"], f["jobs"])),
@@ -107,6 +108,12 @@ def print_table(document: dict[str, Any]) -> None:
         (
             f"operator RSS with {caches['finished_runs']} finished + {caches['live_runs']} live runs",
             f"{caches['rss_bytes'] / mib:.0f} MiB",
+        ),
+        (
+            f"operator RSS before / after each round of {gc['events_per_round']} Events handled, collected",
+            f"{gc['rss_before_bytes'] / mib:.1f} / "
+            + " / ".join(f"{a / mib:.1f}" for a in gc["rss_after_rounds_bytes"])
+            + f" MiB ({gc['window_s']} s dedupe window)",
         ),
         (
             "`kubestep run`, 100-step workflow",

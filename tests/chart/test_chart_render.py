@@ -29,8 +29,9 @@ OPERATOR_CALLS = {
     ("kubestep.dev", "workflowruns", "create"),
     ("kubestep.dev", "workflowruns", "patch"),
     ("kubestep.dev", "workflowruns", "delete"),  # spec.history, spec.ttlAfterFinished
+    ("kubestep.dev", "events", "delete"),  # Events past their dedupe window
     *(("kubestep.dev", f"{r}/status", "update") for r in ("workflows", "events", "workflowruns")),
-    *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")),
+    *(("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete", "deletecollection")),
     *(("", "pods", v) for v in ("list", "watch", "delete")),
     ("", "pods/log", "get"),
     *(("", "secrets", v) for v in ("get", "create", "delete", "deletecollection")),

@@ -36,6 +36,7 @@ WRITES = frozenset(
         "create_secret",
         "delete_secret",
         "delete_secrets",
+        "delete_jobs",
         "delete_object",
         "post_event",
         "patch_event",
@@ -265,6 +266,16 @@ class FakeKube:
         for pod in self.objects(PODS, namespace):
             if self._labelled(pod, "batch.kubernetes.io/job-name", name):
                 self.store.pop((PODS, namespace, pod["metadata"]["name"]), None)
+
+    async def delete_jobs(self, namespace: str, label_selector: str) -> None:
+        """Delete every Job with these labels (``key=value``, comma-separated), and their pods."""
+        self._enter("delete_jobs", label_selector)
+        wanted = dict(pair.split("=", 1) for pair in label_selector.split(","))
+        for job in self.objects(JOBS, namespace):
+            labels = job["metadata"].get("labels") or {}
+            if all(labels.get(k) == v for k, v in wanted.items()):
+                await self.delete_job(namespace, job["metadata"]["name"])
+                self.calls.pop()
 
     async def job_pods(self, namespace: str, job: str) -> list[Obj]:
         """The pods of a Job."""

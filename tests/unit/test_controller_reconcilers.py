@@ -79,6 +79,16 @@ class FakeIndices:
     def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
         return self.resumed.get(event, [])
 
+    def cancellable_runs(self, namespace: str, event: str) -> list[str]:
+        return []
+
+    def run_jobs(self, namespace: str, run: str) -> list[str]:
+        return [
+            job["metadata"]["name"]
+            for job in self.kube.objects(JOBS, namespace)
+            if (job["metadata"].get("labels") or {}).get("kubestep.dev/run") == run
+        ]
+
     # An empty watch cache: every read is a miss, answered by the API (`test_controller_cache` fills it).
     def run(self, namespace: str, name: str) -> dict[str, Any] | None:
         return None
@@ -318,6 +328,43 @@ def test_events_a_step_sends_are_published_before_the_save_and_an_existing_one_c
     assert step.id == "tell" and step.phase.value == "Succeeded"
 
 
+def test_a_finished_runs_jobs_are_deleted_in_one_request_a_minute_after_it_finished() -> None:
+    world = World()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output=7))
+    world.reconcile()
+    assert world.run().status.phase is RunPhase.SUCCEEDED and world.jobs() == [job]
+    # `spec.history.jobsAfterFinished` (1 minute by default): `kubectl logs` works meanwhile.
+    assert world.reconcile() == Result.requeue_at(world.now + timedelta(minutes=1))
+    world.now += timedelta(minutes=1)
+    world.reconcile()
+    assert world.kube.writes() == [
+        Call("delete_jobs", f"app.kubernetes.io/managed-by=kubestep,kubestep.dev/run={RUN.name}")
+    ]
+    assert world.jobs() == []
+    # Nothing left: a later pass costs no request.
+    assert world.reconcile() == Result.done() and world.kube.writes() == []
+
+
+def test_a_finished_runs_jobs_are_not_asked_for_again_while_the_watch_catches_up() -> None:
+    world = World()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output=7))
+    world.reconcile()
+    world.now += timedelta(minutes=1)
+    stale = world.kube.peek(JOBS, NS, job)
+    world.reconcile()
+    assert world.kube.methods("delete_jobs") == ["delete_jobs"]
+    # The Job watch still lists it (behind the deletion): a pass then asks nothing ...
+    assert stale is not None
+    world.kube.put(JOBS, stale)
+    assert world.reconcile() == Result.done() and world.kube.writes() == []
+    # ... unless it is still listed long after.
+    world.now += timedelta(seconds=31)
+    world.reconcile()
+    assert world.kube.methods("delete_jobs") == ["delete_jobs"] and world.jobs() == []
+
+
 # Creating an execution: AlreadyExists, refusals, failures ------------------------------------------------
 
 
@@ -539,13 +586,14 @@ def test_a_finished_run_cleans_up_and_asks_for_nothing_more() -> None:
     assert "delete_secret" not in world.kube.methods()
     assert world.kube.objects(SECRETS, NS) == []
     assert (NS, RUN.name) not in world.ctl.owed
-    # Once the end is saved, the next pass publishes it (kubestep/run.finished); then nothing more.
+    # Once the end is saved, the next pass publishes it (kubestep/run.finished); then nothing more but
+    # deleting its Jobs (spec.history.jobsAfterFinished).
     assert result == Result.requeue_at(world.now)
-    assert world.reconcile() == Result.done()
+    assert world.reconcile() == Result.requeue_at(world.now + timedelta(minutes=1))
     (ended,) = [e for e in world.kube.objects(EVENTS, NS) if e["spec"]["name"] == "kubestep/run.finished"]
     assert ended["metadata"]["name"] == f"kubestep.run.{RUN.name}"
     assert world.run().status.announced is True
-    assert world.reconcile() == Result.done()
+    assert world.reconcile() == Result.requeue_at(world.now + timedelta(minutes=1))
 
 
 @pytest.mark.parametrize("how", ["deleted", "being-deleted"])
@@ -669,6 +717,20 @@ def test_an_event_whose_run_is_refused_says_so_not_that_an_expression_failed() -
     condition = processed(world, "upload-1")
     assert condition["reason"] == "RunNotStarted", condition
     assert "exceeded quota" in condition["message"] and "`if`" not in condition["message"]
+
+
+def test_a_handled_event_is_deleted_once_its_dedupe_window_has_passed() -> None:
+    world = World()
+    world.kube.put(WORKFLOWS, workflow_obj())
+    key = an_event(world)
+    world.reconcile(key)  # handled: its run started
+    # Its own change brings it back: kept for the window (24 h by default) and a grace, then looked at again.
+    assert world.reconcile(key) == Result.requeue_at(T0 + timedelta(hours=24, seconds=30))
+    assert world.kube.writes() == []
+    world.now = T0 + timedelta(hours=24, seconds=30)
+    assert world.reconcile(key) == Result.done()
+    assert world.kube.writes() == [Call("delete_object", "events/upload-1")]
+    assert world.kube.peek(EVENTS, NS, "upload-1") is None
 
 
 def test_an_event_that_is_gone_is_done() -> None:

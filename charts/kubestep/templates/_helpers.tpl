@@ -85,9 +85,10 @@ What the operator does in each namespace it manages (a Role per namespace, or on
 the calls it makes and no more:
 - kubestep's own resources: kopf watches them (list, watch); the reconcilers read one (get), create
   runs (for Events, schedules and invoked workflows) and Events (step.send_event, a run's end), cancel
-  child runs (patch the spec), delete finished runs (spec.history, spec.ttlAfterFinished), and write
-  status (update on the status subresource, with the version read).
-- Jobs: one per step attempt (create), read and watched (get, list, watch), deleted when a run ends.
+  child runs (patch the spec), delete finished runs (spec.history, spec.ttlAfterFinished) and Events past
+  their dedupe window, and write status (update on the status subresource, with the version read).
+- Jobs: one per step attempt (create), read and watched (get, list, watch), deleted when a run ends, and
+  a finished run's all at once (deletecollection, spec.history.jobsAfterFinished).
 - pods: watched to notice a deleted step pod (list, watch), deleted with a cancelled attempt, and the
   log tail read (pods/log get) for a failed attempt's message.
 - Secrets: the run state mounted into step pods (create, get to check the owner, delete).
@@ -99,7 +100,7 @@ the calls it makes and no more:
   verbs: ["get", "list", "watch"]
 - apiGroups: ["kubestep.dev"]
   resources: ["events"]
-  verbs: ["get", "list", "watch", "create"]
+  verbs: ["get", "list", "watch", "create", "delete"]
 - apiGroups: ["kubestep.dev"]
   resources: ["workflowruns"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
@@ -108,7 +109,7 @@ the calls it makes and no more:
   verbs: ["update"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "delete", "deletecollection"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "delete"]

@@ -524,6 +524,11 @@ class History(SpecModel):
     """Succeeded runs kept, newest first."""
     failed: int = Field(default=50, ge=0, le=10000)
     """Failed and cancelled runs kept, newest first."""
+    jobs_after_finished: SpecDuration = "1m"
+    """How long a finished run keeps its step Jobs, and their pods (for `kubectl logs`), before they are
+    deleted; the run itself stays as `succeeded` and `failed` say. Every attempt's log tail is in the run's
+    status, so `kubestep logs` and `kubectl describe ksr` still show it. `0s` deletes them as soon as the
+    run has finished; a long duration (`8760h`) keeps them as long as the run."""
 
 
 class OnFailure(SpecModel):

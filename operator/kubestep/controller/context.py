@@ -46,6 +46,12 @@ class Indices(Protocol):
     def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
         """``(workflow, run)`` of the runs whose wait this Event ended."""
 
+    def cancellable_runs(self, namespace: str, event: str) -> list[str]:
+        """Unfinished runs with a `spec.cancelOn` rule for an event of this name."""
+
+    def run_jobs(self, namespace: str, run: str) -> list[str]:
+        """The step Jobs labelled with this run (its ``kubestep.dev/run`` label value)."""
+
     # The watch cache (see `kubestep.controller.cache`): what the watches last saw, possibly behind.
 
     def run(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -106,3 +112,6 @@ class Controller:
     run_versions: dict[tuple[str, str], str] = field(default_factory=dict)
     """The newest ``resourceVersion`` of each run this process read from the API or wrote, by (namespace,
     run): a cached copy at another version may be behind, and is read again from the API."""
+    jobs_deleted: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    """Finished runs whose step Jobs this process asked to delete, by (namespace, run): when. Until the Job
+    watch has caught up, the Jobs it still lists are not asked for again (`kubestep.controller.gc`)."""

@@ -13,7 +13,7 @@ from kubestep.api import names
 from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.event import Event, EventRunRef, EventStatus
 from kubestep.api.workflow import Workflow
-from kubestep.controller import builders, gates, observe
+from kubestep.controller import builders, gates, gc, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.gather import DEBOUNCED, gather_event
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
@@ -68,7 +68,8 @@ async def reconcile_event(ctl: Controller, key: Key) -> Result:
         for wf, run in sorted(ctl.indices.resumed_by(key.namespace, key.name))
     ] or status.resumed
     if status == event.status:
-        return Result.done()
+        # Handled and saved (the save's change brings it here): deleted once past its dedupe window.
+        return await gc.collect_handled_event(ctl, event)
     return await _save(ctl, obj, status)
 
 

@@ -63,6 +63,12 @@ class KopfIndices:
     def resumed_by(self, namespace: str, event: str) -> list[tuple[str, str]]:
         return self._get("resumed_by", (namespace, event))
 
+    def cancellable_runs(self, namespace: str, event: str) -> list[str]:
+        return self._get("cancellable_runs", (namespace, event))
+
+    def run_jobs(self, namespace: str, run: str) -> list[str]:
+        return self._get("jobs_by_run", (namespace, run))
+
     def run(self, namespace: str, name: str) -> dict[str, Any] | None:
         return next(iter(self._get("run_cache", (namespace, name))), None)
 
@@ -86,6 +92,8 @@ READ_INDICES = (
     "job_cache",
     "pod_cache",
     "workflow_cache",
+    "cancellable_runs",
+    "jobs_by_run",
 )
 
 #: Every object a reconciler owns, by kind: all of them are queued when this operator starts leading.
@@ -151,8 +159,11 @@ def register(
     ) -> dict[Hashable, dict[str, Any]]:
         meta = body["metadata"]
         slim = {k: meta.get(k) for k in ("name", "namespace", "uid", "creationTimestamp")}
-        # The runs it started: its id stays a duplicate's for the dedupe window even if those runs are gone.
-        started = {"started": list(status.get("started") or [])}
+        # The runs it started: its id stays a duplicate's for the dedupe window even if those runs are gone;
+        # whether it was handled (collection keeps an Event until those sharing its id are).
+        conditions = status.get("conditions") or []
+        handled = [{"type": c.get("type", ""), "status": c.get("status", "")} for c in conditions]
+        started = {"started": list(status.get("started") or []), "conditions": handled}
         return {(namespace, spec.get("name", "")): {"metadata": slim, "spec": dict(spec), "status": started}}
 
     # Every key, so that a new leader queues everything: kopf drops an object's entry when it is deleted.
@@ -199,6 +210,12 @@ def register(
                 "status": body.get("status") or {},
             }
         }
+
+    @kopf.index("batch", "v1", "jobs", id="jobs_by_run", **managed, **on)  # type: ignore[arg-type]
+    def jobs_by_run(namespace: str, name: str, labels: dict[str, str], **_: Any) -> dict[Hashable, str]:
+        # Whether a finished run still has Jobs to collect, without a list call.
+        run = labels.get(builders.LABEL_RUN)
+        return {(namespace, run): name} if run else {}
 
     @kopf.index("", "v1", "pods", id="pod_cache", **managed, **on)  # type: ignore[arg-type]
     def pod_cache(

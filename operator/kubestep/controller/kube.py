@@ -355,6 +355,16 @@ class Kube:
         """Delete a Job and, in the background, its pods."""
         await self._write(self.batch.delete_namespaced_job, name, namespace, propagation_policy="Background")
 
+    async def delete_jobs(self, namespace: str, label_selector: str) -> None:
+        """Delete every Job with these labels, in one request; the garbage collector deletes their pods
+        after them (Background: a Job's default for this call would orphan its pods)."""
+        await self._write(
+            self.batch.delete_collection_namespaced_job,
+            namespace,
+            label_selector=label_selector,
+            propagation_policy="Background",
+        )
+
     async def job_pods(self, namespace: str, job: str) -> list[Obj]:
         """The pods of a Job."""
         pods = await self._call(

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from kubestep.api.report import decode_step_lines
 from kubestep.api.run import StepPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import ExecutionMode, Workflow
-from kubestep.controller import builders, cache, observe
+from kubestep.controller import builders, cache, gc, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import (
     RUNS,
@@ -114,6 +114,8 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
     # The engine's timers (a backoff, a sleep, a timeout); a refused Job is recorded by a pass at once.
     timers = [requeue.when for requeue in decision.of(RequeueAt)] + ([ctl.clock()] if refused else [])
     timers += wakeups
+    # A finished run's step Jobs, once every attempt's log tail is in its status (`spec.history`).
+    timers += await gc.collect_run_jobs(ctl, run, decision.status)
     return Result.requeue_at(min(timers, default=None))
 
 
@@ -434,7 +436,8 @@ async def _stop_strays(ctl: Controller, namespace: str, run: WorkflowRun, status
     # A Job created by a pass whose status was never saved (a conflict with a cancel, a crash) is in no
     # status: once the run is over, nothing of it may keep running. A recorded execution's Job is no stray,
     # though the Job controller may not have marked it finished yet (its pod's report was read at once):
-    # it and its pod's log stay. (Executions the run's end stopped were deleted by their StopExecution.)
+    # it and its pod's log stay until `spec.history.jobsAfterFinished` (`kubestep.controller.gc`).
+    # (Executions the run's end stopped were deleted by their StopExecution.)
     recorded = {attempt.job for step in status.steps for attempt in step.attempts}
     recorded.update(execution.name for execution in run.status.active)  # ended now, or stopped
     for job in await ctl.kube.run_jobs(namespace, run.metadata.name):
