@@ -19,7 +19,8 @@ def test_history_keeps_the_two_newest_succeeded_runs(operator: Operator, cluster
                 "triggers": [{"event": "test/quick.requested"}],
                 "image": "ghcr.io/example/lifecycle-flows:test",
                 "function": "lifecycle_flows:quick_flow",
-                "history": {"succeeded": 2},
+                # Jobs kept for an hour after their run ended: the kept runs' Jobs must still be there.
+                "history": {"succeeded": 2, "jobsAfterFinished": "1h"},
             },
         }
     )
@@ -53,7 +54,7 @@ def test_history_keeps_the_two_newest_succeeded_runs(operator: Operator, cluster
     remaining = wait_for(two_left, timeout=60, interval=0.3, what="the older runs to be collected")
     assert sorted(r["metadata"]["name"] for r in remaining) == sorted(started[-2:])
     assert all(r["status"]["phase"] == "Succeeded" for r in remaining)
-    # The collected runs' Jobs went with them (owner references); the kept runs keep theirs.
+    # The collected runs' Jobs went with them (owner references); the kept runs keep theirs for the hour.
     for run in started[:3]:
         wait_for(
             lambda run=run: cluster.items("jobs", f"kubestep.dev/run={run}") == [],
