@@ -4,11 +4,14 @@ Two builds of one small image (``tests/e2e/images/pinned``, FROM the runner imag
 environment variable their steps return. The first build is pushed under ``:latest``; a run's first step
 runs it, then the run waits for an event. The second build is pushed under the same tag, a new run starts,
 and the event lets both go on: the first run's later step still runs the first build, by digest, while
-the new run runs the second.
+the new run runs the second. Then the first run is moved to the new code on purpose: cancelled, and rerun
+from its later step, which runs the second build.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from kubecp.testing import wait_for
 
 CONTEXT = Path(__file__).resolve().parent / "images" / "pinned"
 RUNS = "workflowruns.kubestep.dev"
+KUBESTEP = Path(sys.executable).parent / "kubestep"
 #: Pulling and unpacking a new build on a busy machine takes a while.
 TIMEOUT = 240.0
 
@@ -30,6 +34,17 @@ def push(images: PushedImages, build: str, reference: str) -> None:
         f"kubestep-tests/pinned-{build}", CONTEXT / f"Dockerfile.{build}", CONTEXT, images.local
     )
     images.local.buildah.push(local, reference)
+
+
+def kubestep(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    """``kubestep ARGS`` in the test's namespace, as a user types it."""
+    return subprocess.run(
+        [str(KUBESTEP), *args, "-n", cluster.namespace, "--kubeconfig", str(cluster.cp.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
 
 
 def event(name: str, event_name: str) -> dict[str, Any]:
@@ -141,10 +156,24 @@ def test_a_tag_pushed_again_mid_run_changes_new_runs_only(
     wide = cluster.kubectl("get", RUNS, "-o", "wide").stdout
     assert pinned in wide and moved in wide, wide
 
+    # Moving run 1 to the new code on purpose, as the README says: cancel it, rerun it from a step. The
+    # rerun reuses the outputs before that step and runs the rest in the image the tag names now.
+    kubestep(cluster, "cancel", old_name)
+    run_where(cluster, "run 1 to be cancelled", named(old_name, "Cancelled"))
+    started = kubestep(cluster, "rerun", old_name, "--from", "second").stdout
+    assert "from step second" in started, started
+    rerun = run_where(
+        cluster,
+        "the rerun to finish its second step",
+        lambda r: r.get("status", {}).get("rerunOf") == old_name and waiting_after("second")(r),
+    )
+    assert step(rerun, "second")["output"] == "second"
+    assert rerun["status"]["image"] == moved
+
     cluster.apply(event("finish", "test/pinned.finish"))
-    old = run_where(cluster, "run 1 to succeed", named(old_name, "Succeeded"))
     new = run_where(cluster, "run 2 to succeed", named(new_name, "Succeeded"))
-    assert old["status"]["output"] == {"first": "first", "second": "first"}
+    rerun = run_where(cluster, "the rerun to succeed", named(rerun["metadata"]["name"], "Succeeded"))
     assert new["status"]["output"] == {"first": "second", "second": "second"}
-    assert (old["status"]["image"], new["status"]["image"]) == (pinned, moved)
+    assert rerun["status"]["output"] == {"first": "first", "second": "second"}
+    assert cluster.get(RUNS, old_name)["status"]["image"] == pinned
     assert_clean_log(operator)
