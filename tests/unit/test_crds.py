@@ -249,6 +249,7 @@ def test_crd_names_and_version(name: str, kind: str, short: str) -> None:
                 "Step": ".status.currentStep",
                 "Attempt": ".status.currentAttempt",
                 "Waiting-For": ".status.admission.waitingFor",
+                "Image": ".status.image",
                 "Age": ".metadata.creationTimestamp",
             },
         ),

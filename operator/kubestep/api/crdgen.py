@@ -464,6 +464,13 @@ RESOURCES: tuple[Resource, ...] = (
             PrinterColumn(
                 "Waiting-For", ".status.admission.waitingFor", "string", "What a queued run waits for."
             ),
+            PrinterColumn(
+                "Image",
+                ".status.image",
+                "string",
+                "The image the run's step pods run, pinned by digest (shown with -o wide).",
+                priority=1,
+            ),
             AGE,
         ),
     ),

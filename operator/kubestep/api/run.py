@@ -388,6 +388,12 @@ class WorkflowRunStatus(Model):
     """Steps in the order the function reached them."""
     active: list[Execution] = Field(default_factory=list)
     """Executions (Jobs) in flight."""
+    image: str | None = None
+    """The image every later step pod of the run uses, pinned by digest (`registry/repo@sha256:...`): the
+    workflow's image as the run's first step pod ran it (its `imageID`). Pushing the workflow's tag again
+    changes runs started afterwards, never this one; to move a run to new code, cancel it and rerun it
+    from a step. An image given by digest is kept as written. Unset until a step pod has run, and when the
+    container runtime reports no registry digest (an image loaded into the node)."""
     output: Any = Field(default=None, json_schema_extra=_PRESERVE)
     """What the function returned, once it succeeded."""
     error: ErrorInfo | None = None

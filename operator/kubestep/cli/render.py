@@ -283,6 +283,13 @@ def timeline(run: WorkflowRun, now: datetime, children: list[WorkflowRun] | None
         f"Name:       {run.metadata.name}",
         f"Namespace:  {run.metadata.namespace or '-'}",
         f"Workflow:   {run.spec.workflow_ref.name}",
+    ]
+    if status.image:
+        # Only cluster runs pin one (their first pod's digest); local runs ignore the image.
+        named = run.spec.workflow.image
+        pinned = "" if named == status.image else f" (pinned from {named})"
+        lines.append(f"Image:      {escape(status.image + pinned)}")
+    lines += [
         f"Phase:      [{style}]{status.phase.value}[/]" if style else f"Phase:      {status.phase.value}",
         f"Started:    {status.started_at.isoformat() if status.started_at else '-'}",
         f"Duration:   {between(status.started_at, end)}",

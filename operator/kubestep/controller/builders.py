@@ -120,7 +120,8 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
         labels[LABEL_STEP] = step_label(action.step)
     container: Obj = {
         "name": CONTAINER,
-        "image": spec.image,
+        # Pinned by digest once the run's first pod ran, so a tag pushed again never changes a run in flight.
+        "image": action.image or spec.image,
         "command": ["python", "-m", "kubestep.runner"],
         "env": [
             {"name": "KUBESTEP_STATE", "value": f"{STATE_DIR}/{STATE_KEY}"},

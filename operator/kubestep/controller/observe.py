@@ -9,6 +9,7 @@ from typing import Any
 from kubestep.api.event import Event
 from kubestep.api.report import LOG_REPORT_MARKER, LOG_STEP_MARKER, Report, ReportKind, decode_report
 from kubestep.api.run import ErrorInfo, RunPhase, WorkflowRun
+from kubestep.controller.builders import CONTAINER
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Outcome
 
 Obj = dict[str, Any]
@@ -73,13 +74,27 @@ def _disruption(pod: Obj | None) -> tuple[str, str] | None:
     return None
 
 
+def image_id(pod: Obj | None) -> str:
+    """The image the step container ran, as the runtime reported it (``registry/repo@sha256:...``)."""
+    for status in (pod or {}).get("status", {}).get("containerStatuses") or []:
+        if status.get("name") == CONTAINER:
+            return str(status.get("imageID") or "")
+    return ""
+
+
 def outcome(name: str, job: Obj | None, pod: Obj | None, log: str | None = None) -> Outcome | None:
     """How the execution ``name`` ended, or None while it still runs.
 
     A final report in the termination message (or the log) is trusted whatever else happened: the step
     finished. Without one, the pod tells whether the step timed out, was taken away by the cluster, or
-    failed by itself.
+    failed by itself. The image its container ran comes along (the run keeps it, by digest).
     """
+    ended = _ending(name, job, pod, log)
+    ran = image_id(pod)
+    return dataclasses.replace(ended, image_id=ran) if ended is not None and ran else ended
+
+
+def _ending(name: str, job: Obj | None, pod: Obj | None, log: str | None) -> Outcome | None:
     if job is None:
         # The Job is gone; what its pod said before going (the step it had started) still counts.
         terminated = terminated_state(pod)

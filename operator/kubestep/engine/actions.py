@@ -22,6 +22,9 @@ class StartExecution:
     timeout_seconds: float | None
     pod: PodOverrides | None = None
     """The step's own pod settings (`spec.steps`), when its step is known and has any."""
+    image: str | None = None
+    """The run's image pinned by digest (``status.image``), once its first pod ran; else the workflow's
+    image as written is used."""
 
 
 @dataclass(frozen=True)

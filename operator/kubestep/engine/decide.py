@@ -42,7 +42,7 @@ from kubestep.api.run import (
     WorkflowRunStatus,
 )
 from kubestep.api.workflow import ExecutionMode, ExecutionPolicy
-from kubestep.engine import admission, backoff, rerun, starting
+from kubestep.engine import admission, backoff, images, rerun, starting
 from kubestep.engine.actions import (
     Action,
     AnnounceEnd,
@@ -223,6 +223,7 @@ class _Decider:
         if execution is None:
             return  # already recorded: outcomes are observed again after a crash, so ignore repeats
         self.status.active.remove(execution)
+        self.pin_image(outcome)
         if outcome.kind is ExitKind.REFUSED:
             # Nothing ran, and the same execution would be refused again: retrying cannot help.
             error = ErrorInfo(type=outcome.reason or "Refused", message=outcome.message)
@@ -255,6 +256,21 @@ class _Decider:
         result, reason = _failure_class(outcome)
         message = outcome.message or _describe_exit(outcome, self.timeout_text(step))
         self.attempt_failed(step, execution, outcome, result, reason, message, None)
+
+    def pin_image(self, outcome: Outcome) -> None:
+        """Keep the image the run's first pod ran, by digest, for every later pod (see `engine.images`)."""
+        if self.status.image is not None:
+            return
+        pinned = images.pin(self.spec.image, outcome.image_id)
+        if pinned is None:
+            return
+        self.status.image = pinned
+        if pinned != self.spec.image:
+            self.note(
+                "ImagePinned",
+                f"the run's later steps run {pinned}, the image {self.spec.image} named "
+                "when its first pod started; pushing that tag again changes only new runs",
+            )
 
     def absorb_chain(self, execution: Execution, outcome: Outcome) -> Execution | None:
         """Record the steps a chained execution finished before its last report; the execution as its last
@@ -721,6 +737,7 @@ class _Decider:
                 state=self.runner_state(step_id, attempt if step_id else 1),
                 timeout_seconds=pod_deadline(self.spec.execution, policy.timeout_seconds),
                 pod=policy.pod or None,
+                image=self.status.image,
             )
         )
 

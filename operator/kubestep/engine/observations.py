@@ -48,6 +48,9 @@ class Outcome:
     """When it ended, if known."""
     chained: list[tuple[Report, datetime]] = field(default_factory=list)
     """Chained mode: the steps it finished, in order, with their end times, as its log recorded them."""
+    image_id: str = ""
+    """The image its container ran, as the runtime reported it (``imageID``: ``registry/repo@sha256:...``),
+    if known."""
 
 
 @dataclass(frozen=True)
