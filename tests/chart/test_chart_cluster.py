@@ -240,10 +240,12 @@ def run_example(release: Install, namespace: str, user: str | None = None) -> di
     )["items"]
     assert len(pods) >= 4, [p["metadata"]["name"] for p in pods]
     repository = release.example.rsplit(":", 1)[0]
+    pinned = run["status"]["image"]  # the digest the run's first pod ran: its later Jobs name it
+    assert pinned.startswith(f"{repository}@sha256:"), run["status"]
     for pod in pods:
         [container] = pod["status"]["containerStatuses"]
-        assert container["image"] == release.example, container
-        assert container["imageID"].startswith(f"{repository}@sha256:"), container
+        assert container["image"] in (release.example, pinned), container
+        assert container["imageID"] == pinned, container
     # ... and their processes, caught while they ran, were the runner as 65532 in the image's files
     # (which are not on this machine: /app exists only in the image).
     steps = [(p, sights) for p, sights in seen if "kubestep.runner" in p.command]

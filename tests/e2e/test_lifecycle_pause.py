@@ -114,11 +114,17 @@ def test_a_paused_workflow_queues_new_runs_holds_runs_between_steps_and_resuming
 
     # Events still start runs, which wait.
     cluster.apply(an_event("late"))
+    # Queued by its own pass, then told why by the workflow's admission pass.
     late = wait_for(
-        lambda: (r := run_of(cluster, "late")) and r.get("status", {}).get("phase") == "Queued" and r,
+        lambda: (
+            (r := run_of(cluster, "late"))
+            and r.get("status", {}).get("phase") == "Queued"
+            and admitted(r)
+            and r
+        ),
         timeout=60,
         interval=0.3,
-        what="the late run, queued",
+        what="the late run, queued and told why",
     )
     late_name = late["metadata"]["name"]
     condition = admitted(late)
