@@ -204,7 +204,9 @@ def test_the_api_server_refuses_debounce_with_batch_and_short_periods(cluster: C
 
 def test_a_held_batch_survives_an_operator_crash(operator: Operator, cluster: Cluster) -> None:
     ready(cluster, gather_workflow(batch={"maxSize": 3, "timeout": "10m"}))
-    cluster.apply(event("c-00", 0), event("c-01", 1))
+    # Their own times: two Events applied together share a creation second, which leaves their order open.
+    base = datetime.now(UTC)
+    cluster.apply(event("c-00", 0, base), event("c-01", 1, base + timedelta(seconds=1)))
 
     def holding(count: int, most: int = 1) -> dict[str, Any] | None:
         runs = cluster.runs()
@@ -219,7 +221,7 @@ def test_a_held_batch_survives_an_operator_crash(operator: Operator, cluster: Cl
     held = wait_for(lambda: holding(2), timeout=60, interval=0.3, what="a batch holding two events")
     assert held["status"]["phase"] == "Queued"
     operator.kill()
-    cluster.apply(event("c-02", 2))  # arrives while no operator runs
+    cluster.apply(event("c-02", 2, base + timedelta(seconds=2)))  # arrives while no operator runs
     operator.start()
     (run,) = finished_runs(cluster, 1, timeout=180)
     assert run["metadata"]["name"] == held["metadata"]["name"]
