@@ -13,11 +13,11 @@ import logging
 
 from pydantic import ValidationError
 
-from kubestep.api.run import RunPhase, WorkflowRun, WorkflowRunStatus
+from kubestep.api.run import RunPhase, WorkflowRun
 from kubestep.api.workflow import Workflow, WorkflowSpec
 from kubestep.controller import builders, cache, gather
 from kubestep.controller.context import Controller, Key
-from kubestep.controller.kube import RUNS, Conflict, NotFound, Obj
+from kubestep.controller.kube import NotFound, Obj
 from kubestep.controller.queue import Result
 from kubestep.engine import admission
 from kubestep.engine.gather import policy_of
@@ -70,21 +70,7 @@ async def reconcile_admission(ctl: Controller, key: Key) -> Result:
     )
     again = False
     for name, verdict in decided.verdicts.items():
-        obj = candidates[name][0]
-        if admission.settled(obj.get("status") or {}, verdict):
-            continue
-        try:
-            current = WorkflowRunStatus.model_validate(obj.get("status") or {})
-        except ValidationError:
-            continue
-        status = admission.apply(current, verdict, now)
-        if status == current:
-            continue
-        try:
-            await ctl.kube.replace_status(RUNS, obj, status.to_dict())
-        except NotFound:
-            continue
-        except Conflict:
+        if not await gather.write_verdict(ctl, candidates[name][0], verdict, now):
             again = True  # changed since the list: decided again from what is there then
     # A throttle's next turn changes nothing the watches see: the pass asks to be run again then.
     return Result(requeue=again or hold.again, at=gather.earliest(decided.at, hold.at))

@@ -206,24 +206,31 @@ async def release(ctl: Controller, candidates: dict[str, tuple[Obj, Candidate]],
             continue
         del candidates[name]
         waiting.append((policy, held.gather))
-        verdict = decide.waiting(policy, held.gather)
-        if admission.settled(obj.get("status") or {}, verdict):
-            continue
-        try:
-            current = WorkflowRunStatus.model_validate(obj.get("status") or {})
-        except ValidationError:
-            continue
-        status = admission.apply(current, verdict, now)
-        if status == current:
-            continue
-        try:
-            await ctl.kube.replace_status(RUNS, obj, status.to_dict())
-        except NotFound:
-            continue
-        except Conflict:
+        if not await write_verdict(ctl, obj, decide.waiting(policy, held.gather), now):
             hold.again = True
     hold.at = decide.next_release(waiting)
     return hold
+
+
+async def write_verdict(ctl: Controller, obj: Obj, verdict: admission.Verdict, now: datetime) -> bool:
+    """Write an admission verdict into the run ``obj``'s status, under the version read (also for the
+    admission pass, which imports this module); False if the run changed meanwhile."""
+    if admission.settled(obj.get("status") or {}, verdict):
+        return True
+    try:
+        current = WorkflowRunStatus.model_validate(obj.get("status") or {})
+    except ValidationError:
+        return True  # its own reconcile says what is wrong with it
+    status = admission.apply(current, verdict, now)
+    if status == current:
+        return True
+    try:
+        await ctl.kube.replace_status(RUNS, obj, status.to_dict())
+    except NotFound:
+        return True
+    except Conflict:
+        return False
+    return True
 
 
 def earliest(*times: datetime | None) -> datetime | None:
