@@ -82,6 +82,14 @@ class FakeIndices:
     def cancellable_runs(self, namespace: str, event: str) -> list[str]:
         return []
 
+    def listening_workflows(self, namespace: str, event: str) -> list[str]:
+        return [
+            wf["metadata"]["name"]
+            for wf in self.kube.objects(WORKFLOWS, namespace)
+            if any(t.get("event") == event for t in wf["spec"].get("triggers") or [])
+            or (event == "kubestep/run.failed" and wf["spec"].get("onFailure"))
+        ]
+
     def run_jobs(self, namespace: str, run: str) -> list[str]:
         return [
             job["metadata"]["name"]
@@ -290,7 +298,7 @@ def test_actions_that_need_no_record_come_before_the_save() -> None:
     assert Call("delete_job", job) in calls
     assert world.run().status.phase is RunPhase.CANCELLED
     assert world.jobs() == []
-    assert result == Result.requeue_at(world.now)  # to publish the run's end, once this status is saved
+    assert result == Result.done()  # its Jobs are gone, and nothing listens for its end
 
 
 def test_a_stop_carried_out_before_a_lost_save_is_harmless_when_decided_again() -> None:
@@ -303,7 +311,7 @@ def test_a_stop_carried_out_before_a_lost_save_is_harmless_when_decided_again() 
     assert world.reconcile() == Result.again()
     assert world.jobs() == []  # stopped: idempotent by name, so the next pass may ask again
     assert "Cancelled" not in world.notes()
-    assert world.reconcile() == Result.requeue_at(world.now)
+    assert world.reconcile().error is None
     assert world.run().status.phase is RunPhase.CANCELLED
     assert Call("delete_job", job) in world.kube.calls  # asked again; already gone, which is fine
 
@@ -531,7 +539,7 @@ def test_a_status_too_large_is_decided_again_and_saved_smaller_without_starting_
     assert run.status.error is not None and run.status.error.type == "StatusTooLarge"
     assert world.jobs() == [] and world.kube.objects(SECRETS, NS) == []
     assert all(i > 1 for i, c in enumerate(calls) if c.method == "post_event")
-    assert result == Result.requeue_at(world.now)
+    assert result == Result.done()  # nothing listens for its end: nothing to publish
 
 
 def test_a_status_refused_as_too_large_twice_is_a_failure_retried_with_backoff() -> None:
@@ -586,14 +594,43 @@ def test_a_finished_run_cleans_up_and_asks_for_nothing_more() -> None:
     assert "delete_secret" not in world.kube.methods()
     assert world.kube.objects(SECRETS, NS) == []
     assert (NS, RUN.name) not in world.ctl.owed
-    # Once the end is saved, the next pass publishes it (kubestep/run.finished); then nothing more but
+    # Nothing listens for its end (kubestep/run.finished): nothing is published, nothing is left to do but
     # deleting its Jobs (spec.history.jobsAfterFinished).
+    assert result == Result.requeue_at(world.now + timedelta(minutes=1))
+    assert ends(world) == [] and world.run().status.announced is None
+    assert world.reconcile() == Result.requeue_at(world.now + timedelta(minutes=1))
+    assert ends(world) == []
+
+
+@pytest.mark.parametrize("listener", ["trigger", "onFailure"])
+def test_a_run_end_something_listens_for_is_published_once_after_the_end_is_saved(listener: str) -> None:
+    world = World()
+    if listener == "trigger":
+        world.kube.put(WORKFLOWS, workflow_obj("on-ends", event="kubestep/run.failed"))
+    else:
+        handled = workflow_obj("handled", event="api/other")
+        handled["spec"]["onFailure"] = {"function": "m:on_failure"}
+        world.kube.put(WORKFLOWS, handled)
+    job = a_running_run(world)
+    error = ReportError(type="NonRetriableError", message="gone", retriable=False)
+    world.kube.end_job(NS, job, report(ReportKind.FAILED, error=error), exit_code=1)
+    result = world.reconcile()
+    assert world.run().status.phase is RunPhase.FAILED and world.run().status.announced is False
+    assert ends(world) == []
+    # Once the end is saved, the next pass publishes it; then nothing more but deleting its Jobs.
     assert result == Result.requeue_at(world.now)
     assert world.reconcile() == Result.requeue_at(world.now + timedelta(minutes=1))
-    (ended,) = [e for e in world.kube.objects(EVENTS, NS) if e["spec"]["name"] == "kubestep/run.finished"]
+    (ended,) = ends(world)
+    assert ended["spec"]["name"] == "kubestep/run.failed"
     assert ended["metadata"]["name"] == f"kubestep.run.{RUN.name}"
     assert world.run().status.announced is True
     assert world.reconcile() == Result.requeue_at(world.now + timedelta(minutes=1))
+    assert len(ends(world)) == 1
+
+
+def ends(world: World) -> list[Obj]:
+    """The Events announcing runs' ends."""
+    return [e for e in world.kube.objects(EVENTS, NS) if e["spec"]["name"].startswith("kubestep/run.")]
 
 
 @pytest.mark.parametrize("how", ["deleted", "being-deleted"])

@@ -7,10 +7,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
+import pytest
 from fake_kube import NOTES, FakeKube
 
 from kubestep.controller.kube import Kube, NotFound
-from kubestep.controller.recorder import EventRecorder
+from kubestep.controller.recorder import MESSAGE_BYTES, EventRecorder, one_note
 from kubestep.engine.actions import Note
 
 T0 = datetime(2026, 3, 1, 12, 0, 5, tzinfo=UTC)
@@ -86,3 +87,57 @@ def test_only_the_most_recent_events_are_remembered() -> None:
     for note in (a, b, c, a):
         _record(recorder, kube, note, T0)
     assert [(e[0], e[2]) for e in _shown(kube)] == [("A", 1), ("B", 1), ("C", 1), ("A", 1)]
+
+
+# One Event per pass ----------------------------------------------------------------------------------------
+
+SUCCEEDED = Note("StepSucceeded", "step 'a' succeeded (attempt 1, 0.4 s)")
+STARTED = Note("StepStarted", "step 'b' attempt 1 started")
+FAILED = Note("AttemptFailed", "step 'b' attempt 1 failed (Error) ValueError: bad row", warning=True)
+RETRY = Note("RetryScheduled", "step 'b' attempt 2 at 2026-03-01T12:00:20+00:00 (in 15 s)")
+STEP_FAILED = Note("StepFailed", "step 'b' failed: ValueError: bad row", warning=True)
+RUN_FAILED = Note("RunFailed", "run failed: step 'b': ValueError: bad row", warning=True)
+RUN_SUCCEEDED = Note("RunSucceeded", "run succeeded")
+RUN_STARTED = Note("RunStarted", "run started by event 'app/go'")
+RERUN = Note("RerunStarted", "rerun of run r from step 'b'")
+
+
+def test_a_pass_with_no_note_tells_nothing_and_one_note_is_told_as_it_is() -> None:
+    assert one_note([]) is None
+    assert one_note([STARTED]) is STARTED
+
+
+@pytest.mark.parametrize(
+    ("notes", "reason", "warning"),
+    [
+        # A step's end and the next step's start: the first transition names the Event.
+        ([SUCCEEDED, STARTED], "StepSucceeded", False),
+        # A warning makes the Event one, named by the first warning.
+        ([FAILED, RETRY], "AttemptFailed", True),
+        ([SUCCEEDED, Note("StepPending", "step 'b': its pod has not started", True)], "StepPending", True),
+        # A run's start or end says most about its pass.
+        ([SUCCEEDED, RUN_SUCCEEDED], "RunSucceeded", False),
+        ([FAILED, STEP_FAILED, RUN_FAILED], "RunFailed", True),
+        ([RUN_STARTED, RERUN], "RunStarted", False),
+    ],
+)
+def test_the_notes_of_a_pass_are_one_event_that_lists_them_all_in_order(
+    notes: list[Note], reason: str, warning: bool
+) -> None:
+    told = one_note(notes)
+    assert told is not None and (told.reason, told.warning) == (reason, warning)
+    assert told.message == "; ".join(note.message for note in notes)
+
+
+def test_long_messages_are_cut_longest_first_so_that_every_note_still_shows() -> None:
+    trace = Note("AttemptFailed", "step 'b' attempt 1 failed (Error) " + "x" * 3000, warning=True)
+    told = one_note([trace, RETRY, STEP_FAILED])
+    assert told is not None and len(told.message) <= MESSAGE_BYTES
+    first, retry, failed = told.message.split("; ")
+    assert first.startswith("step 'b' attempt 1 failed (Error) xxx") and first.endswith("…")
+    assert (retry, failed) == (RETRY.message, STEP_FAILED.message)
+    # Several long ones share what is left equally.
+    halves = one_note([Note("A", "a" * 900), Note("B", "b" * 900)])
+    assert halves is not None and len(halves.message) <= MESSAGE_BYTES
+    a, b = halves.message.split("; ")
+    assert abs(len(a) - len(b)) <= 1 and a.endswith("…") and b.endswith("…")

@@ -3,6 +3,7 @@ operator create the rerun from its own records, once, and list it."""
 
 from __future__ import annotations
 
+from fake_kube import NOTES
 from test_controller_reconcilers import NS, RUN, World, a_run
 
 from kubestep.api.names import rerun_name
@@ -54,7 +55,9 @@ def test_the_operator_creates_the_rerun_with_the_workflows_spec_and_lists_it() -
     assert [(s.id, s.phase, s.reused_from) for s in started.status.steps] == [
         ("a", StepPhase.SUCCEEDED, RUN.name)
     ]
-    assert "RerunStarted" in world.notes() and "Rerun" in world.notes()
+    # The rerun's first pass tells its start and what it reruns in one Event.
+    told = {note["reason"]: note["message"] for note in world.kube.objects(NOTES, NS)}
+    assert f"rerun of run {RUN.name} from step 'b'" in told["RunStarted"] and "Rerun" in told
 
 
 def test_a_rerun_created_by_a_pass_whose_save_was_lost_is_not_created_twice() -> None:

@@ -14,7 +14,7 @@ from kubestep.api.report import Report, ReportError, ReportKind
 from kubestep.api.run import ErrorInfo, RunEvent, RunPhase, WorkflowRun
 from kubestep.api.workflow import WorkflowSpec
 from kubestep.controller import builders
-from kubestep.engine import AnnounceEnd, Observed, RequeueAt, decide
+from kubestep.engine import AnnounceEnd, ExitKind, Observed, Outcome, RequeueAt, decide
 from kubestep.engine.lifecycle import end_event, end_event_name, on_failure_function
 
 
@@ -85,6 +85,36 @@ def test_the_end_is_announced_once_after_the_final_status_is_saved() -> None:
     assert sim.status.announced is True
     # Decided again (a crash before the save, a restart): the same name, never a second one.
     assert sim.step(at=sim.now + timedelta(hours=1)).actions == []
+
+
+@pytest.mark.parametrize(
+    ("phase", "listeners", "published"),
+    [
+        (RunPhase.FAILED, None, True),  # unknown (`kubestep run`, older callers): always published
+        (RunPhase.FAILED, frozenset(), False),
+        (RunPhase.FAILED, frozenset({"kubestep/run.failed"}), True),
+        (RunPhase.FAILED, frozenset({"kubestep/run.finished", "kubestep/run.cancelled"}), False),
+        (RunPhase.SUCCEEDED, frozenset({"kubestep/run.finished"}), True),
+        (RunPhase.SUCCEEDED, frozenset({"kubestep/run.failed"}), False),
+        (RunPhase.CANCELLED, frozenset({"kubestep/run.cancelled"}), True),
+    ],
+)
+def test_an_end_is_published_only_when_something_listens_for_it(
+    phase: RunPhase, listeners: frozenset[str] | None, published: bool
+) -> None:
+    assert (end_event(ended(phase), listeners) is not None) is published
+
+
+def test_a_run_ending_while_nothing_listens_publishes_nothing_and_owes_nothing() -> None:
+    sim = Sim(make_run())
+    sim.finish(err("a", retriable=False))
+    run = sim.run.model_copy(update={"status": sim.status})
+    failed = Report(kind=ReportKind.FAILED, error=ReportError(type="StepError", message="a failed"))
+    (active,) = run.status.active
+    observed = Observed(outcomes=[Outcome(active.name, ExitKind.EXITED, failed, 1)], listeners=frozenset())
+    decision = decide(run, observed, sim.now)
+    assert decision.status.phase is RunPhase.FAILED and decision.status.announced is None
+    assert decision.of(AnnounceEnd) == [] and decision.of(RequeueAt) == []
 
 
 def test_a_run_that_ended_before_announcements_existed_announces_nothing() -> None:

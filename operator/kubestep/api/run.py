@@ -426,8 +426,10 @@ class WorkflowRunStatus(Model):
     what it waits for. Unset for workflows without flow control."""
     announced: bool | None = None
     """Whether the run's end was published as an Event (`kubestep/run.failed`, `kubestep/run.cancelled` or
-    `kubestep/run.finished`): false from its end until the Event exists, then true. Unset for runs that
-    publish none (those started by such an Event) and while the run goes on."""
+    `kubestep/run.finished`): false from its end until the Event exists, then true. Unset while the run goes
+    on, and for runs that publish none: those started by such an Event, and those whose end nothing listened
+    for when they ended (no Workflow triggered by that Event or, for `kubestep/run.failed`, with
+    `spec.onFailure`; no step waiting for it; no run cancelled on it)."""
 
 
 class WorkflowRun(Model):

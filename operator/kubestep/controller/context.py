@@ -52,6 +52,9 @@ class Indices(Protocol):
     def run_jobs(self, namespace: str, run: str) -> list[str]:
         """The step Jobs labelled with this run (its ``kubestep.dev/run`` label value)."""
 
+    def listening_workflows(self, namespace: str, event: str) -> list[str]:
+        """Workflows an event of this name starts a run of (a trigger, or `onFailure` for a failed run)."""
+
     # The watch cache (see `kubestep.controller.cache`): what the watches last saw, possibly behind.
 
     def run(self, namespace: str, name: str) -> dict[str, Any] | None:

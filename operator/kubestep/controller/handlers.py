@@ -26,6 +26,7 @@ from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import WorkQueue
 from kubestep.controller.reconcile import reconcile
 from kubestep.engine import admission
+from kubestep.engine.lifecycle import RUN_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class KopfIndices:
     def run_jobs(self, namespace: str, run: str) -> list[str]:
         return self._get("jobs_by_run", (namespace, run))
 
+    def listening_workflows(self, namespace: str, event: str) -> list[str]:
+        return self._get("workflows_by_event", (namespace, event))
+
     def run(self, namespace: str, name: str) -> dict[str, Any] | None:
         return next(iter(self._get("run_cache", (namespace, name))), None)
 
@@ -94,6 +98,7 @@ READ_INDICES = (
     "workflow_cache",
     "cancellable_runs",
     "jobs_by_run",
+    "workflows_by_event",
 )
 
 #: Every object a reconciler owns, by kind: all of them are queued when this operator starts leading.
@@ -197,6 +202,14 @@ def register(
         return {
             (namespace, name): {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
         }
+
+    @kopf.index(GROUP, VERSION, "workflows", id="workflows_by_event", **on)  # type: ignore[arg-type]
+    def workflows_by_event(namespace: str, name: str, spec: dict[str, Any], **_: Any) -> dict[Hashable, str]:
+        # Whether a run's end is worth publishing (`engine.lifecycle.end_event`): who could receive it.
+        events = {t["event"] for t in spec.get("triggers") or [] if isinstance(t, dict) and t.get("event")}
+        if spec.get("onFailure"):
+            events.add(RUN_FAILED)
+        return {(namespace, event): name for event in events}
 
     managed = {"labels": {builders.LABEL_MANAGED: builders.MANAGER}}
 

@@ -7,6 +7,11 @@
   Events by name, so the list ``kubectl describe`` sorts (by ``lastTimestamp``, to the second) already
   holds those of one second in the order they were posted, and ``kubectl`` keeps that order.
 
+- The notes of one reconcile pass are told as one Event (:func:`one_note`): a step's end and the next
+  step's start, an attempt's failure and its retry, the last step and the run's end. Each Event is an
+  API write; one per pass instead of one per transition keeps a step attempt at about four writes (its
+  status, its state Secret, its Job, this Event) while ``kubectl describe`` still lists every transition.
+
 What was posted is remembered in memory only, for the most recent :data:`REMEMBERED` Events (as client-go
 does): after a restart a repeat starts a new Event, which is harmless.
 """
@@ -14,6 +19,7 @@ does): after a restart a repeat starts a new Event, which is harmless.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,6 +29,10 @@ from kubestep.engine.actions import Note
 
 #: Events remembered for aggregation (client-go's cache holds as many).
 REMEMBERED = 4096
+#: The longest message an Event keeps (as `builders.event_message` cuts it).
+MESSAGE_BYTES = 1024
+#: Between the messages of the notes one Event tells.
+SEPARATOR = "; "
 
 _Key = tuple[str, str, str, str, str, str, str]
 
@@ -68,6 +78,36 @@ class EventRecorder:
         stamp = max(int(now.timestamp() * 1_000_000_000), self._last_stamp + 1)
         self._last_stamp = stamp
         return stamp
+
+
+def one_note(notes: Sequence[Note]) -> Note | None:
+    """The notes of one pass as the one Event that tells them all (None if there are none).
+
+    A Warning if any note is one. Its reason is that of the first run-level note of its type (a run's
+    start or end says most about the pass), else of its first note of its type; its message lists every
+    note's message in order, each shortened as needed (the longest first) to fit what an Event keeps.
+    """
+    if len(notes) <= 1:
+        return notes[0] if notes else None
+    warning = any(note.warning for note in notes)
+    candidates = [note for note in notes if note.warning is warning]
+    lead = next((note for note in candidates if note.reason.startswith("Run")), candidates[0])
+    return Note(lead.reason, _fit([note.message for note in notes]), warning)
+
+
+def _fit(messages: list[str]) -> str:
+    """``messages`` joined, the longest cut (marked "…") until the whole fits :data:`MESSAGE_BYTES`."""
+    budget = MESSAGE_BYTES - len(SEPARATOR) * (len(messages) - 1)
+    # The largest share each message may keep: short ones keep all, the rest split what is left equally.
+    share = budget
+    for count, length in enumerate(sorted(len(m) for m in messages)):
+        remaining = len(messages) - count
+        if length * remaining <= budget:
+            budget -= length
+            continue
+        share = budget // remaining
+        break
+    return SEPARATOR.join(m if len(m) <= share else m[: max(0, share - 1)] + "…" for m in messages)
 
 
 def _key(obj: Obj, note: Note) -> _Key:

@@ -29,6 +29,7 @@ from kubestep.controller.kube import (
 )
 from kubestep.controller.metrics import METRICS
 from kubestep.controller.queue import Result
+from kubestep.controller.recorder import one_note
 from kubestep.engine.actions import (
     Action,
     AnnounceEnd,
@@ -42,6 +43,7 @@ from kubestep.engine.actions import (
     StopExecution,
 )
 from kubestep.engine.decide import Decision, decide
+from kubestep.engine.lifecycle import end_event_names
 from kubestep.engine.observations import ArrivedEvent, ChildResult, ExitKind, Observed, Outcome, Stalled
 
 log = logging.getLogger(__name__)
@@ -106,9 +108,11 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
         refused = await _pay(ctl, obj, run, decision.status)
     finally:
         # Posted once the transition they tell of is saved (a pass that lost a conflict tells nothing), even
-        # when a Job could not be created: the next pass does not decide this transition again.
-        for note in decision.of(Note):
-            await _note(ctl, obj, note)
+        # when a Job could not be created: the next pass does not decide this transition again. One Event
+        # tells the whole pass (`recorder.one_note`).
+        told = one_note(decision.of(Note))
+        if told is not None:
+            await _note(ctl, obj, told)
     if decision.status != run.status:
         await _after_save(ctl, key, run, decision.status)
     # The engine's timers (a backoff, a sleep, a timeout); a refused Job is recorded by a pass at once.
@@ -185,7 +189,19 @@ async def _observe(ctl: Controller, run: WorkflowRun, wakeups: list[datetime]) -
                 children.append(observe.missing_workflow(step.id, step.invoke.workflow))
             continue
         children.append(observe.child_result(step.id, child))
-    return Observed(outcomes, events, children, stalled)
+    return Observed(outcomes, events, children, stalled, listeners=_end_listeners(ctl, namespace))
+
+
+def _end_listeners(ctl: Controller, namespace: str) -> frozenset[str]:
+    """The run-end Events something in ``namespace`` could receive now, as the watches last saw it."""
+    indices = ctl.indices
+    return frozenset(
+        name
+        for name in end_event_names()
+        if indices.listening_workflows(namespace, name)
+        or indices.waiting_runs(namespace, name)
+        or indices.cancellable_runs(namespace, name)
+    )
 
 
 async def _execution_outcome(
@@ -421,13 +437,14 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
                 await _ignore_missing_quiet(ctl, namespace, execution.name)
     if status.phase.finished:
         _forget(ctl, key)
-        # Every state Secret of the run (its executions' inputs), in one request; owned by the run anyway.
+    if status.phase.finished and not before.status.phase.finished:
+        # Every state Secret of the run (its executions' inputs), in one request, once: when it ends (a later
+        # save, such as announcing the end, has none left to delete). Owned by the run anyway.
         label = builders.execution_labels(before)[builders.LABEL_RUN]
         if before.status.active or any(step.attempts for step in status.steps):
             with contextlib.suppress(KubeError):
                 await ctl.kube.delete_secrets(namespace, f"{builders.LABEL_RUN}={label}")
-        if not before.status.phase.finished:
-            await _stop_strays(ctl, namespace, before, status)
+        await _stop_strays(ctl, namespace, before, status)
     # The workflow's counts, the parent of an invoked run and the Events whose waits matched are queued by
     # the watch of this change, once the indices they read have it.
 

@@ -99,11 +99,14 @@ class _Decider:
         self.unstarted = ""
         # Executions due to start that wait for a slot of the workflow's flow control (`engine.admission`).
         self.held = 0
+        # The end Events something listens for (None: all); see `lifecycle.end_event`.
+        self.listeners: frozenset[str] | None = None
 
     # ---------------------------------------------------------------------------------------------
 
     def decide(self, observed: Observed) -> Decision:
         status = self.status
+        self.listeners = observed.listeners
         if status.phase.finished:
             self.start_reruns()
             return self.announce()
@@ -198,7 +201,8 @@ class _Decider:
             # but the announcement of the end, made once this final status is saved.
             self.actions = [a for a in self.actions if not isinstance(a, RequeueAt)]
             ended_now = not self.run.status.phase.finished and self.status.announced is None
-            if ended_now and end_event(self.run.model_copy(update={"status": self.status})):
+            ended = self.run.model_copy(update={"status": self.status})
+            if ended_now and end_event(ended, self.listeners):
                 self.status.announced = False
                 self.actions.append(RequeueAt(self.now))
         return Decision(self.status, self.actions)

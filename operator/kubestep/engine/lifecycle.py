@@ -47,10 +47,17 @@ def end_event_name(run_name: str) -> str:
     return f"{name[: _MAX_OBJECT_NAME - 11]}-{short_hash(run_name, size=10)}"
 
 
-def end_event(run: WorkflowRun) -> EndEvent | None:
-    """The Event announcing ``run``'s end, once it ended (None before, or if it announces nothing)."""
+def end_event(run: WorkflowRun, listeners: frozenset[str] | None = None) -> EndEvent | None:
+    """The Event announcing ``run``'s end, once it ended (None before, or if it announces nothing).
+
+    With ``listeners`` (the end Events something could receive), an end no one listens for is not
+    published: an Event only reaches what exists when it is handled, and each one costs the API server
+    a create, a status write and a delete.
+    """
     phase = run.status.phase
     if not phase.finished or not announces(run):
+        return None
+    if listeners is not None and _BY_PHASE[phase] not in listeners:
         return None
     error = run.status.error
     name = end_event_name(run.metadata.name)
@@ -63,6 +70,11 @@ def end_event(run: WorkflowRun) -> EndEvent | None:
     }
     payload = {"name": _BY_PHASE[phase], "data": data, "user": run.spec.event.user, "id": name}
     return EndEvent(name, payload)
+
+
+def end_event_names() -> tuple[str, ...]:
+    """Every name a run's end is published under."""
+    return tuple(_BY_PHASE.values())
 
 
 def on_failure_function(workflow: str, spec: WorkflowSpec, event: dict[str, Any]) -> str | None:

@@ -105,3 +105,8 @@ class Observed:
     """Executions that still run but whose pod has not started."""
     status_too_large: str = ""
     """Set when the platform refused to store the status this decision would give, as too large: why."""
+    listeners: frozenset[str] | None = None
+    """The names of the run-end Events (``kubestep/run.*``) that something could receive now: a Workflow
+    triggered by one (or, for ``kubestep/run.failed``, one with `spec.onFailure`), a step waiting for one,
+    a run cancelled on one. A run that ends while nothing listens for its end publishes nothing. None:
+    every end is published."""
