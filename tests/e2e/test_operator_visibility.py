@@ -146,7 +146,7 @@ def test_a_run_with_a_failed_attempt_is_visible_while_it_runs_and_after(
     events = _events(describe)
     told = [(kind, reason, part) for kind, reason, message in events for part in message.split("; ")]
     assert len(told) == len(TRANSITIONS) and len(events) < len(TRANSITIONS), describe
-    for (kind, reason, part), (want_kind, want_reason, want_start) in zip(told, TRANSITIONS, strict=True):
+    for (kind, _, part), (want_kind, _, want_start) in zip(told, TRANSITIONS, strict=True):
         assert part.startswith(want_start), (part, want_start, describe)
         # An Event is a Warning if it tells of one, and is named by one of the transitions it tells.
         assert want_kind == "Normal" or kind == "Warning", describe
