@@ -220,7 +220,11 @@ def operator_requests(audit_log: Path, start: float, end: float, operator_user: 
                 continue
             verb = entry.get("verb", "")
             ref = entry.get("objectRef") or {}
-            what = ref.get("resource", "?") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+            # kubestep's Events and Kubernetes' Events share a resource name: told apart by their group.
+            resource = ref.get("resource", "?")
+            if resource == "events" and ref.get("apiGroup"):
+                resource = f"events.{ref['apiGroup']}"
+            what = resource + (f"/{ref['subresource']}" if ref.get("subresource") else "")
             if verb in READS:
                 found.reads[f"{verb} {what}"] += 1
             elif verb in WRITES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from datetime import timedelta
+from typing import Any
 
 import kopf
 
@@ -31,3 +32,34 @@ def test_every_read_of_the_indices_finds_its_index_among_those_handed_over() -> 
         arity = len(inspect.signature(getattr(Indices, name)).parameters) - 1
         result = getattr(indices, name)(*["ns"] * arity)
         assert result in (None, []), (name, result)
+
+
+def index_function(index: str) -> Any:
+    registry = kopf.OperatorRegistry()
+    handlers.register(registry, timedelta(hours=1))
+    return next(h.fn for h in registry._indexing.get_all_handlers() if h.id == index)
+
+
+def test_the_workflows_an_event_reaches_are_indexed_by_their_triggers_and_on_failure() -> None:
+    index = index_function("workflows_by_event")
+    spec = {
+        "triggers": [{"event": "app/a"}, {"cron": "0 * * * *"}],
+        "onFailure": {"function": "m:on_failure"},
+    }
+    assert index(namespace="ns", name="w", spec=spec) == {
+        ("ns", "app/a"): "w",
+        ("ns", "kubestep/run.failed"): "w",
+    }
+    assert index(namespace="ns", name="w", spec={"triggers": [{"cron": "0 * * * *"}]}) == {}
+
+
+def test_events_of_a_name_are_picked_by_id_before_they_are_read() -> None:
+    bodies = [
+        {"metadata": {"name": f"e{i}", "namespace": "ns"}, "spec": {"name": "app/a", "id": f"id{i % 2}"}}
+        for i in range(4)
+    ]
+    stores: dict[str, Any] = {name: {} for name in handlers.READ_INDICES}
+    stores["events_by_name"] = {("ns", "app/a"): bodies}
+    indices = handlers.KopfIndices(stores)
+    assert [e.metadata.name for e in indices.events_named("ns", "app/a", "id1")] == ["e1", "e3"]
+    assert [e.metadata.name for e in indices.events_named("ns", "app/a")] == ["e0", "e1", "e2", "e3"]

@@ -37,8 +37,8 @@ class Indices(Protocol):
     def waiting_runs(self, namespace: str, event: str) -> list[str]:
         """Runs with a step waiting for an event of this name."""
 
-    def events_named(self, namespace: str, event: str) -> list[Event]:
-        """Events of this name."""
+    def events_named(self, namespace: str, event: str, event_id: str | None = None) -> list[Event]:
+        """Events of this name (only those whose `spec.id` is ``event_id``, if given)."""
 
     def run_phases(self, namespace: str, workflow: str) -> list[str]:
         """The phases of every run of a workflow."""
@@ -115,6 +115,9 @@ class Controller:
     run_versions: dict[tuple[str, str], str] = field(default_factory=dict)
     """The newest ``resourceVersion`` of each run this process read from the API or wrote, by (namespace,
     run): a cached copy at another version may be behind, and is read again from the API."""
+    event_versions: dict[tuple[str, str], str] = field(default_factory=dict)
+    """The ``resourceVersion`` of each Event's status this process last wrote, by (namespace, name): its
+    watch event needs no pass (the writing pass made it), until the Event is deleted."""
     jobs_deleted: dict[tuple[str, str], datetime] = field(default_factory=dict)
     """Finished runs whose step Jobs this process asked to delete, by (namespace, run): when. Until the Job
     watch has caught up, the Jobs it still lists are not asked for again (`kubestep.controller.gc`)."""

@@ -68,17 +68,25 @@ async def reconcile_event(ctl: Controller, key: Key) -> Result:
         for wf, run in sorted(ctl.indices.resumed_by(key.namespace, key.name))
     ] or status.resumed
     if status == event.status:
-        # Handled and saved (the save's change brings it here): deleted once past its dedupe window.
+        # Handled and saved: deleted once past its dedupe window.
         return await gc.collect_handled_event(ctl, event)
-    return await _save(ctl, obj, status)
+    return await _save(ctl, obj, status, event)
 
 
-async def _save(ctl: Controller, obj: dict[str, Any], status: EventStatus) -> Result:
+async def _save(
+    ctl: Controller, obj: dict[str, Any], status: EventStatus, event: Event | None = None
+) -> Result:
     try:
-        await ctl.kube.replace_status(EVENTS, obj, status.to_dict())
+        saved = await ctl.kube.replace_status(EVENTS, obj, status.to_dict())
     except (Conflict, NotFound):
         return Result.again()  # changed meanwhile: decide again from what is there now
-    return Result.done()
+    if event is None:
+        return Result.done()
+    # The watch brings this very version back without a pass (see `handlers.event_changed`): the pass it
+    # would have queued, collection's, is made here.
+    meta = saved.get("metadata") or {}
+    ctl.event_versions[(meta.get("namespace", ""), meta.get("name", ""))] = str(meta.get("resourceVersion"))
+    return await gc.collect_handled_event(ctl, event.model_copy(update={"status": status}))
 
 
 async def _start_runs(ctl: Controller, event: Event) -> _Verdict:
@@ -129,7 +137,7 @@ async def _start_run(
     wf = workflow.metadata.name
     # A variant (the onFailure handler) of the workflow gets run names of its own for the same event.
     if event.spec.id and not variant:
-        others = ctl.indices.events_named(namespace, event.spec.name)
+        others = ctl.indices.events_named(namespace, event.spec.name, event.spec.id)
         earlier = earlier_start(event, wf, others, ctl.dedupe_window)
         if earlier is not None:
             runs = ", ".join(r.run for r in earlier.status.started if r.workflow == wf)

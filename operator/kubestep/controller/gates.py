@@ -59,5 +59,5 @@ async def gated(
 def _repeats_an_id(ctl: Controller, event: Event, workflow: str) -> bool:
     if not event.spec.id:
         return False
-    others = ctl.indices.events_named(event.metadata.namespace or "", event.spec.name)
+    others = ctl.indices.events_named(event.metadata.namespace or "", event.spec.name, event.spec.id)
     return earlier_start(event, workflow, others, ctl.dedupe_window) is not None

@@ -71,7 +71,8 @@ async def collect_handled_event(ctl: Controller, event: Event) -> Result:
             continue
         with contextlib.suppress(ValidationError):
             referrers.append(WorkflowRun.model_validate(obj))
-    same_name = ctl.indices.events_named(namespace, event.spec.name)
+    # Only Events sharing its id can hold it back (none without an id).
+    same_name = ctl.indices.events_named(namespace, event.spec.name, event.spec.id) if event.spec.id else []
     verdict = collect_event(event, same_name, referrers, ctl.dedupe_window, ctl.clock())
     if not verdict.delete:
         return Result.requeue_at(verdict.at)

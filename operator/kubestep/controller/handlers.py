@@ -49,9 +49,11 @@ class KopfIndices:
     def waiting_runs(self, namespace: str, event: str) -> list[str]:
         return self._get("waiting_runs", (namespace, event))
 
-    def events_named(self, namespace: str, event: str) -> list[Event]:
+    def events_named(self, namespace: str, event: str, event_id: str | None = None) -> list[Event]:
         events = []
         for body in self._get("events_by_name", (namespace, event)):
+            if event_id is not None and body["spec"].get("id") != event_id:
+                continue  # read before validating: a busy event name has thousands within its window
             try:
                 events.append(Event.model_validate(body))
             except ValidationError:
@@ -325,7 +327,12 @@ def register(
         queue = _queue(memo)
         if queue is None:
             return
-        if event.get("type") != "DELETED":
+        controller: Controller | None = memo.get("controller")
+        version = (event.get("object") or {}).get("metadata", {}).get("resourceVersion")
+        # A version this process wrote (or read) itself was decided from already: its pass set the timers
+        # and made the writes it needs, and every other change it waits for comes with its own watch event.
+        own = controller is not None and version and controller.run_versions.get((namespace, name)) == version
+        if event.get("type") != "DELETED" and not own:
             queue.add(Key("run", namespace, name), later=_settled(spec, status))
         queue.add(Key("workflow", namespace, spec.get("workflowRef", {}).get("name", "")))
         # A run that wants a slot, or frees one (its Job ended, it ended, it was deleted): admission again.
@@ -340,8 +347,20 @@ def register(
                 queue.add(Key("event", namespace, matched))
 
     @kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_MANAGED: builders.MANAGER}, **on)  # type: ignore[arg-type]
-    def job_changed(namespace: str, meta: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    def job_changed(
+        event: dict[str, Any],
+        namespace: str,
+        meta: dict[str, Any],
+        status: dict[str, Any],
+        memo: kopf.Memo,
+        **_: Any,
+    ) -> None:
         queue = _queue(memo)
+        # Only an ended or vanishing Job can change its run: its creation and its pod's progress cannot (a pod
+        # that ends, or is held up on its way to running, queues its run through the pod watch).
+        gone = event.get("type") == "DELETED" or meta.get("deletionTimestamp")
+        if not gone and observe.job_finished({"status": status}) is None:
+            return
         for owner in meta.get("ownerReferences") or []:
             if queue is not None and owner.get("kind") == "WorkflowRun":
                 queue.add(Key("run", namespace, owner["name"]))
@@ -384,9 +403,16 @@ def register(
         event: dict[str, Any], namespace: str, name: str, spec: dict[str, Any], memo: kopf.Memo, **kwargs: Any
     ) -> None:
         queue = _queue(memo)
-        if queue is None or event.get("type") == "DELETED":
+        controller: Controller | None = memo.get("controller")
+        if event.get("type") == "DELETED":
+            if controller is not None:
+                controller.event_versions.pop((namespace, name), None)
             return
-        queue.add(Key("event", namespace, name))
+        if queue is None:
+            return
+        version = (event.get("object") or {}).get("metadata", {}).get("resourceVersion")
+        if controller is None or not version or controller.event_versions.get((namespace, name)) != version:
+            queue.add(Key("event", namespace, name))
         store = kwargs["waiting_runs"].get((namespace, spec.get("name", "")))
         for run in list(store or []):
             queue.add(Key("run", namespace, run))
