@@ -143,6 +143,7 @@ def test_a_run_with_a_failed_attempt_is_visible_while_it_runs_and_after(
     # `kubectl describe ksr` reads as the run's history: every transition once, in order, one Event per
     # operator pass (a step's end and the next one's start, an attempt's failure and its retry, ...).
     describe = cluster.kubectl("describe", "ksr", name).stdout
+    print(describe)
     events = _events(describe)
     told = [(kind, reason, part) for kind, reason, message in events for part in message.split("; ")]
     assert len(told) == len(TRANSITIONS) and len(events) < len(TRANSITIONS), describe

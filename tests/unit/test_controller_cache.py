@@ -7,6 +7,7 @@ The cache here is a snapshot of the fake API server taken when the test says the
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from test_controller_reconcilers import NS, RUN, FakeIndices, World, a_running_r
 
 from kubestep.api.report import Report, ReportKind
 from kubestep.api.run import RunPhase
+from kubestep.controller import cache as cache_reads
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import RUNS, WORKFLOWS
 from kubestep.controller.queue import Result
@@ -31,6 +33,8 @@ class CachedIndices(FakeIndices):
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     workflows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    watched: Callable[[str, str], None] = lambda name, version: None
+    """Told of each run version the run watch brings (`cache.watched_run`)."""
 
     def sync(self, *kinds: str) -> None:
         """The watches of ``kinds`` (default: all) caught up with the API server."""
@@ -39,6 +43,8 @@ class CachedIndices(FakeIndices):
             self.workflows = {o["metadata"]["name"]: o for o in self.kube.objects(WORKFLOWS, NS)}
         if RUNS in kinds:
             self.runs = {o["metadata"]["name"]: o for o in self.kube.objects(RUNS, NS)}
+            for name, obj in self.runs.items():
+                self.watched(name, obj["metadata"]["resourceVersion"])
         if JOBS in kinds:
             self.jobs = {o["metadata"]["name"]: o for o in self.kube.objects(JOBS, NS)}
         if PODS in kinds:
@@ -63,7 +69,9 @@ class CachedIndices(FakeIndices):
 
 def cached_world() -> tuple[World, CachedIndices]:
     world = World()
+    world.watching = False  # the watches bring what `sync` says, when it says so
     cache = CachedIndices(world.kube)
+    cache.watched = lambda name, version: cache_reads.watched_run(world.ctl, NS, name, version) and None
     world.ctl = Controller(world.kube, cache, clock=lambda: world.now)  # type: ignore[arg-type]
     return world, cache
 
@@ -102,16 +110,29 @@ def test_a_finished_job_whose_cached_pod_has_not_ended_yet_has_its_pods_read_fro
     assert world.kube.methods(*READS) == ["job_pods"]
 
 
-def test_a_cached_run_older_than_the_version_this_process_wrote_is_read_from_the_api() -> None:
+def test_a_run_this_process_wrote_is_read_as_written_while_its_watch_is_behind() -> None:
     world, cache = cached_world()
     job = a_running_run(world)
-    cache.sync()
     world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output={"rows": 3}))
-    cache.sync(JOBS, PODS)
-    cache.runs[RUN.name]["metadata"]["resourceVersion"] = "1"  # a version from before the last save
+    cache.sync(JOBS, PODS)  # the run watch has not brought the save back yet
+    world.reconcile()
+    assert world.kube.methods(*READS) == []
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+
+
+def test_a_run_changed_by_someone_else_since_this_process_wrote_it_is_read_from_the_api() -> None:
+    world, cache = cached_world()
+    a_running_run(world)
+    # The watch brings this process's write back, then a user's change of the run.
+    assert cache_reads.watched_run(world.ctl, NS, RUN.name, world.ctl.run_versions[(NS, RUN.name)])
+    world.kube.touch(
+        RUNS, NS, RUN.name, spec={**world.kube.store[(RUNS, NS, RUN.name)]["spec"], "cancel": True}
+    )
+    cache.sync()
+    cache.runs[RUN.name]["metadata"]["resourceVersion"] = "1"  # as if the watch were behind again
     world.reconcile()
     assert world.kube.methods(*READS)[:1] == ["get"]
-    assert world.run().status.phase is RunPhase.SUCCEEDED
+    assert world.run().status.phase is RunPhase.CANCELLED
 
 
 def test_a_run_never_read_by_this_process_is_read_from_the_api_once() -> None:

@@ -24,7 +24,7 @@ from kubestep.api.event import Event
 from kubestep.api.report import Report, ReportError, ReportKind, StepRef, encode_report
 from kubestep.api.run import RunPhase, StepType, WorkflowRun
 from kubestep.api.workflow import Workflow
-from kubestep.controller import builders, runs
+from kubestep.controller import builders, cache, runs
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import (
     EVENTS,
@@ -118,6 +118,8 @@ class World:
         self.kube = FakeKube(may_write)
         self.now = T0
         self.ctl = self.operator()
+        self.watching = True
+        """Whether the run watch brings every change before each pass (its cache stays empty here)."""
 
     def operator(self) -> Controller:
         """A fresh operator process (nothing remembered) on the same cluster."""
@@ -128,6 +130,9 @@ class World:
 
     def reconcile(self, key: Key = RUN) -> Result:
         """One pass, as a worker runs it; the calls it made are the fake's ``calls`` from here."""
+        if self.watching:
+            for obj in self.kube.objects(RUNS, NS):
+                cache.watched_run(self.ctl, NS, obj["metadata"]["name"], obj["metadata"]["resourceVersion"])
         self.kube.calls.clear()
         return asyncio.run(reconcile(self.ctl, key))
 

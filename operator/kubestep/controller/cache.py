@@ -9,7 +9,9 @@ goes to the API server whenever the cached copy cannot be trusted for the decisi
 - a finished Job whose cached pod shows no end yet has its pods listed from the API (the pod watch may
   be behind the Job watch, and a pod without an end would read as one the cluster took away);
 - a run is read from the cache only at the newest ``resourceVersion`` this process has seen of it
-  (read or written); any other cached version may be older, so the run is read from the API. The same
+  (read or written). Until the watch brings back a version this process wrote, the run as written is that
+  newest version (the answer to the write); any other cached version may be older, so the run is read
+  from the API. The same
   holds for a Workflow whose status is to be written; one only read for its spec (admission) is taken
   from the cache as it is: a change of the spec queues that pass again once the watch has it.
 
@@ -29,6 +31,9 @@ async def run(ctl: Controller, namespace: str, name: str) -> Obj:
     newest = ctl.run_versions.get((namespace, name))
     if cached is not None and newest is not None and cached["metadata"].get("resourceVersion") == newest:
         return cached
+    written = ctl.runs_written.get((namespace, name))
+    if written is not None and newest is not None and written["metadata"].get("resourceVersion") == newest:
+        return written  # the watch has not brought this process's own write back yet
     fresh = await ctl.kube.get(RUNS, namespace, name)
     saw_run(ctl, fresh)
     return fresh
@@ -60,16 +65,39 @@ def forget_workflow(ctl: Controller, namespace: str, name: str) -> None:
     ctl.workflow_versions.pop((namespace, name), None)
 
 
-def saw_run(ctl: Controller, obj: Obj) -> None:
-    """Note the version of a run just read from or written to the API: the newest this process knows."""
+def saw_run(ctl: Controller, obj: Obj, written: bool = False) -> None:
+    """Note the version of a run just read from or written to the API: the newest this process knows.
+
+    A run ``written`` (the API server's answer to the write) is kept until its watch brings that version
+    back (:func:`watched_run`), so that a pass meanwhile reads it rather than the API.
+    """
     meta = obj.get("metadata") or {}
     if meta.get("resourceVersion"):
-        ctl.run_versions[(meta["namespace"], meta["name"])] = str(meta["resourceVersion"])
+        key = (meta["namespace"], meta["name"])
+        ctl.run_versions[key] = str(meta["resourceVersion"])
+        if written:
+            ctl.runs_written[key] = obj
+        else:
+            ctl.runs_written.pop(key, None)
+
+
+def watched_run(ctl: Controller, namespace: str, name: str, version: str) -> bool:
+    """Note a version of a run its watch brought (the watch cache has it now); True if this process wrote
+    or read that version itself (and so already decided from it).
+
+    Every writer of runs in this process notes what it wrote (:func:`saw_run`), so a version written by
+    another reconciler here (admission's grant) is never taken for an older one of this process's.
+    """
+    # Whichever version it is, the cache has it now: ours, or one the run reached after ours (or, rarely,
+    # one before it, which costs a read from the API).
+    ctl.runs_written.pop((namespace, name), None)
+    return ctl.run_versions.get((namespace, name)) == version
 
 
 def forget_run(ctl: Controller, namespace: str, name: str) -> None:
     """Drop what is known of a run that is gone or finished."""
     ctl.run_versions.pop((namespace, name), None)
+    ctl.runs_written.pop((namespace, name), None)
 
 
 async def job_and_pods(ctl: Controller, namespace: str, name: str) -> tuple[Obj | None, list[Obj]]:

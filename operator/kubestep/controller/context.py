@@ -118,6 +118,9 @@ class Controller:
     event_versions: dict[tuple[str, str], str] = field(default_factory=dict)
     """The ``resourceVersion`` of each Event's status this process last wrote, by (namespace, name): its
     watch event needs no pass (the writing pass made it), until the Event is deleted."""
+    runs_written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    """Runs as this process last wrote them, by (namespace, run), until their watch brings that version
+    back: the newest copy there is, read instead of the API while the watch cache is behind."""
     jobs_deleted: dict[tuple[str, str], datetime] = field(default_factory=dict)
     """Finished runs whose step Jobs this process asked to delete, by (namespace, run): when. Until the Job
     watch has caught up, the Jobs it still lists are not asked for again (`kubestep.controller.gc`)."""

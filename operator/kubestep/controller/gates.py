@@ -17,7 +17,7 @@ from typing import Any
 
 from kubestep.api.event import Event
 from kubestep.api.workflow import Workflow
-from kubestep.controller import builders
+from kubestep.controller import builders, cache
 from kubestep.controller.context import Controller
 from kubestep.controller.kube import RUNS, NotFound
 from kubestep.engine import gates
@@ -49,7 +49,7 @@ async def gated(
         for name in verdict.cancel:
             patch = {"spec": {"cancel": True, "cancelReason": verdict.cancel_reason}}
             try:
-                await ctl.kube.merge_patch(RUNS, namespace, name, patch)
+                cache.saw_run(ctl, await ctl.kube.merge_patch(RUNS, namespace, name, patch), written=True)
             except NotFound:
                 continue  # gone meanwhile: nothing left to replace
             log.info("run %s/%s cancelled: %s", namespace, name, verdict.cancel_reason)

@@ -18,7 +18,7 @@ from kubestep.api.base import Condition, set_condition
 from kubestep.api.event import Event, EventStatus
 from kubestep.api.run import RunEvent, RunGather, RunPhase, WorkflowRun, WorkflowRunStatus
 from kubestep.api.workflow import Workflow
-from kubestep.controller import builders
+from kubestep.controller import builders, cache
 from kubestep.controller.context import Controller
 from kubestep.controller.kube import EVENTS, RUNS, AlreadyExists, Conflict, NotFound, Obj, Rejected
 from kubestep.engine import admission
@@ -106,7 +106,7 @@ async def gather_event(ctl: Controller, workflow: Workflow, event: Event, create
         if joined.event is not None:
             obj["spec"]["event"] = joined.event.to_dict()
         try:
-            await ctl.kube.replace(RUNS, obj)
+            cache.saw_run(ctl, await ctl.kube.replace(RUNS, obj), written=True)
         except (Conflict, NotFound):
             continue  # released, or joined by another event meanwhile: decide again
         except Rejected as exc:
@@ -195,6 +195,7 @@ async def release(ctl: Controller, candidates: dict[str, tuple[Obj, Candidate]],
             obj["spec"]["gather"]["open"] = False
             try:
                 written = await ctl.kube.replace(RUNS, obj)
+                cache.saw_run(ctl, written, written=True)
             except NotFound:
                 del candidates[name]
                 continue
@@ -225,7 +226,7 @@ async def write_verdict(ctl: Controller, obj: Obj, verdict: admission.Verdict, n
     if status == current:
         return True
     try:
-        await ctl.kube.replace_status(RUNS, obj, status.to_dict())
+        cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, status.to_dict()), written=True)
     except NotFound:
         return True
     except Conflict:

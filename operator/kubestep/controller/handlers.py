@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from kubestep.api.base import GROUP, VERSION
 from kubestep.api.event import Event
-from kubestep.controller import builders, observe, runs
+from kubestep.controller import builders, cache, observe, runs
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import FIELD_MANAGER, Kube, load_configuration
 from kubestep.controller.leader import ElectionConfig, LeaderElector
@@ -331,7 +331,11 @@ def register(
         version = (event.get("object") or {}).get("metadata", {}).get("resourceVersion")
         # A version this process wrote (or read) itself was decided from already: its pass set the timers
         # and made the writes it needs, and every other change it waits for comes with its own watch event.
-        own = controller is not None and version and controller.run_versions.get((namespace, name)) == version
+        own = (
+            controller is not None
+            and bool(version)
+            and cache.watched_run(controller, namespace, name, version)
+        )
         if event.get("type") != "DELETED" and not own:
             queue.add(Key("run", namespace, name), later=_settled(spec, status))
         queue.add(Key("workflow", namespace, spec.get("workflowRef", {}).get("name", "")))

@@ -142,14 +142,14 @@ async def _save(
     what still fits, and that decision is the one saved.
     """
     try:
-        cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict()))
+        cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict()), written=True)
         return decision
     except TooLarge as exc:
         log.warning("%s/%s: status refused as too large: %s", run.metadata.namespace, run.metadata.name, exc)
         why = str(exc)
     smaller = decide(run, dataclasses.replace(observed, status_too_large=why), ctl.clock())
     await _carry_out(ctl, obj, run, smaller)
-    cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict()))
+    cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict()), written=True)
     return smaller
 
 
@@ -292,7 +292,9 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
     elif isinstance(action, StartChild):
         await _start_child(ctl, run, action)
     elif isinstance(action, CancelChild):
-        await _ignore_missing(ctl.kube.merge_patch(RUNS, namespace, action.name, {"spec": {"cancel": True}}))
+        with contextlib.suppress(NotFound):
+            patched = await ctl.kube.merge_patch(RUNS, namespace, action.name, {"spec": {"cancel": True}})
+            cache.saw_run(ctl, patched, written=True)
     elif isinstance(action, PublishEvents):
         for event_id, payload in zip(action.ids, action.events, strict=True):
             try:
