@@ -261,37 +261,48 @@ class FakeLeases:
 
 
 class FakeLeaseApi:
-    """One process's view of :class:`FakeLeases`; ``down`` cuts it off (a partition)."""
+    """One process's view of :class:`FakeLeases`; ``down`` cuts it off (a partition), ``hung`` leaves every
+    call unanswered until its request timeout, ``after_write`` runs once a write is stored."""
 
     def __init__(self, leases: FakeLeases) -> None:
         self.leases = leases
         self.down = False
+        self.hung = False
+        self.after_write: Callable[[], object] | None = None
 
-    async def _reach(self) -> None:
+    async def _reach(self, timeout: float) -> None:
         await asyncio.sleep(0)
         if self.down:
             raise Unavailable("connection refused")
+        if self.hung:
+            await asyncio.sleep(timeout)
+            raise Unavailable("read timed out")
+
+    def _wrote(self, stored: dict[str, Any]) -> dict[str, Any]:
+        if self.after_write is not None:
+            self.after_write()
+        return stored
 
     async def get_lease(self, namespace: str, name: str, timeout: float) -> dict[str, Any]:
-        await self._reach()
+        await self._reach(timeout)
         if self.leases.lease is None:
             raise NotFound("not found", 404)
         return copy.deepcopy(self.leases.lease)
 
     async def create_lease(self, namespace: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-        await self._reach()
+        await self._reach(timeout)
         if self.leases.lease is not None:
             raise AlreadyExists("exists", 409)
-        return self.leases._store(body)
+        return self._wrote(self.leases._store(body))
 
     async def replace_lease(
         self, namespace: str, name: str, body: dict[str, Any], timeout: float
     ) -> dict[str, Any]:
-        await self._reach()
+        await self._reach(timeout)
         assert self.leases.lease is not None
         if body["metadata"]["resourceVersion"] != self.leases.lease["metadata"]["resourceVersion"]:
             raise Conflict("changed", 409)
-        return self.leases._store(body)
+        return self._wrote(self.leases._store(body))
 
 
 #: A lease of 1 s (the smallest a Lease records), a deadline of 0.5 s, tries every 0.05 s.
@@ -424,6 +435,54 @@ def test_a_released_lease_is_taken_at_once_not_after_it_expires() -> None:
         assert time.monotonic() - released < FAST["lease_duration"] / 2
         assert leases.holders == [ME, "", OTHER]
         await b.stop()
+
+    run(scenario)
+
+
+def test_a_shutdown_that_lands_as_a_renewal_completes_still_stops_the_elector() -> None:
+    # On Python 3.11 asyncio.wait_for drops a cancel that arrives just as the call it wraps returns; an
+    # elector renewing through it ignored the operator's shutdown and kept the Lease renewed forever.
+    async def scenario() -> None:
+        leases, log = FakeLeases(), []
+        a = Candidate(ME, leases, log)
+        a.start()
+        await until(a.elector.may_write)
+        task = a.task
+        assert task is not None
+        # The next renewal's write schedules the shutdown: it lands before the elector sees the answer.
+        a.api.after_write = lambda: asyncio.get_running_loop().call_soon(task.cancel)
+        done, _ = await asyncio.wait({task}, timeout=5)
+        a.api.after_write = None
+        while not task.done():  # only when it failed: end the elector so that the loop can close
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
+        assert done, "the elector ignored its cancellation and went on renewing the Lease"
+        assert task.cancelled()
+        assert [e[:2] for e in log] == [("started", ME), ("stopped", ME)]
+        assert not a.elector.may_write()
+        version = leases.version
+        await asyncio.sleep(FAST["retry_period"] * 4)
+        assert leases.version == version  # nothing renews it any more
+
+    run(scenario)
+
+
+def test_a_leader_whose_renewal_is_never_answered_stops_at_its_deadline_and_campaigns_on() -> None:
+    async def scenario() -> None:
+        leases, log = FakeLeases(), []
+        a = Candidate(ME, leases, log)
+        a.start()
+        await until(a.elector.may_write)
+        a.api.hung = True
+        await until(lambda: len(log) == 2)
+        # It stopped while its renewal still hung: the deadline, not an answer, ended its leadership.
+        assert [e[:2] for e in log] == [("started", ME), ("stopped", ME)]
+        assert not a.elector.may_write() and a.task is not None and not a.task.done()
+        # The calls answer again: the campaign went on and takes the Lease back.
+        a.api.hung = False
+        await until(a.elector.may_write)
+        assert [e[:2] for e in log] == [("started", ME), ("stopped", ME), ("started", ME)]
+        await a.stop()
 
     run(scenario)
 

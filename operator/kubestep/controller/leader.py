@@ -362,8 +362,11 @@ class LeaderElector:
             remaining = until - self._clock()
             renewed = False
             if remaining > 0:
+                # Not asyncio.wait_for: on Python 3.11 it drops a cancel that arrives as the renewal
+                # completes, and the elector (and the operator's shutdown) would never stop.
                 try:
-                    renewed = await asyncio.wait_for(self._try(), timeout=remaining)
+                    async with asyncio.timeout(remaining):
+                        renewed = await self._try()
                 except TimeoutError:
                     self._waiting_on = "the API server did not answer in time"
             else:
