@@ -94,7 +94,24 @@ def print_table(document: dict[str, Any]) -> None:
             f"{chained['jobs_per_run']:.1f} vs {per_pod['jobs_per_run']:.1f} Jobs per run",
         )
     )
-    f = cluster["five-steps"]
+    # What one more step costs: the writes of a 5-step run less those of a 1-step run, over four steps
+    # (what every run pays once, its Event, its creation, its start and end, cancels out).
+    one, five = cluster["one-step"], cluster["five-steps"]
+    per_run = {
+        label: sum(cluster[label]["operator_writes"].values()) / cluster[label]["runs"]
+        for label in ("one-step", "five-steps")
+    }
+    rows.append(
+        (
+            "operator writes per run: one-step / five-steps; per step beyond the first",
+            f"{per_run['one-step']:.1f} / {per_run['five-steps']:.1f}; "
+            f"{(per_run['five-steps'] - per_run['one-step']) / 4:.2f}",
+        )
+    )
+    rows.append(
+        ("operator writes per attempt by kind (one-step)", _kinds(one["operator_writes"], one["jobs"]))
+    )
+    f = five
     after = cluster["operator_after_runs"]
     caches = cluster["caches"]
     gc = cluster["collected_events"]

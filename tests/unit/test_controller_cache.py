@@ -260,3 +260,20 @@ def test_an_admission_pass_reads_the_workflows_spec_from_the_cache() -> None:
     cache.sync()
     world.reconcile(Key("admission", NS, "contacts"))
     assert world.kube.methods("get") == []
+
+
+def test_only_a_version_a_run_pass_decided_from_needs_no_pass_when_its_watch_brings_it() -> None:
+    world, cache = cached_world()
+    a_running_run(world)
+    decided = world.ctl.run_decided[(NS, RUN.name)]
+    assert world.ctl.runs_written[(NS, RUN.name)]["metadata"]["resourceVersion"] == decided
+    # The pass's own save comes back: no pass for it; the written copy gives way to the cache.
+    assert cache_reads.watched_run(world.ctl, NS, RUN.name, decided)
+    assert (NS, RUN.name) not in world.ctl.runs_written
+    # Another reconciler of this process writes the run (admission's grant): its version needs a pass.
+    world.kube.touch(RUNS, NS, RUN.name)
+    obj = world.kube.store[(RUNS, NS, RUN.name)]
+    cache_reads.saw_run(world.ctl, obj, written=True)
+    assert not cache_reads.watched_run(world.ctl, NS, RUN.name, obj["metadata"]["resourceVersion"])
+    # A version of someone else's never read here needs one too.
+    assert not cache_reads.watched_run(world.ctl, NS, RUN.name, "999")

@@ -65,11 +65,14 @@ def forget_workflow(ctl: Controller, namespace: str, name: str) -> None:
     ctl.workflow_versions.pop((namespace, name), None)
 
 
-def saw_run(ctl: Controller, obj: Obj, written: bool = False) -> None:
+def saw_run(ctl: Controller, obj: Obj, written: bool = False, decided: bool = False) -> None:
     """Note the version of a run just read from or written to the API: the newest this process knows.
 
     A run ``written`` (the API server's answer to the write) is kept until its watch brings that version
-    back (:func:`watched_run`), so that a pass meanwhile reads it rather than the API.
+    back (:func:`watched_run`), so that a pass meanwhile reads it rather than the API. Every writer of
+    runs in this process notes what it wrote, so a version written by another reconciler here (admission's
+    grant) is never taken for an older one. ``decided``: the run reconciler decided from this version (it
+    read it, or wrote it as its decision).
     """
     meta = obj.get("metadata") or {}
     if meta.get("resourceVersion"):
@@ -79,25 +82,34 @@ def saw_run(ctl: Controller, obj: Obj, written: bool = False) -> None:
             ctl.runs_written[key] = obj
         else:
             ctl.runs_written.pop(key, None)
+        if decided:
+            deciding_run(ctl, obj)
+
+
+def deciding_run(ctl: Controller, obj: Obj) -> None:
+    """Note that a run pass decides from this version of the run (read or written by it)."""
+    meta = obj.get("metadata") or {}
+    if meta.get("resourceVersion"):
+        ctl.run_decided[(meta["namespace"], meta["name"])] = str(meta["resourceVersion"])
 
 
 def watched_run(ctl: Controller, namespace: str, name: str, version: str) -> bool:
-    """Note a version of a run its watch brought (the watch cache has it now); True if this process wrote
-    or read that version itself (and so already decided from it).
+    """Note a version of a run its watch brought (the watch cache has it now); True if a run pass decided
+    from that very version already (read it or wrote it): its watch event needs no pass.
 
-    Every writer of runs in this process notes what it wrote (:func:`saw_run`), so a version written by
-    another reconciler here (admission's grant) is never taken for an older one of this process's.
+    A version another reconciler of this process wrote (admission's grant) does need one.
     """
     # Whichever version it is, the cache has it now: ours, or one the run reached after ours (or, rarely,
     # one before it, which costs a read from the API).
     ctl.runs_written.pop((namespace, name), None)
-    return ctl.run_versions.get((namespace, name)) == version
+    return ctl.run_decided.get((namespace, name)) == version
 
 
 def forget_run(ctl: Controller, namespace: str, name: str) -> None:
     """Drop what is known of a run that is gone or finished."""
     ctl.run_versions.pop((namespace, name), None)
     ctl.runs_written.pop((namespace, name), None)
+    ctl.run_decided.pop((namespace, name), None)
 
 
 async def job_and_pods(ctl: Controller, namespace: str, name: str) -> tuple[Obj | None, list[Obj]]:

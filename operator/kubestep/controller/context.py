@@ -118,6 +118,9 @@ class Controller:
     event_versions: dict[tuple[str, str], str] = field(default_factory=dict)
     """The ``resourceVersion`` of each Event's status this process last wrote, by (namespace, name): its
     watch event needs no pass (the writing pass made it), until the Event is deleted."""
+    run_decided: dict[tuple[str, str], str] = field(default_factory=dict)
+    """The ``resourceVersion`` each run's last pass decided from (read, or wrote as its decision), by
+    (namespace, run): its watch event needs no pass of its own."""
     runs_written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     """Runs as this process last wrote them, by (namespace, run), until their watch brings that version
     back: the newest copy there is, read instead of the API while the watch cache is behind."""

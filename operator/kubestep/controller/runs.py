@@ -77,6 +77,7 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
     if obj["metadata"].get("deletionTimestamp"):
         _forget(ctl, key)
         return Result.done()
+    cache.deciding_run(ctl, obj)
     try:
         run = WorkflowRun.model_validate(obj)
     except ValidationError as exc:
@@ -142,14 +143,16 @@ async def _save(
     what still fits, and that decision is the one saved.
     """
     try:
-        cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict()), written=True)
+        saved = await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
+        cache.saw_run(ctl, saved, written=True, decided=True)
         return decision
     except TooLarge as exc:
         log.warning("%s/%s: status refused as too large: %s", run.metadata.namespace, run.metadata.name, exc)
         why = str(exc)
     smaller = decide(run, dataclasses.replace(observed, status_too_large=why), ctl.clock())
     await _carry_out(ctl, obj, run, smaller)
-    cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict()), written=True)
+    saved = await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict())
+    cache.saw_run(ctl, saved, written=True, decided=True)
     return smaller
 
 
