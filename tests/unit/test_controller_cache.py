@@ -263,7 +263,7 @@ def test_an_admission_pass_reads_the_workflows_spec_from_the_cache() -> None:
 
 
 def test_only_a_version_a_run_pass_decided_from_needs_no_pass_when_its_watch_brings_it() -> None:
-    world, cache = cached_world()
+    world, _ = cached_world()
     a_running_run(world)
     decided = world.ctl.run_decided[(NS, RUN.name)]
     assert world.ctl.runs_written[(NS, RUN.name)]["metadata"]["resourceVersion"] == decided
