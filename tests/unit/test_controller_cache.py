@@ -71,7 +71,11 @@ def cached_world() -> tuple[World, CachedIndices]:
     world = World()
     world.watching = False  # the watches bring what `sync` says, when it says so
     cache = CachedIndices(world.kube)
-    cache.watched = lambda name, version: cache_reads.watched_run(world.ctl, NS, name, version) and None
+
+    def watched(name: str, version: str) -> None:
+        cache_reads.watched_run(world.ctl, NS, name, version)
+
+    cache.watched = watched
     world.ctl = Controller(world.kube, cache, clock=lambda: world.now)  # type: ignore[arg-type]
     return world, cache
 
@@ -277,3 +281,14 @@ def test_only_a_version_a_run_pass_decided_from_needs_no_pass_when_its_watch_bri
     assert not cache_reads.watched_run(world.ctl, NS, RUN.name, obj["metadata"]["resourceVersion"])
     # A version of someone else's never read here needs one too.
     assert not cache_reads.watched_run(world.ctl, NS, RUN.name, "999")
+
+
+def test_an_events_own_status_write_needs_no_pass_when_its_watch_brings_it_back() -> None:
+    world, _ = cached_world()
+    saved = {"metadata": {"namespace": NS, "name": "upload-1", "resourceVersion": "7"}}
+    cache_reads.wrote_event(world.ctl, saved)
+    assert not cache_reads.watched_event(world.ctl, NS, "upload-1", "7", gone=False)
+    assert cache_reads.watched_event(world.ctl, NS, "upload-1", "8", gone=False)  # someone else's change
+    assert cache_reads.watched_event(world.ctl, NS, "upload-2", "7", gone=False)
+    assert not cache_reads.watched_event(world.ctl, NS, "upload-1", None, gone=True)
+    assert (NS, "upload-1") not in world.ctl.event_versions

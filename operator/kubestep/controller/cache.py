@@ -105,6 +105,22 @@ def watched_run(ctl: Controller, namespace: str, name: str, version: str) -> boo
     return ctl.run_decided.get((namespace, name)) == version
 
 
+def wrote_event(ctl: Controller, obj: Obj) -> None:
+    """Note an Event's status this process just wrote: the pass that wrote it made that version's pass."""
+    meta = obj.get("metadata") or {}
+    if meta.get("resourceVersion"):
+        ctl.event_versions[(meta["namespace"], meta["name"])] = str(meta["resourceVersion"])
+
+
+def watched_event(ctl: Controller, namespace: str, name: str, version: str | None, gone: bool) -> bool:
+    """Note a version of an Event its watch brought; True if it needs a pass (it is not this process's
+    own last write). A deleted Event is forgotten."""
+    if gone:
+        ctl.event_versions.pop((namespace, name), None)
+        return False
+    return not version or ctl.event_versions.get((namespace, name)) != version
+
+
 def forget_run(ctl: Controller, namespace: str, name: str) -> None:
     """Drop what is known of a run that is gone or finished."""
     ctl.run_versions.pop((namespace, name), None)

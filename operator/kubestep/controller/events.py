@@ -13,7 +13,7 @@ from kubestep.api import names
 from kubestep.api.base import Condition, set_condition, validation_problems
 from kubestep.api.event import Event, EventRunRef, EventStatus
 from kubestep.api.workflow import Workflow
-from kubestep.controller import builders, gates, gc, observe
+from kubestep.controller import builders, cache, gates, gc, observe
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.gather import DEBOUNCED, gather_event
 from kubestep.controller.kube import EVENTS, RUNS, WORKFLOWS, AlreadyExists, Conflict, NotFound, Rejected
@@ -82,10 +82,9 @@ async def _save(
         return Result.again()  # changed meanwhile: decide again from what is there now
     if event is None:
         return Result.done()
-    # The watch brings this very version back without a pass (see `handlers.event_changed`): the pass it
-    # would have queued, collection's, is made here.
-    meta = saved.get("metadata") or {}
-    ctl.event_versions[(meta.get("namespace", ""), meta.get("name", ""))] = str(meta.get("resourceVersion"))
+    # The watch brings this very version back without a pass (`cache.watched_event`): the pass it would
+    # have queued, collection's, is made here.
+    cache.wrote_event(ctl, saved)
     return await gc.collect_handled_event(ctl, event.model_copy(update={"status": status}))
 
 

@@ -408,14 +408,12 @@ def register(
     ) -> None:
         queue = _queue(memo)
         controller: Controller | None = memo.get("controller")
-        if event.get("type") == "DELETED":
-            if controller is not None:
-                controller.event_versions.pop((namespace, name), None)
-            return
-        if queue is None:
-            return
+        gone = event.get("type") == "DELETED"
         version = (event.get("object") or {}).get("metadata", {}).get("resourceVersion")
-        if controller is None or not version or controller.event_versions.get((namespace, name)) != version:
+        needs_pass = controller is None or cache.watched_event(controller, namespace, name, version, gone)
+        if queue is None or gone:
+            return
+        if needs_pass:
             queue.add(Key("event", namespace, name))
         store = kwargs["waiting_runs"].get((namespace, spec.get("name", "")))
         for run in list(store or []):

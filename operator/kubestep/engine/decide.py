@@ -201,8 +201,7 @@ class _Decider:
             # but the announcement of the end, made once this final status is saved.
             self.actions = [a for a in self.actions if not isinstance(a, RequeueAt)]
             ended_now = not self.run.status.phase.finished and self.status.announced is None
-            ended = self.run.model_copy(update={"status": self.status})
-            if ended_now and end_event(ended, self.listeners):
+            if ended_now and end_event(self.run.model_copy(update={"status": self.status}), self.listeners):
                 self.status.announced = False
                 self.actions.append(RequeueAt(self.now))
         return Decision(self.status, self.actions)
