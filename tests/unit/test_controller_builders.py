@@ -13,10 +13,20 @@ import pytest
 from kubestep.api.base import API_VERSION, ObjectMeta
 from kubestep.api.event import Event, EventSpec
 from kubestep.api.report import MemoEntry, RunnerState
-from kubestep.api.run import RunEvent, StepType, WorkflowRef, WorkflowRun, WorkflowRunSpec
+from kubestep.api.run import (
+    RunEvent,
+    StepPhase,
+    StepStatus,
+    StepType,
+    WorkflowRef,
+    WorkflowRun,
+    WorkflowRunSpec,
+    WorkflowRunStatus,
+)
 from kubestep.api.workflow import PodTemplate, Trigger, Workflow, WorkflowSpec
 from kubestep.controller import builders
 from kubestep.engine import Note, StartChild, StartExecution
+from kubestep.engine.decide import runner_state
 from kubestep.runner.main import DEFAULT_STATE
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -58,13 +68,14 @@ def make_run(pod_template: PodTemplate | None = None, name: str = RUN) -> Workfl
 
 
 def make_start(
-    timeout: float | None = 30.0, step: str | None = "validate", attempt: int = 1
+    timeout: float | None = 30.0, step: str | None = "validate", attempt: int = 1, output: Any = None
 ) -> StartExecution:
+    output = {"rows": [1, 2, 3]} if output is None else output
     state = RunnerState(
         run=RUN,
         function="contacts.workflows:process",
         event={"name": "api/contact_list.uploaded", "data": {"rows": 3}},
-        steps=[MemoEntry(id="fetch", name="fetch", type=StepType.RUN, done=True, output={"rows": [1, 2, 3]})],
+        steps=[MemoEntry(id="fetch", name="fetch", type=StepType.RUN, done=True, output=output)],
         target=step,
         attempt=attempt,
         max_output_bytes=4096,
@@ -115,16 +126,22 @@ def test_a_step_job_runs_one_pod_never_retried_under_the_execution_name() -> Non
     assert step["terminationMessagePolicy"] == "FallbackToLogsOnError"
 
 
+#: An output that makes an execution's input too large for its pod's annotation.
+LARGE_OUTPUT = {"text": "x" * builders.INLINE_STATE_BYTES}
+
+
 def test_the_same_execution_builds_the_same_job_so_creating_it_twice_is_harmless() -> None:
     assert job_for() == job_for()
-    run, start = make_run(), make_start()
+    run, start = make_run(), make_start(output=LARGE_OUTPUT)
+    assert builders.step_job(run, start) == builders.step_job(run, start)
     assert builders.state_secret(run, start) == builders.state_secret(run, start)
 
 
 def test_the_job_and_its_state_secret_are_owned_by_the_run() -> None:
-    run, start = make_run(), make_start()
+    run, start = make_run(), make_start(output=LARGE_OUTPUT)
     assert builders.step_job(run, start)["metadata"]["ownerReferences"] == [RUN_OWNER]
-    assert builders.state_secret(run, start)["metadata"]["ownerReferences"] == [RUN_OWNER]
+    secret = builders.state_secret(run, start)
+    assert secret is not None and secret["metadata"]["ownerReferences"] == [RUN_OWNER]
 
 
 @pytest.mark.parametrize(
@@ -257,31 +274,127 @@ def test_the_restricted_check_itself_catches_a_privileged_pod() -> None:
     assert any("hostPath" in p for p in problems)
 
 
-def test_the_state_secret_holds_the_runner_state_and_is_mounted_read_only_where_the_runner_reads() -> None:
+def _state_mount(job: Obj) -> tuple[Obj, str]:
+    """The pod's state volume, and the file the runner is told to read."""
+    spec, step = pod_spec(job), container(job)
+    (volume,) = spec["volumes"]
+    (mount,) = step["volumeMounts"]
+    assert mount["name"] == volume["name"]
+    assert mount["readOnly"] is True
+    state_env = step["env"][0]
+    assert state_env["name"] == "KUBESTEP_STATE"
+    assert state_env["value"].startswith(mount["mountPath"] + "/")
+    # The runner's own default agrees, so a pod started without the variable still finds its state.
+    assert state_env["value"] == DEFAULT_STATE
+    return volume, state_env["value"].removeprefix(mount["mountPath"] + "/")
+
+
+def test_a_small_state_travels_in_the_pods_own_annotation_read_through_the_downward_api() -> None:
     run, start = make_run(), make_start(step="validate", attempt=2)
+    assert builders.state_secret(run, start) is None
+    job = builders.step_job(run, start)
+    volume, key = _state_mount(job)
+    (item,) = volume["downwardAPI"]["items"]
+    assert item["path"] == key
+    annotation = re.fullmatch(r"metadata\.annotations\['(.+)'\]", item["fieldRef"]["fieldPath"])
+    assert annotation is not None
+    state_json = job["spec"]["template"]["metadata"]["annotations"][annotation.group(1)]
+    assert RunnerState.model_validate_json(state_json) == start.state
+    wire = json.loads(state_json)
+    assert wire["maxOutputBytes"] == 4096 and wire["target"] == "validate" and wire["attempt"] == 2
+    assert wire["steps"][0]["output"] == {"rows": [1, 2, 3]}
+    # On the pod only: the Job's own metadata, which `kubectl get jobs` lists, stays small.
+    assert annotation.group(1) not in job["metadata"]["annotations"]
+
+
+def test_a_large_state_travels_in_a_secret_mounted_read_only_where_the_runner_reads() -> None:
+    run, start = make_run(), make_start(step="validate", attempt=2, output=LARGE_OUTPUT)
     secret = builders.state_secret(run, start)
+    assert secret is not None
     assert secret["apiVersion"] == "v1" and secret["kind"] == "Secret"
     assert secret["metadata"]["name"] == start.name
     assert secret["metadata"]["namespace"] == NAMESPACE
     assert secret["immutable"] is True
     (key,) = secret["stringData"]
-    state_json = secret["stringData"][key]
-    assert RunnerState.model_validate_json(state_json) == start.state
-    wire = json.loads(state_json)
-    assert wire["maxOutputBytes"] == 4096 and wire["target"] == "validate" and wire["attempt"] == 2
-    assert wire["steps"][0]["output"] == {"rows": [1, 2, 3]}
+    assert RunnerState.model_validate_json(secret["stringData"][key]) == start.state
 
     job = builders.step_job(run, start)
-    spec, step = pod_spec(job), container(job)
-    (volume,) = spec["volumes"]
+    volume, mounted_key = _state_mount(job)
     assert volume["secret"]["secretName"] == secret["metadata"]["name"]
-    (mount,) = step["volumeMounts"]
-    assert mount["name"] == volume["name"]
-    assert mount["readOnly"] is True
-    state_env = step["env"][0]
-    assert state_env == {"name": "KUBESTEP_STATE", "value": f"{mount['mountPath']}/{key}"}
-    # The runner's own default agrees, so a pod started without the variable still finds its state.
-    assert state_env["value"] == DEFAULT_STATE
+    assert mounted_key == key
+    assert "kubestep.dev/state" not in job["spec"]["template"]["metadata"]["annotations"]
+
+
+@pytest.mark.parametrize(
+    ("extra_bytes", "in_secret"),
+    [
+        pytest.param(0, False, id="exactly-the-bound"),
+        pytest.param(1, True, id="one-byte-over"),
+        pytest.param(-1000, False, id="well-under"),
+    ],
+)
+def test_the_bound_on_a_pods_state_counts_bytes(extra_bytes: int, in_secret: bool) -> None:
+    base = len(builders.state_json(make_start(output={"text": ""})).encode())
+    # "é" is two bytes: the bound is on the annotation's bytes, not its characters.
+    room = builders.INLINE_STATE_BYTES - base + extra_bytes
+    text = "é" * (room // 2) + "x" * (room % 2)
+    start = make_start(output={"text": text})
+    assert len(builders.state_json(start).encode()) == builders.INLINE_STATE_BYTES + extra_bytes
+    assert (builders.state_secret(make_run(), start) is not None) is in_secret
+    volume = pod_spec(builders.step_job(make_run(), start))["volumes"][0]
+    assert ("secret" in volume) is in_secret
+
+
+def _run_with(steps: list[tuple[str, Any, bool]]) -> tuple[WorkflowRun, WorkflowRunStatus]:
+    run = make_run()
+    status = WorkflowRunStatus(
+        steps=[
+            StepStatus(
+                id=step_id,
+                name=step_id,
+                type=StepType.RUN,
+                phase=StepPhase.SUCCEEDED if done else StepPhase.RUNNING,
+                output=output,
+            )
+            for step_id, output, done in steps
+        ]
+    )
+    return run, status
+
+
+@pytest.mark.parametrize(
+    ("outputs", "expected"),
+    [
+        pytest.param([1, 2, 3], False, id="small-outputs"),
+        pytest.param([{"text": "x" * builders.INLINE_STATE_BYTES}], True, id="one-large-output"),
+        pytest.param(["x" * 6000] * 3, True, id="outputs-that-add-up"),
+        pytest.param([], False, id="no-steps"),
+    ],
+)
+def test_whether_a_finished_run_may_have_had_state_secrets(outputs: list[Any], expected: bool) -> None:
+    run, status = _run_with([(f"s{i}", output, True) for i, output in enumerate(outputs)])
+    assert builders.may_have_state_secrets(run, status) is expected
+
+
+def test_a_run_that_had_a_state_secret_is_never_taken_for_one_that_had_none() -> None:
+    # Every execution of a run whose inputs cross the bound as it grows: each step retried at a high
+    # attempt (its long name the target), pending steps shrinking as they finish with tiny outputs.
+    long_id = "enrich-address-information-" + "x" * 200
+    pending = [(f"{long_id}:{i}", None, False) for i in range(20)]
+    run, _ = _run_with([])
+    _, bare = _run_with([("fill", "", True), *pending])
+    base = len(runner_state(run, bare, target=pending[-1][0], attempt=99).model_dump_json().encode())
+    crossed, room = 0, builders.INLINE_STATE_BYTES - base
+    for filler in range(room - 1500, room + 200, 7):
+        steps = [("fill", "x" * filler, True), *pending]
+        _, final = _run_with([(sid, out if done else 1, True) for sid, out, done in steps])
+        for reached in range(1, len(steps) + 1):
+            _, status = _run_with(steps[:reached])
+            state = runner_state(run, status, target=steps[reached - 1][0], attempt=99)
+            if builders.state_in_secret(state.model_dump_json(by_alias=True)):
+                crossed += 1
+                assert builders.may_have_state_secrets(run, final), (filler, reached)
+    assert crossed  # the table reached the bound
 
 
 def test_jobs_pods_and_secrets_carry_the_run_labels_and_the_step_annotations() -> None:
@@ -295,10 +408,12 @@ def test_jobs_pods_and_secrets_carry_the_run_labels_and_the_step_annotations() -
     # `kubectl get pods -l kubestep.dev/step=validate` lists a step's pods.
     assert job["metadata"]["labels"] == {**expected, "kubestep.dev/step": "validate"}
     assert job["spec"]["template"]["metadata"]["labels"] == {**expected, "kubestep.dev/step": "validate"}
-    assert builders.state_secret(run, start)["metadata"]["labels"] == expected
+    secret = builders.state_secret(run, make_start(step="validate", attempt=3, output=LARGE_OUTPUT))
+    assert secret is not None and secret["metadata"]["labels"] == expected
     annotations = {"kubestep.dev/step": "validate", "kubestep.dev/attempt": "3"}
     assert job["metadata"]["annotations"] == annotations
-    assert job["spec"]["template"]["metadata"]["annotations"] == annotations
+    template_annotations = job["spec"]["template"]["metadata"]["annotations"]
+    assert {k: v for k, v in template_annotations.items() if k != "kubestep.dev/state"} == annotations
 
 
 def test_a_discovery_execution_has_no_step_annotation() -> None:

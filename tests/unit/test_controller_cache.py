@@ -16,6 +16,7 @@ from test_controller_reconcilers import NS, RUN, FakeIndices, World, a_running_r
 
 from kubestep.api.report import Report, ReportKind
 from kubestep.api.run import RunPhase
+from kubestep.controller import builders
 from kubestep.controller import cache as cache_reads
 from kubestep.controller.context import Controller, Key
 from kubestep.controller.kube import RUNS, WORKFLOWS
@@ -195,9 +196,10 @@ def test_a_run_ended_by_a_pod_before_its_job_is_marked_finished_keeps_that_job_a
 # State Secrets: one request per run, not per step attempt -------------------------------------------------
 
 
-def test_a_recorded_steps_small_state_secret_stays_until_the_run_ends_then_all_go_at_once() -> None:
+def test_a_recorded_steps_state_secret_stays_until_the_run_ends_then_all_go_at_once() -> None:
     world, cache = cached_world()
-    job = a_running_run(world)
+    # Too large for the pod's annotation, not large enough to be deleted as soon as its step is recorded.
+    job = a_running_run(world, data={"file": "x" * (builders.INLINE_STATE_BYTES + 1000)})
     world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
     cache.sync()
     world.reconcile()
@@ -210,6 +212,21 @@ def test_a_recorded_steps_small_state_secret_stays_until_the_run_ends_then_all_g
     assert world.run().status.phase is RunPhase.SUCCEEDED
     assert world.kube.methods("delete_secret", "delete_secrets") == ["delete_secrets"]
     assert world.kube.objects(SECRETS, NS) == []
+
+
+def test_a_run_whose_inputs_its_pods_carry_creates_and_deletes_no_secret() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
+    cache.sync()
+    world.reconcile()
+    (nxt,) = world.active()
+    world.kube.end_job(NS, nxt, report(ReportKind.STEP_SUCCEEDED, "store", output=2, next=COMPLETED))
+    cache.sync()
+    world.reconcile()
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+    assert world.kube.objects(SECRETS, NS) == []
+    assert world.kube.methods("create_secret", "delete_secret", "delete_secrets") == []
 
 
 def test_a_large_state_secret_is_deleted_as_soon_as_its_attempt_is_recorded() -> None:

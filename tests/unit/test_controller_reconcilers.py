@@ -170,8 +170,14 @@ def workflow_obj(name: str = "contacts", event: str = "api/uploaded") -> Obj:
     }
 
 
-def event_obj(name: str, event: str = "api/uploaded", event_id: str | None = None) -> Obj:
-    spec: Obj = {"name": event, "data": {"file": "a.csv"}}
+#: Event data too large for a step pod's annotation: its executions' inputs travel in Secrets.
+LARGE_DATA = {"file": "x" * builders.INLINE_STATE_BYTES}
+
+
+def event_obj(
+    name: str, event: str = "api/uploaded", event_id: str | None = None, data: Obj | None = None
+) -> Obj:
+    spec: Obj = {"name": event, "data": data or {"file": "a.csv"}}
     if event_id:
         spec["id"] = event_id
     return {
@@ -182,16 +188,16 @@ def event_obj(name: str, event: str = "api/uploaded", event_id: str | None = Non
     }
 
 
-def a_run(world: World, name: str = RUN.name) -> None:
+def a_run(world: World, name: str = RUN.name, data: Obj | None = None) -> None:
     """A run as an Event creates it: no status yet."""
     workflow = Workflow.model_validate(world.kube.put(WORKFLOWS, workflow_obj()))
-    event = Event.model_validate(world.kube.put(EVENTS, event_obj("upload-1")))
+    event = Event.model_validate(world.kube.put(EVENTS, event_obj("upload-1", data=data)))
     world.kube.put(RUNS, builders.event_run(workflow, event, name, T0))
 
 
-def a_running_run(world: World) -> str:
+def a_running_run(world: World, data: Obj | None = None) -> str:
     """A run whose first execution's Job exists; its name."""
-    a_run(world)
+    a_run(world, data=data)
     assert world.reconcile() is not None
     (job,) = world.jobs()
     return job
@@ -224,18 +230,26 @@ def test_the_fake_has_every_async_method_of_the_api_module_with_the_same_paramet
 # A run's pass: the order of its writes ---------------------------------------------------------------------
 
 
-def test_a_new_runs_job_is_created_only_after_the_status_recording_it_is_saved() -> None:
+@pytest.mark.parametrize(
+    ("data", "creates"),
+    [
+        # A small input travels in the pod's own annotation: the Job is all there is to create.
+        pytest.param(None, ["create_job"], id="small-input"),
+        pytest.param(LARGE_DATA, ["create_secret", "create_job"], id="large-input-in-a-secret"),
+    ],
+)
+def test_a_new_runs_job_is_created_only_after_the_status_recording_it_is_saved(
+    data: Obj | None, creates: list[str]
+) -> None:
     world = World()
-    a_run(world)
+    a_run(world, data=data)
     result = world.reconcile()
     calls = world.kube.writes()
     (execution,) = world.active()
     assert world.jobs() == [execution]
-    assert [c.method for c in calls if c.method != "post_event"] == [
-        "replace_status",
-        "create_secret",
-        "create_job",
-    ]
+    assert [c.method for c in calls if c.method != "post_event"] == ["replace_status", *creates]
+    secrets = [s["metadata"]["name"] for s in world.kube.objects(SECRETS, NS)]
+    assert secrets == ([execution] if data else [])
     assert Call("create_job", execution) in calls
     # The Events telling of the transition are posted after the save too, and after the Job: a crash
     # between the save and the Job leaves the execution without its Job (Lost), so nothing waits there.
@@ -421,7 +435,7 @@ class Existing:
 )
 def test_an_execution_whose_secret_or_job_already_exists(existing: Existing) -> None:
     world = World()
-    a_run(world)
+    a_run(world, data=LARGE_DATA)
     world.kube.fail("create_secret", Unavailable("connection reset"))
     world.reconcile()  # recorded, not created
     (execution,) = world.active()
@@ -467,7 +481,7 @@ def test_the_events_of_a_saved_transition_are_posted_even_when_its_job_could_not
 def test_after_a_restart_a_recorded_execution_without_a_job_is_lost_and_its_name_never_used_again() -> None:
     world = World()
     a_run(world)
-    world.kube.fail("create_secret", Unavailable("connection refused"))
+    world.kube.fail("create_job", Unavailable("connection refused"))
     world.reconcile()
     (execution,) = world.active()
     world.restart()  # the debt was in memory only: who knows whether the Job was created and deleted
@@ -587,15 +601,20 @@ def test_a_retry_backoff_decided_by_the_engine_is_the_passs_requeue_time() -> No
     assert retry != job and retry in world.jobs()
 
 
-def test_a_finished_run_cleans_up_and_asks_for_nothing_more() -> None:
+@pytest.mark.parametrize("data", [None, LARGE_DATA], ids=["small-input", "large-input-in-a-secret"])
+def test_a_finished_run_cleans_up_and_asks_for_nothing_more(data: Obj | None) -> None:
     world = World()
-    job = a_running_run(world)
+    job = a_running_run(world, data=data)
     world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output={"rows": 3}))
     result = world.reconcile()
     assert world.run().status.phase is RunPhase.SUCCEEDED
     calls = world.kube.writes()
-    # Its state Secrets go in one request, once the end is saved.
-    assert index(calls, "replace_status") < index(calls, "delete_secrets")
+    if data:
+        # Its state Secrets go in one request, once the end is saved.
+        assert index(calls, "replace_status") < index(calls, "delete_secrets")
+    else:
+        # It had none: nothing to delete, and no request asking to.
+        assert "delete_secrets" not in world.kube.methods()
     assert "delete_secret" not in world.kube.methods()
     assert world.kube.objects(SECRETS, NS) == []
     assert (NS, RUN.name) not in world.ctl.owed

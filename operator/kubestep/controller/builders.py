@@ -14,15 +14,22 @@ from typing import Any
 
 from kubestep.api.base import API_VERSION, ObjectMeta
 from kubestep.api.event import Event
-from kubestep.api.run import ParentRef, RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec
+from kubestep.api.run import ParentRef, RunEvent, WorkflowRef, WorkflowRun, WorkflowRunSpec, WorkflowRunStatus
 from kubestep.api.workflow import Workflow
 from kubestep.engine.actions import AnnounceEnd, Note, StartChild, StartExecution, StartRerun
+from kubestep.engine.decide import runner_state
 
 Obj = dict[str, Any]
 
 #: Where the run's state is mounted in a step pod (the runner's default ``--state`` directory).
 STATE_DIR = "/var/run/kubestep/state"
 STATE_KEY = "state.json"
+#: A runner state up to this many bytes of JSON travels in its pod's own annotation, read through the
+#: downward API; a larger one in a Secret of its own. The annotation saves a write, an object and the
+#: kubelet's read per step, and shows nothing new to anyone: whoever may read pods may read the run,
+#: whose spec and status hold the same event and outputs. The bound keeps pods small (every watcher of
+#: pods receives each of their updates whole), far below the API server's 256 KiB for annotations.
+INLINE_STATE_BYTES = 16 * 1024
 #: The container that runs the step.
 CONTAINER = "step"
 #: How much longer than the step timeout the Job itself lives: long enough for a pod to wait for a node
@@ -39,6 +46,7 @@ LABEL_PARENT = "kubestep.dev/parent"
 LABEL_STEP = "kubestep.dev/step"
 ANNOTATION_STEP = "kubestep.dev/step"
 ANNOTATION_ATTEMPT = "kubestep.dev/attempt"
+ANNOTATION_STATE = "kubestep.dev/state"
 MANAGER = "kubestep"
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 
@@ -92,8 +100,34 @@ def execution_labels(run: WorkflowRun) -> dict[str, str]:
     }
 
 
-def state_secret(run: WorkflowRun, action: StartExecution) -> Obj:
-    """The Secret carrying an execution's input (event and memoized outputs), owned by the run."""
+def state_json(action: StartExecution) -> str:
+    """An execution's input (event and memoized outputs) as the runner reads it."""
+    return action.state.model_dump_json(by_alias=True)
+
+
+def state_in_secret(state: str) -> bool:
+    """Whether an execution's input (``state_json``) is too large for its pod's annotation."""
+    return len(state.encode()) > INLINE_STATE_BYTES
+
+
+def may_have_state_secrets(run: WorkflowRun, status: WorkflowRunStatus) -> bool:
+    """Whether an execution of ``run`` may have been given a Secret, judged from what ``status`` recorded.
+
+    The input of an execution past the last recorded step is the largest the run has had, but for what
+    shrinks as steps advance: a retry's target step and attempt, and a few bytes per step as a pending
+    step's `"done":false,"output":null` turns into its result. Those are allowed for, so that a run which
+    had a Secret is never taken for one that had none.
+    """
+    largest = len(runner_state(run, status).model_dump_json(by_alias=True).encode())
+    slack = 1024 + 8 * len(status.steps) + max((len(s.id.encode()) for s in status.steps), default=0)
+    return largest + slack > INLINE_STATE_BYTES
+
+
+def state_secret(run: WorkflowRun, action: StartExecution) -> Obj | None:
+    """The Secret carrying an execution's input, owned by the run; None when its pod carries it."""
+    state = state_json(action)
+    if not state_in_secret(state):
+        return None
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -104,7 +138,7 @@ def state_secret(run: WorkflowRun, action: StartExecution) -> Obj:
             "labels": execution_labels(run),
             "ownerReferences": [_run_owner(run)],
         },
-        "stringData": {STATE_KEY: action.state.model_dump_json(by_alias=True)},
+        "stringData": {STATE_KEY: state},
         "immutable": True,
     }
 
@@ -118,6 +152,14 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
     if action.step is not None:
         annotations[ANNOTATION_STEP] = action.step
         labels[LABEL_STEP] = step_label(action.step)
+    state = state_json(action)
+    pod_annotations = dict(annotations)
+    if state_in_secret(state):
+        volume: Obj = {"secret": {"secretName": action.name, "defaultMode": 0o444}}
+    else:
+        pod_annotations[ANNOTATION_STATE] = state
+        item = {"path": STATE_KEY, "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_STATE}']"}}
+        volume = {"downwardAPI": {"items": [item], "defaultMode": 0o444}}
     container: Obj = {
         "name": CONTAINER,
         # Pinned by digest once the run's first pod ran, so a tag pushed again never changes a run in flight.
@@ -158,7 +200,7 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "state", "secret": {"secretName": action.name, "defaultMode": 0o444}}],
+        "volumes": [{"name": "state", **volume}],
     }
     if action.timeout_seconds is not None:
         # On the pod, not the Job: the pod and its log are kept when the step times out.
@@ -177,7 +219,7 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
     job_spec: Obj = {
         # kubestep owns retries: every attempt is its own Job.
         "backoffLimit": 0,
-        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+        "template": {"metadata": {"labels": labels, "annotations": pod_annotations}, "spec": pod_spec},
     }
     if action.timeout_seconds is not None:
         job_spec["activeDeadlineSeconds"] = pod_spec["activeDeadlineSeconds"] + JOB_DEADLINE_GRACE_SECONDS

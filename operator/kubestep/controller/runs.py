@@ -353,21 +353,13 @@ async def _pay(ctl: Controller, obj: Obj, run: WorkflowRun, status: WorkflowRunS
 
 
 async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: StartExecution) -> bool:
-    """Create the execution's Secret and Job; False if the API server refused the Job as invalid."""
+    """Create the execution's Job, and its Secret if its input is too large for the pod to carry; False if
+    the API server refused the Job as invalid."""
     namespace = run.metadata.namespace or ""
     job = builders.step_job(run, action)
     secret = builders.state_secret(run, action)
-    if len(str(secret["stringData"])) > LARGE_STATE_BYTES:
-        ctl.large_states.add((namespace, action.name))
-    try:
-        await ctl.kube.create_secret(namespace, secret)
-    except AlreadyExists:
-        # Created by a previous pass before a crash or a conflict (same name, same content) — unless it is
-        # left over from an earlier run of the same name that is still being garbage-collected.
-        if not observe.owned_by(await ctl.kube.get_secret(namespace, action.name), run.metadata.uid):
-            raise Unavailable(
-                f"Secret {action.name} of an earlier run of this name is still being deleted"
-            ) from None
+    if secret is not None:
+        await _create_state_secret(ctl, run, secret)
     try:
         await ctl.kube.create_job(namespace, job)
     except AlreadyExists:
@@ -384,6 +376,21 @@ async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: 
         ctl.rejected[(namespace, action.name)] = message
         return False
     return True
+
+
+async def _create_state_secret(ctl: Controller, run: WorkflowRun, secret: Obj) -> None:
+    namespace, name = run.metadata.namespace or "", secret["metadata"]["name"]
+    if len(secret["stringData"][builders.STATE_KEY]) > LARGE_STATE_BYTES:
+        ctl.large_states.add((namespace, name))
+    try:
+        await ctl.kube.create_secret(namespace, secret)
+    except AlreadyExists:
+        # Created by a previous pass before a crash or a conflict (same name, same content) — unless it is
+        # left over from an earlier run of the same name that is still being garbage-collected.
+        if not observe.owned_by(await ctl.kube.get_secret(namespace, name), run.metadata.uid):
+            raise Unavailable(
+                f"Secret {name} of an earlier run of this name is still being deleted"
+            ) from None
 
 
 async def _start_child(ctl: Controller, run: WorkflowRun, action: StartChild) -> None:
@@ -443,10 +450,11 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
     if status.phase.finished:
         _forget(ctl, key)
     if status.phase.finished and not before.status.phase.finished:
-        # Every state Secret of the run (its executions' inputs), in one request, once: when it ends (a later
-        # save, such as announcing the end, has none left to delete). Owned by the run anyway.
+        # Every state Secret of the run (the inputs too large for their pods), in one request, once: when it
+        # ends (a later save, such as announcing the end, has none left to delete). Owned by the run anyway.
         label = builders.execution_labels(before)[builders.LABEL_RUN]
-        if before.status.active or any(step.attempts for step in status.steps):
+        executed = before.status.active or any(step.attempts for step in status.steps)
+        if executed and builders.may_have_state_secrets(before, status):
             with contextlib.suppress(KubeError):
                 await ctl.kube.delete_secrets(namespace, f"{builders.LABEL_RUN}={label}")
         await _stop_strays(ctl, namespace, before, status)

@@ -745,28 +745,7 @@ class _Decider:
         )
 
     def runner_state(self, target: str | None, attempt: int) -> RunnerState:
-        memo = [
-            MemoEntry(
-                id=s.id,
-                name=s.name,
-                type=s.type,
-                done=s.phase.finished,
-                output=s.output,
-                error=None if s.error is None else {"type": s.error.type, "message": s.error.message},
-            )
-            for s in self.status.steps
-        ]
-        return RunnerState(
-            run=self.run.metadata.name,
-            function=self.spec.function,
-            event=self.run.spec.event.as_payload(),
-            events=[e.as_payload() for e in self.run.spec.gather.events] if self.run.spec.gather else [],
-            steps=memo,
-            target=target,
-            attempt=attempt,
-            max_output_bytes=self.spec.limits.step_output_bytes,
-            **chain_settings(self.spec.execution),
-        )
+        return runner_state(self.run, self.status, target, attempt)
 
     # Ending -------------------------------------------------------------------------------------------
 
@@ -864,6 +843,39 @@ class _Decider:
     def condition_message(self) -> str:
         """The Succeeded condition's message as it was before this decision."""
         return next((c.message for c in self.status.conditions if c.type == "Succeeded"), "")
+
+
+def runner_state(
+    run: WorkflowRun, status: WorkflowRunStatus, target: str | None = None, attempt: int = 1
+) -> RunnerState:
+    """The input of an execution of ``run`` given what ``status`` recorded: its event and every step so far.
+
+    Without a target, that of an execution reaching past the last recorded step: the largest input any
+    execution of the run has had so far (its steps and outputs only ever grow).
+    """
+    spec = run.spec.workflow
+    memo = [
+        MemoEntry(
+            id=s.id,
+            name=s.name,
+            type=s.type,
+            done=s.phase.finished,
+            output=s.output,
+            error=None if s.error is None else {"type": s.error.type, "message": s.error.message},
+        )
+        for s in status.steps
+    ]
+    return RunnerState(
+        run=run.metadata.name,
+        function=spec.function,
+        event=run.spec.event.as_payload(),
+        events=[e.as_payload() for e in run.spec.gather.events] if run.spec.gather else [],
+        steps=memo,
+        target=target,
+        attempt=attempt,
+        max_output_bytes=spec.limits.step_output_bytes,
+        **chain_settings(spec.execution),
+    )
 
 
 def progress(status: WorkflowRunStatus) -> str:
