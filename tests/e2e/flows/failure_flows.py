@@ -153,3 +153,14 @@ def exit_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
     """Calls sys.exit between two steps."""
     step.run("first", lambda: 1)
     sys.exit(3)
+
+
+def relay_flow(ctx: kubestep.Context, step: kubestep.Step) -> dict[str, Any]:
+    """A step returning ``event.data.bytes`` characters, then one that reads them back from its input.
+
+    The second step's pod replays the first from the run's state: past the bound on what a pod's own
+    annotation carries, that state reaches it from a Secret.
+    """
+    blob = step.run("make-blob", lambda: "y" * int(ctx.event.data["bytes"]))
+    length = step.run("measure", lambda: len(blob))
+    return {"length": length}
