@@ -16,9 +16,13 @@ def _state_volume(job: dict[str, Any]) -> dict[str, Any]:
     return volume
 
 
-def _step_jobs(cluster: Cluster, run: str) -> dict[str, dict[str, Any]]:
-    jobs = cluster.items("jobs", f"kubestep.dev/run={run}")
-    return {job["metadata"]["annotations"]["kubestep.dev/step"]: job for job in jobs}
+def _step_jobs(cluster: Cluster, run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each step's Job, as its attempt recorded it."""
+    jobs = {
+        job["metadata"]["name"]: job
+        for job in cluster.items("jobs", f"kubestep.dev/run={run['metadata']['name']}")
+    }
+    return {step["id"]: jobs[step["attempts"][0]["job"]] for step in run["status"]["steps"]}
 
 
 def test_a_small_input_rides_in_the_pod_and_a_large_one_in_a_secret_removed_when_the_run_ends(
@@ -37,7 +41,7 @@ def test_a_small_input_rides_in_the_pod_and_a_large_one_in_a_secret_removed_when
     assert [s["id"] for s in status["steps"]] == ["make-blob", "measure"]
     assert all(len(s["attempts"]) == 1 for s in status["steps"])
 
-    jobs = _step_jobs(cluster, run["metadata"]["name"])
+    jobs = _step_jobs(cluster, run)
     # The first step's input is the small event alone: its pod carries it, no Secret was made for it.
     first = _state_volume(jobs["make-blob"])
     assert "downwardAPI" in first, first
