@@ -850,8 +850,8 @@ def runner_state(
 ) -> RunnerState:
     """The input of an execution of ``run`` given what ``status`` recorded: its event and every step so far.
 
-    Without a target, that of an execution reaching past the last recorded step: the largest input any
-    execution of the run has had so far (its steps and outputs only ever grow).
+    Without a target, that of an execution reaching past the last recorded step: steps and outputs only
+    ever grow, so it is, within a few bytes per step, the largest input the run has had so far.
     """
     spec = run.spec.workflow
     memo = [
