@@ -140,6 +140,42 @@ def test_a_run_changed_by_someone_else_since_this_process_wrote_it_is_read_from_
     assert world.run().status.phase is RunPhase.CANCELLED
 
 
+def test_an_older_version_of_its_own_the_watch_brings_late_needs_no_pass_and_no_read() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    first = copy.deepcopy(world.kube.store[(RUNS, NS, RUN.name)])  # the first pass's save
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
+    cache.sync(JOBS, PODS)  # the step's end arrives before the run watch brings the first save back
+    world.reconcile()
+    (nxt,) = world.active()
+    second = world.ctl.run_versions[(NS, RUN.name)]
+    assert second != first["metadata"]["resourceVersion"]
+    # Now the watch brings the first save: older than the second, which it brings next. No pass for it,
+    # and the run as written stays the copy to read.
+    cache.runs[RUN.name] = first
+    assert cache_reads.watched_run(world.ctl, NS, RUN.name, first["metadata"]["resourceVersion"])
+    world.kube.end_job(NS, nxt, report(ReportKind.STEP_SUCCEEDED, "store", output=2, next=COMPLETED))
+    cache.sync(JOBS, PODS)
+    world.reconcile()
+    assert world.kube.methods(*READS) == []
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+
+
+def test_a_version_of_someone_elses_the_watch_brings_needs_a_pass_that_reads_the_api() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    first = world.ctl.run_versions[(NS, RUN.name)]
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=1))
+    cache.sync(JOBS, PODS)
+    world.reconcile()
+    assert cache_reads.watched_run(world.ctl, NS, RUN.name, first)  # older, of its own
+    # A version this process never saw: maybe a user's change after its last write. A pass, from the API.
+    assert not cache_reads.watched_run(world.ctl, NS, RUN.name, "999")
+    assert (NS, RUN.name) not in world.ctl.runs_written
+    world.reconcile()
+    assert world.kube.methods("get") == ["get"]
+
+
 def test_a_run_never_read_by_this_process_is_read_from_the_api_once() -> None:
     world, cache = cached_world()
     job = a_running_run(world)

@@ -10,8 +10,9 @@ goes to the API server whenever the cached copy cannot be trusted for the decisi
   be behind the Job watch, and a pod without an end would read as one the cluster took away);
 - a run is read from the cache only at the newest ``resourceVersion`` this process has seen of it
   (read or written). Until the watch brings back a version this process wrote, the run as written is that
-  newest version (the answer to the write); any other cached version may be older, so the run is read
-  from the API. The same
+  newest version (the answer to the write), also while the watch brings the versions before it (this
+  process's earlier writes, which need no pass); any other cached version may be older, so the run is
+  read from the API. The same
   holds for a Workflow whose status is to be written; one only read for its spec (admission) is taken
   from the cache as it is: a change of the spec queues that pass again once the watch has it.
 
@@ -77,7 +78,11 @@ def saw_run(ctl: Controller, obj: Obj, written: bool = False, decided: bool = Fa
     meta = obj.get("metadata") or {}
     if meta.get("resourceVersion"):
         key = (meta["namespace"], meta["name"])
-        ctl.run_versions[key] = str(meta["resourceVersion"])
+        version, previous = str(meta["resourceVersion"]), ctl.run_versions.get(key)
+        if previous is not None and previous != version:
+            # Every version noted here is the API server's answer to a read or a write: the newest there is.
+            ctl.run_superseded.setdefault(key, set()).add(previous)
+        ctl.run_versions[key] = version
         if written:
             ctl.runs_written[key] = obj
         else:
@@ -94,15 +99,25 @@ def deciding_run(ctl: Controller, obj: Obj) -> None:
 
 
 def watched_run(ctl: Controller, namespace: str, name: str, version: str) -> bool:
-    """Note a version of a run its watch brought (the watch cache has it now); True if a run pass decided
-    from that very version already (read it or wrote it): its watch event needs no pass.
+    """Note a version of a run its watch brought (the watch cache has it now); True if its watch event
+    needs no pass: a run pass decided from that very version already (read it or wrote it), or this
+    process has seen a later version since, whose own watch event follows.
 
     A version another reconciler of this process wrote (admission's grant) does need one.
     """
-    # Whichever version it is, the cache has it now: ours, or one the run reached after ours (or, rarely,
-    # one before it, which costs a read from the API).
-    ctl.runs_written.pop((namespace, name), None)
-    return ctl.run_decided.get((namespace, name)) == version
+    key = (namespace, name)
+    superseded = ctl.run_superseded.get(key)
+    if superseded is not None and version in superseded:
+        # A watch brings an object's versions in order: this process's later one is still to come. (A watch
+        # that starts over lists the newest version instead, which is never one of these.) Meanwhile the
+        # run as written stays the newest copy, read instead of the API.
+        superseded.discard(version)
+        return True
+    # Whichever other version it is, the cache has it now: ours, or one the run reached after ours, or one
+    # of someone else's before ours (which costs a read from the API).
+    ctl.runs_written.pop(key, None)
+    ctl.run_superseded.pop(key, None)
+    return ctl.run_decided.get(key) == version
 
 
 def wrote_event(ctl: Controller, obj: Obj) -> None:
@@ -124,6 +139,7 @@ def watched_event(ctl: Controller, namespace: str, name: str, version: str | Non
 def forget_run(ctl: Controller, namespace: str, name: str) -> None:
     """Drop what is known of a run that is gone or finished."""
     ctl.run_versions.pop((namespace, name), None)
+    ctl.run_superseded.pop((namespace, name), None)
     ctl.runs_written.pop((namespace, name), None)
     ctl.run_decided.pop((namespace, name), None)
 
