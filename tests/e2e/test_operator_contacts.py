@@ -33,7 +33,7 @@ def test_contacts_example_succeeds_with_every_step_output_in_status(
     assert step(run, "create-contacts-in-crm")["output"] == {"total_users_added": 5}
     assert status["progress"] == "5 done"
     assert {c["type"]: c["status"] for c in status["conditions"]}["Succeeded"] == "True"
-    # Each step ran in its own Job, in the restricted namespace, and the state Secrets were cleaned up. The
+    # Each step ran in its own Job, in the restricted namespace, and no state Secret is left behind. The
     # four `step.run` steps took one Job each and nothing more: the send and the function's return were
     # reported with the output of the step before them.
     jobs = cluster.items("jobs", f"kubestep.dev/run={run['metadata']['name']}")

@@ -8,6 +8,7 @@ from typing import Any
 from test_operator_failures import event, flow_workflow
 
 from conftest import Cluster, Operator, assert_clean_log
+from kubecp.testing import wait_for
 
 
 def _state_volume(job: dict[str, Any]) -> dict[str, Any]:
@@ -48,6 +49,7 @@ def test_a_small_input_rides_in_the_pod_and_a_large_one_in_a_secret_removed_when
     # The second's holds the first step's 30,000 characters: it came from a Secret of the run ...
     second = _state_volume(jobs["measure"])
     assert second.get("secret", {}).get("secretName") == jobs["measure"]["metadata"]["name"], second
-    # ... deleted once the run ended (its output is in the run's status).
-    assert cluster.items("secrets", f"kubestep.dev/run={run['metadata']['name']}") == []
+    # ... deleted once the run ended (its output is in the run's status), right after the end was saved.
+    selector = f"kubestep.dev/run={run['metadata']['name']}"
+    wait_for(lambda: cluster.items("secrets", selector) == [], timeout=60, what="the run's Secrets deleted")
     assert_clean_log(operator)

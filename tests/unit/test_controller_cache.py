@@ -176,6 +176,20 @@ def test_a_version_of_someone_elses_the_watch_brings_needs_a_pass_that_reads_the
     assert world.kube.methods("get") == ["get"]
 
 
+def test_answers_noted_out_of_order_never_hide_a_change_from_its_watch() -> None:
+    # Two reconcilers of this process touch the run at once: a cancel patched in (no precondition) is
+    # answered with version 5 and noted first; a read served version 4 earlier is noted after it.
+    world, _ = cached_world()
+    a_running_run(world)
+    obj = world.kube.store[(RUNS, NS, RUN.name)]
+    newer = {**obj, "metadata": {**obj["metadata"], "resourceVersion": "5"}}
+    older = {**obj, "metadata": {**obj["metadata"], "resourceVersion": "4"}}
+    cache_reads.saw_run(world.ctl, newer, written=True)
+    cache_reads.saw_run(world.ctl, older, decided=True)
+    # The pass that read version 4 may have found nothing to write: version 5's watch event needs a pass.
+    assert not cache_reads.watched_run(world.ctl, NS, RUN.name, "5")
+
+
 def test_a_run_never_read_by_this_process_is_read_from_the_api_once() -> None:
     world, cache = cached_world()
     job = a_running_run(world)

@@ -561,6 +561,28 @@ def test_a_status_too_large_is_decided_again_and_saved_smaller_without_starting_
     assert result == Result.done()  # nothing listens for its end: nothing to publish
 
 
+def test_a_run_ended_for_a_status_too_large_still_deletes_the_state_secrets_its_steps_had() -> None:
+    world = World()
+    job = a_running_run(world)
+    # The first step's output makes the next step's input too large for its pod: it gets a Secret.
+    big = "x" * builders.INLINE_STATE_BYTES
+    world.kube.end_job(NS, job, report(ReportKind.STEP_SUCCEEDED, "fetch", output=big))
+    world.reconcile()
+    (nxt,) = world.active()
+    assert [s["metadata"]["name"] for s in world.kube.objects(SECRETS, NS)] == [nxt]
+    # The run's status cannot be stored with the next output: it ends without its outputs ...
+    done = Report(kind=ReportKind.COMPLETED, output=3)
+    world.kube.end_job(NS, nxt, report(ReportKind.STEP_SUCCEEDED, "store", output=2, next=done))
+    world.kube.fail("replace_status", TooLarge("etcdserver: request is too large", 500))
+    world.reconcile()
+    run = world.run()
+    assert run.status.error is not None and run.status.error.type == "StatusTooLarge"
+    assert all(step.output is None for step in run.status.steps)
+    # ... and still deletes the Secret its last step was given.
+    assert "delete_secrets" in world.kube.methods()
+    assert world.kube.objects(SECRETS, NS) == []
+
+
 def test_a_status_refused_as_too_large_twice_is_a_failure_retried_with_backoff() -> None:
     world = World()
     a_run(world)

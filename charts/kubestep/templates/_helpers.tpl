@@ -91,7 +91,8 @@ the calls it makes and no more:
   a finished run's all at once (deletecollection, spec.history.jobsAfterFinished).
 - pods: watched to notice a deleted step pod (list, watch), deleted with a cancelled attempt, and the
   log tail read (pods/log get) for a failed attempt's message.
-- Secrets: the run state mounted into step pods (create, get to check the owner, delete).
+- Secrets: a run state too large for its step pod's annotation, mounted into the pod (create, get to
+  check the owner, delete).
 - core Events: what `kubectl describe` shows (create).
 */}}
 {{- define "kubestep.operatorRules" -}}

@@ -1,4 +1,4 @@
-"""Pure builders of the objects the operator creates: step Jobs, their state Secrets, runs, events.
+"""Pure builders of the objects the operator creates: step Jobs, state Secrets for large inputs, runs, events.
 
 No I/O here: every function maps models to the dict the API server receives, so each can be tested
 table-style.
@@ -26,8 +26,9 @@ STATE_DIR = "/var/run/kubestep/state"
 STATE_KEY = "state.json"
 #: A runner state up to this many bytes of JSON travels in its pod's own annotation, read through the
 #: downward API; a larger one in a Secret of its own. The annotation saves a write, an object and the
-#: kubelet's read per step, and shows nothing new to anyone: whoever may read pods may read the run,
-#: whose spec and status hold the same event and outputs. The bound keeps pods small (every watcher of
+#: kubelet's read per step. Whoever may read pods may read the run (`view`), whose spec and status hold
+#: the same event and outputs; the pod shows them where pods are shown, though (`kubectl describe pod`,
+#: log collectors that copy pod annotations into records). The bound keeps pods small (every watcher of
 #: pods receives each of their updates whole), far below the API server's 256 KiB for annotations.
 INLINE_STATE_BYTES = 16 * 1024
 #: The container that runs the step.

@@ -10,9 +10,9 @@ goes to the API server whenever the cached copy cannot be trusted for the decisi
   be behind the Job watch, and a pod without an end would read as one the cluster took away);
 - a run is read from the cache only at the newest ``resourceVersion`` this process has seen of it
   (read or written). Until the watch brings back a version this process wrote, the run as written is that
-  newest version (the answer to the write), also while the watch brings the versions before it (this
-  process's earlier writes, which need no pass); any other cached version may be older, so the run is
-  read from the API. The same
+  newest version (the answer to the write), also while the watch brings versions this process wrote a
+  later one under (they need no pass); any other cached version may be older, so the run is read from
+  the API. The same
   holds for a Workflow whose status is to be written; one only read for its spec (admission) is taken
   from the cache as it is: a change of the spec queues that pass again once the watch has it.
 
@@ -66,22 +66,27 @@ def forget_workflow(ctl: Controller, namespace: str, name: str) -> None:
     ctl.workflow_versions.pop((namespace, name), None)
 
 
-def saw_run(ctl: Controller, obj: Obj, written: bool = False, decided: bool = False) -> None:
+def saw_run(
+    ctl: Controller, obj: Obj, written: bool = False, decided: bool = False, replaced: Obj | None = None
+) -> None:
     """Note the version of a run just read from or written to the API: the newest this process knows.
 
     A run ``written`` (the API server's answer to the write) is kept until its watch brings that version
     back (:func:`watched_run`), so that a pass meanwhile reads it rather than the API. Every writer of
     runs in this process notes what it wrote, so a version written by another reconciler here (admission's
     grant) is never taken for an older one. ``decided``: the run reconciler decided from this version (it
-    read it, or wrote it as its decision).
+    read it, or wrote it as its decision). ``replaced``: the run as read, when ``obj`` answers a write made
+    only if the run was still at that version.
     """
     meta = obj.get("metadata") or {}
     if meta.get("resourceVersion"):
         key = (meta["namespace"], meta["name"])
-        version, previous = str(meta["resourceVersion"]), ctl.run_versions.get(key)
-        if previous is not None and previous != version:
-            # Every version noted here is the API server's answer to a read or a write: the newest there is.
-            ctl.run_superseded.setdefault(key, set()).add(previous)
+        version = str(meta["resourceVersion"])
+        base = str(((replaced or {}).get("metadata") or {}).get("resourceVersion") or "")
+        if base and base != version:
+            # The API server took a write made under version `base`: that one is older than this, for sure.
+            # (Answers of several reconcilers may be noted here out of order: their order proves nothing.)
+            ctl.run_superseded.setdefault(key, set()).add(base)
         ctl.run_versions[key] = version
         if written:
             ctl.runs_written[key] = obj
@@ -101,7 +106,8 @@ def deciding_run(ctl: Controller, obj: Obj) -> None:
 def watched_run(ctl: Controller, namespace: str, name: str, version: str) -> bool:
     """Note a version of a run its watch brought (the watch cache has it now); True if its watch event
     needs no pass: a run pass decided from that very version already (read it or wrote it), or this
-    process has seen a later version since, whose own watch event follows.
+    process wrote a later version under it (whatever changed in it, the writer saw), whose own watch event
+    follows.
 
     A version another reconciler of this process wrote (admission's grant) does need one.
     """

@@ -122,9 +122,9 @@ class Controller:
     """The ``resourceVersion`` each run's last pass decided from (read, or wrote as its decision), by
     (namespace, run): its watch event needs no pass of its own."""
     run_superseded: dict[tuple[str, str], set[str]] = field(default_factory=dict)
-    """Versions of each run this process has seen a later one of (read or written after them), by
-    (namespace, run), until the watch catches up: the watch brings them before that later one, so their
-    events need no pass and leave the written copy in place."""
+    """Versions of each run this process wrote a later one under (a write the API server takes only at the
+    version read), by (namespace, run), until the watch catches up: the watch brings them before that later
+    one, so their events need no pass and leave the written copy in place."""
     runs_written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     """Runs as this process last wrote them, by (namespace, run), until their watch brings that version
     back: the newest copy there is, read instead of the API while the watch cache is behind."""

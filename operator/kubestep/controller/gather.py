@@ -106,7 +106,7 @@ async def gather_event(ctl: Controller, workflow: Workflow, event: Event, create
         if joined.event is not None:
             obj["spec"]["event"] = joined.event.to_dict()
         try:
-            cache.saw_run(ctl, await ctl.kube.replace(RUNS, obj), written=True)
+            cache.saw_run(ctl, await ctl.kube.replace(RUNS, obj), written=True, replaced=obj)
         except (Conflict, NotFound):
             continue  # released, or joined by another event meanwhile: decide again
         except Rejected as exc:
@@ -195,7 +195,7 @@ async def release(ctl: Controller, candidates: dict[str, tuple[Obj, Candidate]],
             obj["spec"]["gather"]["open"] = False
             try:
                 written = await ctl.kube.replace(RUNS, obj)
-                cache.saw_run(ctl, written, written=True)
+                cache.saw_run(ctl, written, written=True, replaced=obj)
             except NotFound:
                 del candidates[name]
                 continue
@@ -226,7 +226,9 @@ async def write_verdict(ctl: Controller, obj: Obj, verdict: admission.Verdict, n
     if status == current:
         return True
     try:
-        cache.saw_run(ctl, await ctl.kube.replace_status(RUNS, obj, status.to_dict()), written=True)
+        cache.saw_run(
+            ctl, await ctl.kube.replace_status(RUNS, obj, status.to_dict()), written=True, replaced=obj
+        )
     except NotFound:
         return True
     except Conflict:

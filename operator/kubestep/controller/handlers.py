@@ -331,6 +331,7 @@ def register(
         version = (event.get("object") or {}).get("metadata", {}).get("resourceVersion")
         # A version this process wrote (or read) itself was decided from already: its pass set the timers
         # and made the writes it needs, and every other change it waits for comes with its own watch event.
+        # So was one it wrote a later version under, whose event follows.
         own = (
             controller is not None
             and bool(version)

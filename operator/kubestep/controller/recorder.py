@@ -9,8 +9,8 @@
 
 - The notes of one reconcile pass are told as one Event (:func:`one_note`): a step's end and the next
   step's start, an attempt's failure and its retry, the last step and the run's end. Each Event is an
-  API write; one per pass instead of one per transition keeps a step attempt at about four writes (its
-  status, its state Secret, its Job, this Event) while ``kubectl describe`` still lists every transition.
+  API write; one per pass instead of one per transition keeps a step attempt at three writes (its status,
+  its Job, this Event) while ``kubectl describe`` still lists every transition.
 
 What was posted is remembered in memory only, for the most recent :data:`REMEMBERED` Events (as client-go
 does): after a restart a repeat starts a new Event, which is harmless.

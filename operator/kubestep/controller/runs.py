@@ -144,7 +144,7 @@ async def _save(
     """
     try:
         saved = await ctl.kube.replace_status(RUNS, obj, decision.status.to_dict())
-        cache.saw_run(ctl, saved, written=True, decided=True)
+        cache.saw_run(ctl, saved, written=True, decided=True, replaced=obj)
         return decision
     except TooLarge as exc:
         log.warning("%s/%s: status refused as too large: %s", run.metadata.namespace, run.metadata.name, exc)
@@ -152,7 +152,7 @@ async def _save(
     smaller = decide(run, dataclasses.replace(observed, status_too_large=why), ctl.clock())
     await _carry_out(ctl, obj, run, smaller)
     saved = await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict())
-    cache.saw_run(ctl, saved, written=True, decided=True)
+    cache.saw_run(ctl, saved, written=True, decided=True, replaced=obj)
     return smaller
 
 
@@ -291,7 +291,8 @@ async def _apply(ctl: Controller, obj: Obj, run: WorkflowRun, action: Action) ->
     namespace = run.metadata.namespace or ""
     if isinstance(action, StopExecution):
         await _ignore_missing(ctl.kube.delete_job(namespace, action.name))
-        await _ignore_missing(ctl.kube.delete_secret(namespace, action.name))
+        if builders.may_have_state_secrets(run, run.status):
+            await _ignore_missing(ctl.kube.delete_secret(namespace, action.name))
     elif isinstance(action, StartChild):
         await _start_child(ctl, run, action)
     elif isinstance(action, CancelChild):
@@ -380,7 +381,7 @@ async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: 
 
 async def _create_state_secret(ctl: Controller, run: WorkflowRun, secret: Obj) -> None:
     namespace, name = run.metadata.namespace or "", secret["metadata"]["name"]
-    if len(secret["stringData"][builders.STATE_KEY]) > LARGE_STATE_BYTES:
+    if len(secret["stringData"][builders.STATE_KEY].encode()) > LARGE_STATE_BYTES:
         ctl.large_states.add((namespace, name))
     try:
         await ctl.kube.create_secret(namespace, secret)
@@ -454,7 +455,12 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
         # ends (a later save, such as announcing the end, has none left to delete). Owned by the run anyway.
         label = builders.execution_labels(before)[builders.LABEL_RUN]
         executed = before.status.active or any(step.attempts for step in status.steps)
-        if executed and builders.may_have_state_secrets(before, status):
+        # Judged from the last status saved before too: a run ended for a status too large to store drops
+        # its outputs from the status it ends with, not from the inputs its executions were given.
+        if executed and (
+            builders.may_have_state_secrets(before, before.status)
+            or builders.may_have_state_secrets(before, status)
+        ):
             with contextlib.suppress(KubeError):
                 await ctl.kube.delete_secrets(namespace, f"{builders.LABEL_RUN}={label}")
         await _stop_strays(ctl, namespace, before, status)
