@@ -9,10 +9,20 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from fake_kube import JOBS, PODS, SECRETS, Call
-from test_controller_reconcilers import NS, RUN, FakeIndices, World, a_running_run, report, workflow_obj
+from test_controller_reconcilers import (
+    NS,
+    RUN,
+    FakeIndices,
+    World,
+    a_run,
+    a_running_run,
+    report,
+    workflow_obj,
+)
 
 from kubestep.api.report import Report, ReportKind
 from kubestep.api.run import RunPhase
@@ -188,6 +198,60 @@ def test_answers_noted_out_of_order_never_hide_a_change_from_its_watch() -> None
     cache_reads.saw_run(world.ctl, older, decided=True)
     # The pass that read version 4 may have found nothing to write: version 5's watch event needs a pass.
     assert not cache_reads.watched_run(world.ctl, NS, RUN.name, "5")
+
+
+def test_a_pass_of_a_run_the_watch_told_was_deleted_reads_nothing_until_the_name_is_used_again() -> None:
+    world, cache = cached_world()
+    a_running_run(world)
+    world.kube.store.pop((RUNS, NS, RUN.name))
+    cache.sync()
+    cache_reads.run_presence(world.ctl, NS, RUN.name, gone=True)
+    # Its Jobs and pods go with it, each told by a watch: none needs a pass, and a pass reads nothing.
+    assert not cache_reads.execution_gone_needs_pass(world.ctl, NS, RUN.name)
+    assert world.reconcile() == Result.done()
+    assert world.kube.methods("get") == []
+    # A run created again under the name is told of by its watch before any pass of it.
+    a_run(world)
+    cache_reads.run_presence(world.ctl, NS, RUN.name, gone=False)
+    assert cache_reads.execution_gone_needs_pass(world.ctl, NS, RUN.name)
+    world.reconcile()
+    assert world.kube.methods("get") == ["get"]
+    assert world.active() != []
+
+
+def test_deleted_runs_are_remembered_for_a_while_only() -> None:
+    world, _ = cached_world()
+    cache_reads.run_presence(world.ctl, NS, "old", gone=True)
+    world.now += cache_reads.GONE_FOR / 2
+    cache_reads.run_presence(world.ctl, NS, "newer", gone=True)
+    world.now += cache_reads.GONE_FOR / 2 + timedelta(seconds=1)
+    cache_reads.run_presence(world.ctl, NS, "newest", gone=True)
+    assert list(world.ctl.runs_gone) == [(NS, "newer"), (NS, "newest")]
+
+
+def test_the_jobs_of_a_finished_run_deleted_by_this_process_going_away_need_no_pass() -> None:
+    world, cache = cached_world()
+    job = a_running_run(world)
+    world.kube.end_job(NS, job, report(ReportKind.COMPLETED, output=1))
+    cache.sync()
+    world.reconcile()
+    assert world.run().status.phase is RunPhase.SUCCEEDED
+    world.now += timedelta(minutes=2)  # past spec.history.jobsAfterFinished
+    world.reconcile()
+    assert world.kube.methods("delete_jobs") == ["delete_jobs"]
+    assert (NS, RUN.name) in world.ctl.jobs_deleted
+    # While the Job watch has not told of every Job gone, another going needs no pass either ...
+    world.kube.put(
+        JOBS, {"metadata": {"name": "left", "namespace": NS, "labels": {"kubestep.dev/run": RUN.name}}}
+    )
+    assert not cache_reads.execution_gone_needs_pass(world.ctl, NS, RUN.name)
+    assert (NS, RUN.name) in world.ctl.jobs_deleted
+    # ... and once none is left, what this process remembers of the deletion goes.
+    world.kube.store.pop((JOBS, NS, "left"))
+    assert not cache_reads.execution_gone_needs_pass(world.ctl, NS, RUN.name)
+    assert (NS, RUN.name) not in world.ctl.jobs_deleted
+    # A Job of a live run going away (deleted by someone) needs its pass.
+    assert cache_reads.execution_gone_needs_pass(world.ctl, NS, "another-run")
 
 
 def test_a_run_never_read_by_this_process_is_read_from_the_api_once() -> None:

@@ -75,6 +75,11 @@ def _label_value(value: str) -> str:
     return value[:63].rstrip("-_.")
 
 
+def run_label(run: str) -> str:
+    """The value of the run label (``kubestep.dev/run``) on the Jobs, pods and Secrets of run ``run``."""
+    return _label_value(run)
+
+
 def workflow_label(workflow: str) -> str:
     """The value of the workflow label its runs carry (to select them)."""
     return _label_value(workflow)
@@ -96,7 +101,7 @@ def execution_labels(run: WorkflowRun) -> dict[str, str]:
     """Labels of a run's Jobs, Secrets and pods."""
     return {
         LABEL_MANAGED: MANAGER,
-        LABEL_RUN: _label_value(run.metadata.name),
+        LABEL_RUN: run_label(run.metadata.name),
         LABEL_WORKFLOW: _label_value(run.spec.workflow_ref.name),
     }
 
@@ -366,7 +371,7 @@ def end_event(run: WorkflowRun, action: AnnounceEnd) -> Obj:
             "namespace": run.metadata.namespace,
             "labels": {
                 LABEL_MANAGED: MANAGER,
-                LABEL_RUN: _label_value(run.metadata.name),
+                LABEL_RUN: run_label(run.metadata.name),
                 LABEL_WORKFLOW: _label_value(run.spec.workflow_ref.name),
             },
         },

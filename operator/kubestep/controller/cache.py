@@ -21,9 +21,15 @@ A cached Job still running that has in fact ended is harmless: its watch event q
 
 from __future__ import annotations
 
-from kubestep.controller import observe
+from datetime import timedelta
+
+from kubestep.controller import builders, observe
 from kubestep.controller.context import Controller
 from kubestep.controller.kube import RUNS, WORKFLOWS, NotFound, Obj
+
+#: How long the name of a run the watch told was deleted is remembered: far longer than its Jobs and pods
+#: take to go with it.
+GONE_FOR = timedelta(minutes=10)
 
 
 async def run(ctl: Controller, namespace: str, name: str) -> Obj:
@@ -35,6 +41,10 @@ async def run(ctl: Controller, namespace: str, name: str) -> Obj:
     written = ctl.runs_written.get((namespace, name))
     if written is not None and newest is not None and written["metadata"].get("resourceVersion") == newest:
         return written  # the watch has not brought this process's own write back yet
+    if cached is None and (namespace, name) in ctl.runs_gone:
+        # The watch told of its deletion, and of nothing since (a run created again under the name is
+        # told of before any pass of it).
+        raise NotFound(f"workflowrun {namespace}/{name} was deleted")
     fresh = await ctl.kube.get(RUNS, namespace, name)
     saw_run(ctl, fresh)
     return fresh
@@ -140,6 +150,39 @@ def watched_event(ctl: Controller, namespace: str, name: str, version: str | Non
         ctl.event_versions.pop((namespace, name), None)
         return False
     return not version or ctl.event_versions.get((namespace, name)) != version
+
+
+def run_presence(ctl: Controller, namespace: str, name: str, gone: bool) -> None:
+    """Note what the run watch told of a run: deleted (``gone``), or there (its name in use again)."""
+    key = (namespace, name)
+    ctl.runs_gone.pop(key, None)
+    if not gone:
+        return
+    now = ctl.clock()
+    while ctl.runs_gone:
+        oldest, when = next(iter(ctl.runs_gone.items()))
+        if when + GONE_FOR > now:
+            break
+        del ctl.runs_gone[oldest]
+    ctl.runs_gone[key] = now
+    forget_run(ctl, namespace, name)
+
+
+def execution_gone_needs_pass(ctl: Controller, namespace: str, run: str) -> bool:
+    """Whether a step Job or pod going away needs a pass of its run ``run``.
+
+    Not when the run itself was deleted (they go with it), nor when this process deleted the Jobs of the
+    finished run (`kubestep.controller.gc`): that pass decided already, and what it waits for, the last of
+    them gone, is noted here.
+    """
+    key = (namespace, run)
+    if key in ctl.runs_gone:
+        return False
+    if key in ctl.jobs_deleted:
+        if not ctl.indices.run_jobs(namespace, builders.run_label(run)):
+            del ctl.jobs_deleted[key]
+        return False
+    return True
 
 
 def forget_run(ctl: Controller, namespace: str, name: str) -> None:

@@ -128,6 +128,10 @@ class Controller:
     runs_written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     """Runs as this process last wrote them, by (namespace, run), until their watch brings that version
     back: the newest copy there is, read instead of the API while the watch cache is behind."""
+    runs_gone: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    """Runs the run watch told were deleted, by (namespace, run): when, oldest first. Their Jobs and pods
+    going with them need no pass, and a pass of one reads nothing from the API, until the name is used
+    again (the watch tells of it) or `kubestep.controller.cache.GONE_FOR` has passed."""
     jobs_deleted: dict[tuple[str, str], datetime] = field(default_factory=dict)
     """Finished runs whose step Jobs this process asked to delete, by (namespace, run): when. Until the Job
     watch has caught up, the Jobs it still lists are not asked for again (`kubestep.controller.gc`)."""

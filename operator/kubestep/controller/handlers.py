@@ -337,7 +337,12 @@ def register(
             and bool(version)
             and cache.watched_run(controller, namespace, name, version)
         )
-        if event.get("type") != "DELETED" and not own:
+        gone = event.get("type") == "DELETED"
+        if controller is not None:
+            cache.run_presence(controller, namespace, name, gone)
+            if gone:
+                runs.forget(controller, namespace, name)
+        if not gone and not own:
             queue.add(Key("run", namespace, name), later=_settled(spec, status))
         queue.add(Key("workflow", namespace, spec.get("workflowRef", {}).get("name", "")))
         # A run that wants a slot, or frees one (its Job ended, it ended, it was deleted): admission again.
@@ -361,14 +366,23 @@ def register(
         **_: Any,
     ) -> None:
         queue = _queue(memo)
+        controller: Controller | None = memo.get("controller")
         # Only an ended or vanishing Job can change its run: its creation and its pod's progress cannot (a pod
         # that ends, or is held up on its way to running, queues its run through the pod watch).
         gone = event.get("type") == "DELETED" or meta.get("deletionTimestamp")
         if not gone and observe.job_finished({"status": status}) is None:
             return
         for owner in meta.get("ownerReferences") or []:
-            if queue is not None and owner.get("kind") == "WorkflowRun":
-                queue.add(Key("run", namespace, owner["name"]))
+            if queue is None or owner.get("kind") != "WorkflowRun":
+                continue
+            run = owner["name"]
+            if (
+                gone
+                and controller is not None
+                and not cache.execution_gone_needs_pass(controller, namespace, run)
+            ):
+                continue  # its run was deleted, or is finished and collecting its Jobs
+            queue.add(Key("run", namespace, run))
 
     @kopf.on.event("", "v1", "pods", labels={builders.LABEL_MANAGED: builders.MANAGER}, **on)  # type: ignore[arg-type]
     async def pod_changed(
@@ -386,7 +400,10 @@ def register(
         if controller is None or queue is None or not job or not run:
             return
         meta = body["metadata"]
-        if event.get("type") != "DELETED" and not meta.get("deletionTimestamp"):
+        gone = event.get("type") == "DELETED" or meta.get("deletionTimestamp")
+        if gone and not cache.execution_gone_needs_pass(controller, namespace, run):
+            return  # nothing of it is needed: its run was deleted, or is finished and collecting its Jobs
+        if not gone:
             # A pod held up on its way to running (ErrImagePull, ...) changes nothing in its Job: look at its
             # run now, to show why. A pod that ended is acted on at once, without waiting
             # for the Job controller to mark its Job finished (seconds on a busy cluster).

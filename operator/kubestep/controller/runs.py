@@ -157,12 +157,16 @@ async def _save(
 
 
 def _forget(ctl: Controller, key: Key) -> None:
-    """Drop what this process remembers of a run that is gone."""
-    METRICS.run_gone(key.namespace, key.name)
-    ctl.pod_endings.pop((key.namespace, key.name), None)
-    ctl.owed.pop((key.namespace, key.name), None)
-    ctl.missing.pop((key.namespace, key.name), None)
-    cache.forget_run(ctl, key.namespace, key.name)
+    forget(ctl, key.namespace, key.name)
+
+
+def forget(ctl: Controller, namespace: str, name: str) -> None:
+    """Drop what this process remembers of a run that is gone (or finished)."""
+    METRICS.run_gone(namespace, name)
+    ctl.pod_endings.pop((namespace, name), None)
+    ctl.owed.pop((namespace, name), None)
+    ctl.missing.pop((namespace, name), None)
+    cache.forget_run(ctl, namespace, name)
 
 
 async def _observe(ctl: Controller, run: WorkflowRun, wakeups: list[datetime]) -> Observed:
