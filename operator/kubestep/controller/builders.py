@@ -129,9 +129,10 @@ def may_have_state_secrets(run: WorkflowRun, status: WorkflowRunStatus) -> bool:
     return largest + slack > INLINE_STATE_BYTES
 
 
-def state_secret(run: WorkflowRun, action: StartExecution) -> Obj | None:
-    """The Secret carrying an execution's input, owned by the run; None when its pod carries it."""
-    state = state_json(action)
+def state_secret(run: WorkflowRun, action: StartExecution, state: str | None = None) -> Obj | None:
+    """The Secret carrying an execution's input (``state``: its ``state_json``, if already made), owned by
+    the run; None when its pod carries it."""
+    state = state_json(action) if state is None else state
     if not state_in_secret(state):
         return None
     return {
@@ -149,8 +150,10 @@ def state_secret(run: WorkflowRun, action: StartExecution) -> Obj | None:
     }
 
 
-def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
-    """The Job of one execution: one pod, never restarted, no API credentials, restricted-compliant."""
+def step_job(run: WorkflowRun, action: StartExecution, state: str | None = None) -> Obj:
+    """The Job of one execution: one pod, never restarted, no API credentials, restricted-compliant.
+
+    ``state``: the execution's ``state_json``, if already made."""
     spec = run.spec.workflow
     template = spec.pod_template
     labels = execution_labels(run)
@@ -158,7 +161,7 @@ def step_job(run: WorkflowRun, action: StartExecution) -> Obj:
     if action.step is not None:
         annotations[ANNOTATION_STEP] = action.step
         labels[LABEL_STEP] = step_label(action.step)
-    state = state_json(action)
+    state = state_json(action) if state is None else state
     pod_annotations = dict(annotations)
     if state_in_secret(state):
         volume: Obj = {"secret": {"secretName": action.name, "defaultMode": 0o444}}

@@ -165,7 +165,7 @@ def run_presence(ctl: Controller, namespace: str, name: str, gone: bool) -> None
             break
         del ctl.runs_gone[oldest]
     ctl.runs_gone[key] = now
-    forget_run(ctl, namespace, name)
+    forget_run(ctl, namespace, name)  # what it knew of its versions no longer applies
 
 
 def execution_gone_needs_pass(ctl: Controller, namespace: str, run: str) -> bool:

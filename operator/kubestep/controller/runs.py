@@ -72,10 +72,10 @@ async def reconcile_run(ctl: Controller, key: Key) -> Result:
     try:
         obj = await cache.run(ctl, key.namespace, key.name)
     except NotFound:
-        _forget(ctl, key)
+        forget(ctl, key.namespace, key.name)
         return Result.done()
     if obj["metadata"].get("deletionTimestamp"):
-        _forget(ctl, key)
+        forget(ctl, key.namespace, key.name)
         return Result.done()
     cache.deciding_run(ctl, obj)
     try:
@@ -154,10 +154,6 @@ async def _save(
     saved = await ctl.kube.replace_status(RUNS, obj, smaller.status.to_dict())
     cache.saw_run(ctl, saved, written=True, decided=True, replaced=obj)
     return smaller
-
-
-def _forget(ctl: Controller, key: Key) -> None:
-    forget(ctl, key.namespace, key.name)
 
 
 def forget(ctl: Controller, namespace: str, name: str) -> None:
@@ -361,8 +357,9 @@ async def _start_execution(ctl: Controller, obj: Obj, run: WorkflowRun, action: 
     """Create the execution's Job, and its Secret if its input is too large for the pod to carry; False if
     the API server refused the Job as invalid."""
     namespace = run.metadata.namespace or ""
-    job = builders.step_job(run, action)
-    secret = builders.state_secret(run, action)
+    state = builders.state_json(action)  # up to the run's output limit: serialized once
+    job = builders.step_job(run, action, state)
+    secret = builders.state_secret(run, action, state)
     if secret is not None:
         await _create_state_secret(ctl, run, secret)
     try:
@@ -453,7 +450,7 @@ async def _after_save(ctl: Controller, key: Key, before: WorkflowRun, status: Wo
                 ctl.large_states.discard((namespace, execution.name))
                 await _ignore_missing_quiet(ctl, namespace, execution.name)
     if status.phase.finished:
-        _forget(ctl, key)
+        forget(ctl, key.namespace, key.name)
     if status.phase.finished and not before.status.phase.finished:
         # Every state Secret of the run (the inputs too large for their pods), in one request, once: when it
         # ends (a later save, such as announcing the end, has none left to delete). Owned by the run anyway.

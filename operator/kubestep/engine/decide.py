@@ -737,15 +737,12 @@ class _Decider:
                 step=step_id,
                 attempt=attempt,
                 # A discovery execution runs the first attempt of whatever new step it reaches.
-                state=self.runner_state(step_id, attempt if step_id else 1),
+                state=runner_state(self.run, self.status, step_id, attempt if step_id else 1),
                 timeout_seconds=pod_deadline(self.spec.execution, policy.timeout_seconds),
                 pod=policy.pod or None,
                 image=self.status.image,
             )
         )
-
-    def runner_state(self, target: str | None, attempt: int) -> RunnerState:
-        return runner_state(self.run, self.status, target, attempt)
 
     # Ending -------------------------------------------------------------------------------------------
 
